@@ -1,0 +1,60 @@
+"""The command line end to end on a tiny model, in a subprocess like a user would run it."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def cli(*args, timeout=600):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, HERE])}
+    return subprocess.run([sys.executable, "-m", "torchslim", *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+
+
+def test_optimize_writes_everything_under_out(tmp_path):
+    out = tmp_path / "run"
+    p = cli("optimize", "--model", "tiny_models:mlp", "--input-shape", "32x64", "--out", str(out),
+            "--recipes", "inference-mode,dynamic-int8,bf16-cast", "--rounds", "3", "--no-progress")
+    assert p.returncode == 0, p.stderr
+    assert "baseline" in p.stdout and "dynamic-int8" in p.stdout
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["recipes"]) == 4
+    assert (out / "report.html").exists()
+    if results["chosen"]:
+        assert (out / "model" / "torchslim.json").exists() and (out / "reproduce.py").exists()
+    assert sorted(os.listdir(tmp_path)) == ["run"]  # nothing written outside --out
+    assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "no_such_spec"], "unknown model spec"),
+    (["--model", "tests/tiny_models.py:mlp", "--input-shape", "8x65"], "raised RuntimeError"),
+    (["--model", "tests/tiny_models.py:mlp", "--input-shape", "8xx"], "cannot read input shape"),
+    (["--model", "tests/tiny_models.py:mlp", "--input-shape", "8x64", "--objective", "size", "--max-drop", "-2"], "--max-drop"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
+    p = cli("optimize", *args, "--out", str(tmp_path), "--no-progress")
+    assert p.returncode == 2
+    assert message in p.stderr
+    assert "Traceback" not in p.stderr
+    assert p.stderr.count("torchslim: error:") == 1 and "what to do:" in p.stderr
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    p = cli("optimize", "--model", "tests/tiny_models.py:mlp", "--input-shape", "8x65", "--out", str(tmp_path), "--no-progress", "--debug")
+    assert p.returncode == 2 and "Traceback" in p.stderr
+
+
+def test_recipes_and_report_commands(tmp_path):
+    p = cli("recipes")
+    assert p.returncode == 0 and "compile" in p.stdout.split()
+    run = cli("optimize", "--model", "tiny_models:mlp", "--input-shape", "8x64", "--out", str(tmp_path),
+              "--recipes", "inference-mode", "--rounds", "2", "--no-progress")
+    assert run.returncode == 0, run.stderr
+    os.remove(tmp_path / "report.html")
+    p = cli("report", str(tmp_path / "results.json"))
+    assert p.returncode == 0 and (tmp_path / "report.html").exists()

@@ -1,0 +1,123 @@
+"""optimize() end to end through the Python API on small real models."""
+import json
+import os
+
+import pytest
+import torch
+
+import tiny_models
+import torchslim
+from torchslim import OptimizeConfig, SlimError, load_model, optimize
+from torchslim.inputs import Example
+from torchslim.workload import Workload
+
+FAST = ("inference-mode", "bf16-cast", "dynamic-int8", "torchscript-freeze")
+
+
+def _config(tmp_path, **kw):
+    return OptimizeConfig(rounds=3, target_round_ms=10, out=str(tmp_path), **kw)
+
+
+def test_results_are_complete_and_never_choose_a_slower_or_broken_recipe(tmp_path):
+    wl = load_model("tiny_models:mlp", input_shape="32x64")
+    run = optimize(wl, _config(tmp_path, recipes=FAST), progress=False)
+    names = [r.name for r in run.recipes]
+    assert names == ["baseline", *FAST]
+    for r in run.recipes:
+        assert r.status in ("baseline", "chosen", "ok", "rejected", "failed", "skipped")
+        assert r.timing and r.timing["median_ms"] > 0 and r.size_bytes > 0
+        if r.status in ("chosen", "ok"):
+            assert r.speedup > 1.0 and r.fidelity["min_cosine"] >= 0.99
+        if r.status in ("rejected", "failed", "skipped", "chosen"):
+            assert r.reason
+    chosen = [r for r in run.recipes if r.status == "chosen"]
+    assert len(chosen) == (1 if run.chosen else 0)
+    if run.chosen:
+        ok_times = [r.timing["median_ms"] for r in run.recipes if r.status in ("ok", "chosen")]
+        assert chosen[0].timing["median_ms"] == min(ok_times)
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    assert [r["name"] for r in on_disk["recipes"]] == names
+    assert on_disk["machine"]["torch"] == torch.__version__ and on_disk["machine"]["torch_threads"] >= 1
+    assert (tmp_path / "report.html").stat().st_size > 1000
+
+
+def test_thresholds_reject_with_reasons(tmp_path):
+    wl = load_model("tiny_models:mlp", input_shape="32x64")
+    run = optimize(wl, _config(tmp_path, recipes=("bf16-cast", "dynamic-int8"), min_cosine=0.9999999), progress=False)
+    for r in run.recipes[1:]:
+        assert r.status == "rejected" and "min cosine" in r.reason
+    assert run.chosen is None and not (tmp_path / "model").exists()
+
+
+def test_task_metric_drop_rejects(tmp_path):
+    model = tiny_models.mlp()
+    x = torch.randn(256, 64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ref = model(x)
+
+    def evaluate(m):  # a strict, real metric: agreement with the FP32 outputs, in "points"
+        return {"closeness": -1e4 * float((m(x) - ref).abs().mean())}
+
+    wl = Workload(model=model, example=Example((x,)), name="strict", evaluate=evaluate, metric="closeness")
+    run = optimize(wl, _config(tmp_path, recipes=("inference-mode", "dynamic-int8"), max_drop=0.5), progress=False)
+    base, im, q = run.recipes
+    assert base.metrics["closeness"] == 0.0
+    assert im.metric_drop == pytest.approx(0.0, abs=1e-6)
+    assert q.status == "rejected" and "closeness dropped" in q.reason
+
+
+@pytest.mark.parametrize("recipe", ["dynamic-int8", "bf16-cast", "compile"])
+def test_saved_model_reloads_with_identical_outputs(tmp_path, recipe):
+    wl = load_model("tiny_models:mlp", input_shape="64x64")
+    run = optimize(wl, _config(tmp_path, recipes=(recipe,), min_cosine=0.9), progress=False)
+    if run.chosen is None:  # too small to be faster on a busy machine: force the save path directly
+        torchslim.save(str(tmp_path / "model"), wl.model, torchslim.Recipe.from_list(run.recipes[1].steps), wl.example,
+                       spec=wl.spec, reference_output=None)
+    model = torchslim.load(str(tmp_path / "model"))
+    fresh = torchslim.apply(load_model("tiny_models:mlp", input_shape="64x64").model, torchslim.Recipe.from_list(run.recipes[1].steps), wl.example)
+    with torch.no_grad():
+        a, b = wl.example(model), wl.example(fresh)
+    assert torch.equal(a, b)
+    if run.chosen:
+        assert (tmp_path / "reproduce.py").read_text().count("torchslim.load(") == 1
+
+
+def test_reload_refuses_a_tampered_model(tmp_path):
+    wl = load_model("tiny_models:mlp", input_shape="8x64")
+    steps = torchslim.Recipe((torchslim.InferenceModeConfig(),))
+    with torch.no_grad():
+        ref = wl.example(wl.model)
+    torchslim.save(str(tmp_path), wl.model, steps, wl.example, spec=wl.spec, reference_output=-ref)
+    with pytest.raises(SlimError, match="does not reproduce"):
+        torchslim.load(str(tmp_path))
+
+
+def test_wrong_input_shape_is_one_clear_error_and_results_are_kept(tmp_path):
+    wl = load_model("tiny_models:mlp", input_shape="8x65")
+    with pytest.raises(SlimError, match="raised RuntimeError on example inputs") as e:
+        optimize(wl, _config(tmp_path), progress=False)
+    assert "--input-shape" in e.value.fix
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["error"] and saved["recipes"][0]["name"] == "baseline"
+
+
+def test_model_raising_in_forward(tmp_path):
+    wl = load_model("tiny_models:raises", input_shape="2x4")
+    with pytest.raises(SlimError, match="this model always fails"):
+        optimize(wl, _config(tmp_path), progress=False)
+
+
+def test_inapplicable_recipe_is_skipped_not_failed(tmp_path):
+    wl = load_model("tiny_models:mlp", input_shape="4x64")
+    run = optimize(wl, _config(tmp_path, recipes=("channels_last",)), progress=False)
+    assert run.recipes[1].status == "skipped" and "Conv2d" in run.recipes[1].reason
+
+
+def test_unknown_recipe_and_bad_config():
+    wl = load_model("tiny_models:mlp", input_shape="4x64")
+    with pytest.raises(SlimError, match="unknown or unavailable recipe"):
+        optimize(wl, OptimizeConfig(recipes=("warp-speed",)), progress=False)
+    with pytest.raises(SlimError, match="objective"):
+        OptimizeConfig(objective="vibes")
+    with pytest.raises(SlimError, match="max-drop"):
+        OptimizeConfig(max_drop=-1)

@@ -1,0 +1,139 @@
+"""Each technique on real small models: applies where it should, refuses with a reason where it
+should not, and keeps the outputs within a stated threshold of FP32 eager."""
+import copy
+import json
+
+import pytest
+import torch
+
+import tiny_models
+from torchslim import NotApplicable, SlimError
+from torchslim.fidelity import compare
+from torchslim.inputs import Example
+from torchslim.measure import serialized_bytes
+from torchslim.recipes import Recipe, apply, candidates
+from torchslim.techniques import (
+    CONFIGS, ChannelsLastConfig, CompileConfig, Context, DynamicInt8Config, LowPrecisionConfig, config_from_dict,
+)
+
+CPU = torch.device("cpu")
+MODELS = {
+    "cnn": (tiny_models.cnn, lambda: Example((torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(1)),))),
+    "mlp": (tiny_models.mlp, lambda: Example((torch.randn(8, 64, generator=torch.Generator().manual_seed(1)),))),
+    "lstm": (tiny_models.lstm, lambda: Example((torch.randn(4, 12, 32, generator=torch.Generator().manual_seed(1)),))),
+}
+RECIPES = {r.name: r for r in candidates(CPU)}
+
+
+def min_cosine_for(recipe: Recipe) -> float:
+    """The fidelity each family of techniques must keep on these models."""
+    names = [s.name for s in recipe.steps]
+    if "dynamic_int8" in names:
+        return 0.99
+    if "low_precision" in names:
+        return 0.995
+    return 0.99999  # FP32 rewrites: only float reassociation differs
+
+
+def expected_skip(model_name: str, recipe: Recipe) -> bool:
+    names = [s.name for s in recipe.steps]
+    return "channels_last" in names and model_name != "cnn"
+
+
+@pytest.mark.parametrize("recipe_name", list(RECIPES))
+@pytest.mark.parametrize("model_name", list(MODELS))
+def test_recipe_applies_or_refuses_and_keeps_outputs(model_name, recipe_name):
+    recipe = RECIPES[recipe_name]
+    if "compile" in recipe_name and model_name == "lstm":
+        pytest.skip("compiling the LSTM is slow and adds no coverage here")
+    build, make_example = MODELS[model_name]
+    model, example = build(), make_example()
+    with torch.no_grad():
+        ref = example(model)
+    ctx = Context(device=CPU, example=example)
+    if expected_skip(model_name, recipe):
+        with pytest.raises(NotApplicable, match="Conv2d"):
+            apply(copy.deepcopy(model), recipe, ctx)
+        return
+    slim = apply(copy.deepcopy(model), recipe, ctx)
+    with torch.no_grad():
+        out = example(slim)
+    fid = compare(ref, out)
+    assert fid.finite
+    assert fid.min_cosine >= min_cosine_for(recipe), f"{recipe_name} on {model_name}: {fid}"
+    assert out.dtype == torch.float32  # callers always get FP32 back
+
+
+def test_low_precision_cast_halves_size_and_dynamic_int8_quarters_linear_weights():
+    model, ex = tiny_models.mlp(), MODELS["mlp"][1]()
+    ctx = Context(device=CPU, example=ex)
+    base = serialized_bytes(model)
+    bf16 = apply(copy.deepcopy(model), Recipe((LowPrecisionConfig("bf16", "cast"),)), ctx)
+    assert serialized_bytes(bf16) < 0.55 * base
+    int8 = apply(copy.deepcopy(model), Recipe((DynamicInt8Config(),)), ctx)
+    assert serialized_bytes(int8) < 0.35 * base
+
+
+def test_dynamic_int8_lists_layers_left_in_float():
+    model, ex = tiny_models.cnn(), MODELS["cnn"][1]()
+    ctx = Context(device=CPU, example=ex)
+    apply(model, Recipe((DynamicInt8Config(),)), ctx)
+    assert any("Conv2d x2" in n and "BatchNorm2d x2" in n for n in ctx.notes), ctx.notes
+
+
+def test_dynamic_int8_refuses_a_model_without_linear_layers():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)).eval()
+    ctx = Context(device=CPU, example=Example((torch.randn(1, 3, 8, 8),)))
+    with pytest.raises(NotApplicable, match="no Linear/LSTM/GRU"):
+        apply(model, Recipe((DynamicInt8Config(),)), ctx)
+
+
+def test_per_tensor_dynamic_int8_is_available_and_worse_or_equal():
+    model, ex = tiny_models.mlp(), MODELS["mlp"][1]()
+    with torch.no_grad():
+        ref = ex(model)
+    ctx = Context(device=CPU, example=ex)
+    pc = compare(ref, ex(apply(copy.deepcopy(model), Recipe((DynamicInt8Config(per_channel=True),)), ctx)))
+    pt = compare(ref, ex(apply(copy.deepcopy(model), Recipe((DynamicInt8Config(per_channel=False),)), ctx)))
+    assert pc.sqnr_db >= pt.sqnr_db - 0.5
+
+
+def test_inference_mode_recipe_returns_inference_tensors():
+    model, ex = tiny_models.mlp(), MODELS["mlp"][1]()
+    slim = apply(model, RECIPES["inference-mode"], Context(device=CPU, example=ex))
+    assert ex(slim).is_inference()
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_every_config_round_trips_through_json(name):
+    cfg = CONFIGS[name]()
+    assert config_from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+def test_recipes_round_trip_through_json():
+    for recipe in candidates(CPU):
+        assert Recipe.from_list(json.loads(json.dumps(recipe.to_list()))) == recipe
+
+
+def test_configs_validate_themselves():
+    with pytest.raises(ValueError):
+        LowPrecisionConfig(dtype="int3")
+    with pytest.raises(ValueError):
+        LowPrecisionConfig(mode="sometimes")
+    with pytest.raises(ValueError):
+        DynamicInt8Config(layers=("Conv2d",))
+    with pytest.raises(ValueError):
+        CompileConfig(mode="fastest")
+    with pytest.raises(SlimError, match="unknown technique"):
+        config_from_dict({"technique": "magic"})
+    with pytest.raises(SlimError, match="no option"):
+        config_from_dict({"technique": "compile", "turbo": True})
+
+
+def test_channels_last_converts_inputs_for_the_caller():
+    model, ex = tiny_models.cnn(), MODELS["cnn"][1]()
+    slim = apply(model, Recipe((ChannelsLastConfig(),)), Context(device=CPU, example=ex))
+    seen = {}
+    slim.inner.register_forward_pre_hook(lambda m, args: seen.__setitem__("cl", args[0].is_contiguous(memory_format=torch.channels_last)))
+    ex(slim)
+    assert seen["cl"]

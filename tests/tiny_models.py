@@ -1,0 +1,79 @@
+"""Tiny real models used by the tests as `tiny_models:NAME` specs (imported from tests/)."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+
+class CNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.AdaptiveAvgPool2d(4))
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(256, 64), nn.ReLU(), nn.Linear(64, 10))
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+class MLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(64, 256), nn.GELU(), nn.Linear(256, 256), nn.GELU(), nn.Linear(256, 10))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class LSTMNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(32, 64, num_layers=2, batch_first=True)
+        self.out = nn.Linear(64, 8)
+
+    def forward(self, x):
+        y, _ = self.lstm(x)
+        return self.out(y[:, -1])
+
+
+class Raises(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x):
+        raise RuntimeError("this model always fails")
+
+
+def _seeded(cls):
+    torch.manual_seed(0)
+    return cls().eval()
+
+
+def cnn():
+    return _seeded(CNN)
+
+
+def cnn_with_inputs():
+    return _seeded(CNN), torch.randn(2, 3, 16, 16)
+
+
+def mlp():
+    return _seeded(MLP)
+
+
+def lstm():
+    return _seeded(LSTMNet)
+
+
+def raises():
+    return _seeded(Raises)
+
+
+def broken_factory():
+    raise ValueError("cannot build")
+
+
+def not_a_model():
+    return 42

@@ -1,0 +1,41 @@
+"""torchslim: make a trained PyTorch model smaller and faster, and prove it by measurement.
+
+    import torchslim
+    wl = torchslim.load_model("my_model.py:build", input_shape="8x3x224x224")
+    run = torchslim.optimize(wl, torchslim.OptimizeConfig(out="out/"))
+    model = torchslim.load("out/model")
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .errors import NotApplicable, SlimError
+from .inputs import Example
+from .workload import Workload
+from .loading import load_model
+from .recipes import Recipe
+from .techniques import (
+    ChannelsLastConfig, CompileConfig, DynamicInt8Config, InferenceModeConfig, LowPrecisionConfig, TorchScriptConfig,
+)
+from .optimize import OptimizeConfig, optimize
+from .artifacts import load, save
+
+
+def apply(model, recipe: Recipe, example, device: str = "cpu"):
+    """Apply `recipe` to `model` (in place where the technique allows; pass a copy to keep the original)."""
+    import torch
+
+    from .inputs import as_example
+    from .recipes import apply as _apply
+    from .techniques import Context
+
+    dev = torch.device(device)
+    return _apply(model, recipe, Context(device=dev, example=as_example(example).to(dev)))
+
+
+__all__ = [
+    "__version__", "SlimError", "NotApplicable", "Example", "Workload", "load_model", "Recipe", "apply",
+    "OptimizeConfig", "optimize", "load", "save",
+    "ChannelsLastConfig", "CompileConfig", "DynamicInt8Config", "InferenceModeConfig", "LowPrecisionConfig",
+    "TorchScriptConfig",
+]

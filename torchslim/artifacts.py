@@ -1,0 +1,102 @@
+"""Save the chosen model with its recipe; load it back to a model with identical outputs.
+
+Like optimum-quanto's quantization map beside safetensors: we store the FP32 weights, the recipe
+(JSON) and how to rebuild the architecture, and re-apply the recipe on load. Every technique is
+deterministic, so the reloaded model reproduces the saved reference outputs (checked on load).
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+
+import torch
+import torch.nn as nn
+
+from . import __version__
+from .errors import SlimError
+from .fidelity import compare, output_tensors
+from .fileio import atomic_write, write_json
+from .inputs import Example
+from .recipes import Recipe, apply
+from .techniques import Context
+from .workload import eval_mode
+
+MANIFEST = "torchslim.json"
+FORMAT_VERSION = 1
+
+
+def save(folder: str, base_model: nn.Module, recipe: Recipe, example: Example, *, spec: str | None,
+         source: dict | None = None, reference_output=None) -> str:
+    """Write `folder`/{torchslim.json, weights.pt, example.pt, reference.pt}; returns the folder."""
+    os.makedirs(folder, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in base_model.state_dict().items()}
+    atomic_write(os.path.join(folder, "weights.pt"), lambda f: torch.save(state, f))
+    atomic_write(os.path.join(folder, "example.pt"), lambda f: torch.save({"args": list(example.args), "kwargs": example.kwargs}, f))
+    if reference_output is not None:
+        refs = [t.detach().float().cpu() for t in output_tensors(reference_output)]
+        atomic_write(os.path.join(folder, "reference.pt"), lambda f: torch.save(refs, f))
+    write_json(os.path.join(folder, MANIFEST), {
+        "format_version": FORMAT_VERSION,
+        "torchslim": __version__,
+        "torch": torch.__version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "spec": spec,
+        "source": source or {},
+        "recipe": recipe.to_list(),
+        "recipe_name": recipe.name,
+    })
+    return folder
+
+
+def read_manifest(folder: str) -> dict:
+    path = os.path.join(folder, MANIFEST)
+    if not os.path.isfile(path):
+        raise SlimError(f"'{folder}' is not a torchslim model folder (no {MANIFEST})", "give the folder `torchslim optimize` wrote under --out (its model/ subfolder)")
+    with open(path, encoding="utf-8") as f:
+        manifest = json.load(f)
+    if manifest.get("format_version", 0) > FORMAT_VERSION:
+        raise SlimError(f"'{folder}' was written by a newer torchslim ({manifest.get('torchslim')})", "upgrade torchslim")
+    return manifest
+
+
+def load(folder: str, model: nn.Module | None = None, *, device: str = "cpu", verify: bool = True,
+         trust_pickle: bool = False) -> nn.Module:
+    """Rebuild the saved model: architecture from its spec (or `model`), FP32 weights, then the recipe.
+
+    With verify=True (the default) the rebuilt model is run on the saved example and checked
+    against the saved reference outputs; a mismatch raises instead of serving a wrong model.
+    """
+    from .loading import load_model
+
+    manifest = read_manifest(folder)
+    if model is None:
+        if not manifest.get("spec"):
+            raise SlimError("this model was optimized from an in-memory module, so its architecture is not recorded",
+                            "pass the architecture: torchslim.load(folder, model=MyModel())")
+        model = load_model(manifest["spec"], trust_pickle=trust_pickle or manifest["source"].get("format") == "pickle",
+                           need_example=False).model
+    state = torch.load(os.path.join(folder, "weights.pt"), map_location="cpu", weights_only=True)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise SlimError(f"the saved weights do not fit the rebuilt architecture: {str(e).splitlines()[0]}",
+                        "the model code changed since it was saved; pass the original architecture as model=") from e
+    dev = torch.device(device)
+    model = eval_mode(model.to(dev))
+    ex = torch.load(os.path.join(folder, "example.pt"), map_location="cpu", weights_only=True)
+    example = Example(tuple(ex["args"]), ex["kwargs"]).to(dev)
+    ctx = Context(device=dev, example=example)
+    model = apply(model, Recipe.from_list(manifest["recipe"]), ctx)
+    if verify and os.path.isfile(os.path.join(folder, "reference.pt")):
+        _verify(model, example, torch.load(os.path.join(folder, "reference.pt"), weights_only=True), manifest["recipe_name"])
+    return model
+
+
+def _verify(model: nn.Module, example: Example, refs: list[torch.Tensor], name: str) -> None:
+    with torch.no_grad():
+        out = example(model)
+    fid = compare(refs, [t.float().cpu() for t in output_tensors(out)])
+    if not fid.finite or fid.min_cosine < 0.9999:
+        raise SlimError(f"the reloaded '{name}' model does not reproduce its saved outputs (min cosine {fid.min_cosine:.5f})",
+                        "the environment differs from where it was saved (torch version, CPU); re-run torchslim optimize here")

@@ -1,0 +1,124 @@
+"""The `torchslim` command line: string names live here and nowhere else."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+
+from .errors import SlimError
+
+DEMO_OUT = "torchslim-out"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="torchslim", description="Make a trained PyTorch model smaller and faster, and prove it.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    o = sub.add_parser("optimize", help="try every applicable recipe, measure, choose and save the best",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="With no --model, runs the built-in real examples (Fashion-MNIST CNN, all-MiniLM-L6-v2).")
+    o.add_argument("--model", help="model spec: file.py:factory, package.module:factory, hf:DIR, model.pt (TorchScript), model.pt2 (torch.export)")
+    o.add_argument("--input-shape", help="example input shape(s), e.g. 8x3x224x224 or 1x128,1x128")
+    o.add_argument("--dtype", help="input dtype(s): float32 (default), int64, ... comma-separated per input")
+    o.add_argument("--weights", help="state dict to load into the model (loaded with weights_only=True)")
+    o.add_argument("--trust-pickle", action="store_true", help="allow loading pickled modules (runs code from the file!)")
+    o.add_argument("--out", default=None, help=f"output folder (default: {DEMO_OUT})")
+    o.add_argument("--objective", default="latency", choices=["latency", "throughput", "size", "memory"])
+    o.add_argument("--max-drop", type=float, default=1.0, help="largest allowed drop of the task metric (default 1.0)")
+    o.add_argument("--min-cosine", type=float, default=0.99, help="smallest allowed per-sample output cosine vs FP32 (default 0.99)")
+    o.add_argument("--recipes", help="comma-separated recipe names to try (default: all applicable; see `torchslim recipes`)")
+    o.add_argument("--device", default="auto", help="cpu, cuda, or auto (default)")
+    o.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    o.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds (default 15)")
+    o.add_argument("--no-progress", action="store_true", help="no progress bar")
+    o.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+
+    r = sub.add_parser("recipes", help="list the recipes torchslim can try on this machine")
+    r.add_argument("--device", default="auto")
+
+    rep = sub.add_parser("report", help="re-render report.html and the table from a results.json")
+    rep.add_argument("results", help="path to results.json")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except SlimError as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"torchslim: error: {e.what}", file=sys.stderr)
+        if e.fix:
+            print(f"  what to do: {e.fix}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("torchslim: interrupted; results so far are kept under --out", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - last resort: one line, not a traceback
+        if args.debug:
+            traceback.print_exc()
+        print(f"torchslim: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", file=sys.stderr)
+        print("  what to do: re-run with --debug and report the traceback", file=sys.stderr)
+        return 1
+
+
+def cmd_optimize(args) -> int:
+    from .examples import DEMOS
+    from .loading import load_model
+    from .optimize import OptimizeConfig, optimize
+    from .report import format_table
+
+    out = args.out or DEMO_OUT
+    if args.model:
+        jobs = [(args.model, out)]
+    else:
+        if args.input_shape or args.weights:
+            raise SlimError("--input-shape/--weights need --model", "pass --model, or drop them to run the built-in examples")
+        jobs = [(spec, os.path.join(out, name)) for name, spec in DEMOS.items()]
+        print(f"torchslim: no --model given: running the built-in examples ({', '.join(DEMOS)}) into {out}/", file=sys.stderr)
+    status = 0
+    for spec, folder in jobs:
+        workload = load_model(spec, input_shape=args.input_shape, dtype=args.dtype, weights=args.weights, trust_pickle=args.trust_pickle)
+        config = OptimizeConfig(
+            objective=args.objective, max_drop=args.max_drop, min_cosine=args.min_cosine,
+            recipes=tuple(s.strip() for s in args.recipes.split(",") if s.strip()) if args.recipes else None,
+            device=args.device, threads=args.threads, rounds=args.rounds, out=folder, debug=args.debug,
+        )
+        run = optimize(workload, config, progress=not args.no_progress)
+        print(format_table(run.to_dict()))
+        print(f"\nwrote {folder}/results.json, {folder}/report.html" + (f", {run.artifact}/ and {folder}/reproduce.py" if run.artifact else ""))
+        if not run.chosen:
+            print("no recipe beat the baseline under the thresholds; nothing was saved", file=sys.stderr)
+    return status
+
+
+def cmd_recipes(args) -> int:
+    from . import device as dev
+    from .recipes import candidates
+
+    device = dev.resolve(args.device)
+    for r in candidates(device):
+        print(r.name)
+    return 0
+
+
+def cmd_report(args) -> int:
+    import json
+
+    from .report import format_table, write_html
+
+    if not os.path.isfile(args.results):
+        raise SlimError(f"'{args.results}' does not exist", "give the results.json that torchslim optimize wrote")
+    with open(args.results, encoding="utf-8") as f:
+        run = json.load(f)
+    path = os.path.join(os.path.dirname(os.path.abspath(args.results)), "report.html")
+    write_html(run, path)
+    print(format_table(run))
+    print(f"\nwrote {path}")
+    return 0
+
+
+COMMANDS = {"optimize": cmd_optimize, "recipes": cmd_recipes, "report": cmd_report}

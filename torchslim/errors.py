@@ -1,0 +1,18 @@
+"""One exception type for everything a user can fix: what went wrong, and what to do."""
+
+
+class SlimError(Exception):
+    """A problem with the user's input or environment, reported as one clear line.
+
+    `what` says what went wrong, `fix` says what to do about it. The CLI prints
+    both and exits non-zero without a traceback (unless --debug).
+    """
+
+    def __init__(self, what: str, fix: str = ""):
+        self.what = what
+        self.fix = fix
+        super().__init__(f"{what}. {fix}".strip() if fix else what)
+
+
+class NotApplicable(SlimError):
+    """A technique does not apply to this model or device (a skip, not a failure)."""

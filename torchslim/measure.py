@@ -1,0 +1,211 @@
+"""Honest measurement: interleaved timing with medians and confidence intervals, memory, size.
+
+Timing A against B on a shared, noisy machine only means something when both run in the same
+process, interleaved round by round, after warm-up (compilation included). Every number here
+comes with its spread.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import os
+import resource
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.nn as nn
+
+
+@contextlib.contextmanager
+def num_threads(n: int | None) -> Iterator[int]:
+    """Fix torch's intra-op thread count for the block, and restore it after."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
+def _sync(device: torch.device | None) -> None:
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class Timing:
+    """Statistics of per-call latencies in milliseconds."""
+
+    n: int
+    median_ms: float
+    p90_ms: float
+    mean_ms: float
+    stdev_ms: float
+    iqr_ms: float
+    ci95_ms: tuple[float, float]  # distribution-free 95% confidence interval of the median
+    first_call_ms: float | None = None  # includes compilation, reported apart from the steady state
+    batch_size: int = 1
+
+    @property
+    def throughput(self) -> float:
+        """Items per second at the median latency."""
+        return self.batch_size * 1000.0 / self.median_ms if self.median_ms > 0 else math.inf
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["ci95_ms"] = list(self.ci95_ms)
+        d["throughput_per_s"] = self.throughput
+        return d
+
+
+def summarize(samples_ms: list[float], first_call_ms: float | None = None, batch_size: int = 1) -> Timing:
+    if not samples_ms:
+        raise ValueError("no timing samples")
+    xs = sorted(samples_ms)
+    n = len(xs)
+    q = statistics.quantiles(xs, n=10, method="inclusive") if n > 1 else [xs[0]] * 9
+    q4 = statistics.quantiles(xs, n=4, method="inclusive") if n > 1 else [xs[0]] * 3
+    lo, hi = median_ci(xs)
+    return Timing(
+        n=n, median_ms=statistics.median(xs), p90_ms=q[8], mean_ms=statistics.fmean(xs),
+        stdev_ms=statistics.stdev(xs) if n > 1 else 0.0, iqr_ms=q4[2] - q4[0], ci95_ms=(lo, hi),
+        first_call_ms=first_call_ms, batch_size=batch_size,
+    )
+
+
+def median_ci(sorted_xs: list[float], z: float = 1.96) -> tuple[float, float]:
+    """Order-statistic confidence interval of the median (no normality assumed)."""
+    n = len(sorted_xs)
+    if n < 3:
+        return sorted_xs[0], sorted_xs[-1]
+    half = z * math.sqrt(n) / 2
+    lo = max(0, int(math.floor(n / 2 - half)))
+    hi = min(n - 1, int(math.ceil(n / 2 + half)))
+    return sorted_xs[lo], sorted_xs[hi]
+
+
+def time_call(fn: Callable[[], Any], device: torch.device | None = None) -> tuple[float, Any]:
+    """One synchronized call: (milliseconds, result)."""
+    _sync(device)
+    t0 = time.perf_counter()
+    out = fn()
+    _sync(device)
+    return (time.perf_counter() - t0) * 1000.0, out
+
+
+def interleaved(
+    fns: dict[str, Callable[[], Any]],
+    *,
+    rounds: int = 15,
+    target_round_ms: float = 60.0,
+    warmup: int = 3,
+    max_iters: int = 50,
+    device: torch.device | None = None,
+    on_round: Callable[[int], None] | None = None,
+) -> dict[str, list[float]]:
+    """Per-call latencies (ms) of every function, measured round-robin so drift hits all alike.
+
+    Each function is warmed up first; then in every round each runs for about `target_round_ms`
+    (at least once), in an order rotated from round to round.
+    """
+    names = list(fns)
+    iters = {}
+    for name in names:
+        times = [time_call(fns[name], device)[0] for _ in range(max(1, warmup))]
+        iters[name] = max(1, min(max_iters, int(target_round_ms / max(min(times), 1e-3))))
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            for _ in range(iters[name]):
+                samples[name].append(time_call(fns[name], device)[0])
+        if on_round:
+            on_round(r)
+    return samples
+
+
+# -- memory ------------------------------------------------------------------------------------
+
+def _status_kb(key: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    try:  # Linux >= 4.0: writing 5 resets VmHWM to the current RSS
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_memory(fn: Callable[[], Any], device: torch.device | None = None, calls: int = 3) -> dict:
+    """Memory that `calls` calls of `fn` need on top of what is resident before them.
+
+    CUDA: max allocated bytes above the allocated bytes before. CPU: the rise of the process RSS
+    high-water mark (reset first where Linux allows; otherwise ru_maxrss, an upper bound).
+    """
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize(device)
+        return {"peak_bytes": torch.cuda.max_memory_allocated(device) - base, "method": "cuda max_memory_allocated"}
+    exact = _reset_peak_rss()
+    before = (_status_kb("VmRSS") if exact else None) or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for _ in range(calls):
+        fn()
+    after = (_status_kb("VmHWM") if exact else None) or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"peak_bytes": max(0, after - before) * 1024,
+            "method": "RSS high-water rise" if exact else "ru_maxrss rise (upper bound)"}
+
+
+def rss_bytes() -> int:
+    return (_status_kb("VmRSS") or 0) * 1024
+
+
+# -- size --------------------------------------------------------------------------------------
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module under torch.compile's wrapper, if any."""
+    return getattr(model, "_orig_mod", model)
+
+
+def serialized_bytes(model: nn.Module) -> int:
+    """Bytes the model's weights take on disk (TorchScript archive or torch.save'd state dict)."""
+    model = unwrap(model)
+    buf = io.BytesIO()
+    if isinstance(model, torch.jit.ScriptModule):
+        torch.jit.save(model, buf)
+    else:
+        torch.save(model.state_dict(), buf)
+    return buf.tell()
+
+
+def parameter_bytes(model: nn.Module) -> int:
+    model = unwrap(model)
+    seen, total = set(), 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+    return total
+
+
+def thread_info() -> dict:
+    return {"torch_threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads(),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}

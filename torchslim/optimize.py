@@ -1,0 +1,254 @@
+"""`optimize`: try every applicable recipe on a fresh copy, validate, measure interleaved, choose.
+
+The search is deliberately plain (as in neural-compressor's autotune): baseline first, then each
+recipe: apply -> first call -> fidelity and task metric -> keep or reject with the reason. Then all
+survivors are timed together, round-robin, and the best under the objective is chosen. A recipe
+that fails, breaks the outputs or is slower than the baseline is listed and never chosen.
+"""
+from __future__ import annotations
+
+import copy
+import datetime
+import os
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from . import artifacts, measure
+from . import device as dev
+from .errors import NotApplicable, SlimError
+from .fidelity import compare
+from .fileio import write_json, write_text
+from .recipes import BASELINE, Recipe, apply, by_name, candidates
+from .results import RecipeResult, RunResult
+from .techniques import Context
+from .workload import Workload, eval_mode
+
+OBJECTIVES = ("latency", "throughput", "size", "memory")
+
+
+@dataclass(frozen=True)
+class OptimizeConfig:
+    objective: str = "latency"
+    max_drop: float = 1.0  # largest allowed drop of the workload's primary metric, in its units
+    min_cosine: float = 0.99  # smallest allowed per-sample cosine vs the baseline's outputs
+    recipes: tuple[str, ...] | None = None  # recipe names to try; None: every applicable one
+    device: str = "auto"
+    threads: int | None = None  # torch intra-op threads; None: torch's default
+    rounds: int = 15  # interleaved timing rounds
+    target_round_ms: float = 60.0  # time each recipe gets per round
+    out: str | None = None  # folder for results.json, report.html, model/, reproduce.py
+    save_model: bool = True
+    debug: bool = False  # keep tracebacks in failure reasons
+
+    def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise SlimError(f"unknown objective '{self.objective}'", f"use one of {', '.join(OBJECTIVES)}")
+        if self.max_drop < 0:
+            raise SlimError("--max-drop must be >= 0", "e.g. --max-drop 1.0 allows one point of accuracy")
+        if not 0 < self.min_cosine <= 1:
+            raise SlimError("--min-cosine must be in (0, 1]", "e.g. --min-cosine 0.99")
+        if self.rounds < 1:
+            raise SlimError("--rounds must be >= 1", "the default is 15")
+
+
+def _run(model: nn.Module, example) -> Callable[[], object]:
+    def call():
+        with torch.no_grad():
+            return example(model)
+    return call
+
+
+def optimize(workload: Workload, config: OptimizeConfig = OptimizeConfig(), progress: bool = True) -> RunResult:
+    """Try, validate, measure and rank recipes for `workload`; write outputs under config.out."""
+    device = dev.resolve(config.device)
+    with measure.num_threads(config.threads):
+        run = RunResult(
+            workload={"name": workload.name, "spec": workload.spec, "example": workload.example.describe(),
+                      "batch_size": workload.example.batch_size, "metric": workload.metric, "metric_unit": workload.metric_unit,
+                      "input_shape": workload.source.get("input_shape"), "dtype": workload.source.get("dtype")},
+            machine={**dev.describe(device), **measure.thread_info()},
+            config=asdict(config), recipes=[],
+            created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        )
+        try:
+            _search(workload, config, device, run, progress)
+        except KeyboardInterrupt:
+            run.error = "interrupted: the recipes measured so far are kept"
+            _write(run, config)
+            raise
+        except SlimError as e:
+            run.error = str(e)
+            _write(run, config)
+            raise
+        _write(run, config)
+    return run
+
+
+def _search(workload: Workload, config: OptimizeConfig, device: torch.device, run: RunResult, progress: bool) -> None:
+    example = workload.example.to(device)
+    base_model = eval_mode(workload.model.to(device))
+    base = RecipeResult(name="baseline", steps=[], status="baseline", reason="FP32 eager under torch.no_grad()")
+    run.recipes.append(base)
+    try:
+        base.first_call_ms, ref_out = measure.time_call(_run(base_model, example), device)
+    except Exception as e:  # noqa: BLE001 - user model
+        raise _forward_error(e, workload, config) from e
+    base.size_bytes = measure.serialized_bytes(base_model)
+    base.fidelity = compare(ref_out, ref_out).to_dict()
+    base_metric = None
+    if workload.evaluate is not None:
+        base.metrics = _evaluate(workload, base_model)
+        base_metric = base.metrics[workload.metric]
+    _write(run, config)
+
+    recipes = by_name(list(config.recipes), device) if config.recipes else candidates(device)
+    models: dict[str, nn.Module] = {"baseline": base_model}
+    bar = _progress(len(recipes) + 2, progress, "recipes")
+    for recipe in recipes:
+        bar.set_postfix_str(recipe.name)
+        res, model = _try(recipe, workload, example, device, ref_out, base_metric, config)
+        run.recipes.append(res)
+        if model is not None:
+            models[recipe.name] = model
+        _write(run, config)
+        bar.update(1)
+
+    bar.set_postfix_str("timing (interleaved)")
+    by = {r.name: r for r in run.recipes}
+    samples = measure.interleaved({n: _run(m, example) for n, m in models.items()}, rounds=config.rounds,
+                                  target_round_ms=config.target_round_ms, device=device)
+    for name, xs in samples.items():
+        r = by[name]
+        r.timing = measure.summarize(xs, r.first_call_ms, workload.example.batch_size).to_dict()
+    base_ms = base.timing["median_ms"]
+    for name, m in models.items():
+        r = by[name]
+        r.speedup = base_ms / r.timing["median_ms"]
+        r.peak_memory_bytes = measure.peak_memory(_run(m, example), device)["peak_bytes"]
+        if r.status == "ok" and r.speedup <= 1.0:
+            r.status, r.reason = "rejected", f"slower than the baseline ({r.speedup:.2f}x)"
+    bar.update(1)
+
+    chosen = _choose(run.recipes, config.objective)
+    if chosen is not None:
+        chosen.status = "chosen"
+        chosen.reason = _why(chosen, base, config.objective)
+        run.chosen = chosen.name
+        if config.out and config.save_model:
+            bar.set_postfix_str("saving")
+            folder = os.path.join(config.out, "model")
+            artifacts.save(folder, workload.model, Recipe.from_list(chosen.steps), workload.example, spec=workload.spec,
+                           source=workload.source, reference_output=_run(models[chosen.name], example)())
+            run.artifact = folder
+    bar.update(1)
+    bar.close()
+
+
+def _try(recipe: Recipe, workload: Workload, example, device, ref_out, base_metric, config: OptimizeConfig):
+    """Apply and validate one recipe on a fresh copy. Returns (result, model or None)."""
+    res = RecipeResult(name=recipe.name, steps=recipe.to_list())
+    ctx = Context(device=device, example=example)
+    try:
+        t0 = time.perf_counter()
+        model = apply(eval_mode(copy.deepcopy(workload.model).to(device)), recipe, ctx)
+        res.prepare_s = time.perf_counter() - t0
+        res.first_call_ms, out = measure.time_call(_run(model, example), device)
+        res.notes = ctx.notes
+        res.size_bytes = measure.serialized_bytes(model)
+        fid = compare(ref_out, out)
+        res.fidelity = fid.to_dict()
+        if workload.evaluate is not None:
+            res.metrics = _evaluate(workload, model)
+            res.metric_drop = base_metric - res.metrics[workload.metric]
+    except NotApplicable as e:
+        res.status, res.reason, res.notes = "skipped", f"not applicable: {e.what}", ctx.notes
+        return res, None
+    except (torch.OutOfMemoryError, MemoryError) as e:
+        res.status, res.reason = "failed", f"out of memory ({type(e).__name__}): try a smaller batch in --input-shape"
+        return res, None
+    except Exception as e:  # noqa: BLE001 - a recipe's failure is a result, not a crash
+        res.status, res.reason, res.notes = "failed", _reason(e, config.debug), ctx.notes
+        return res, None
+    res.status, res.reason = _validate(res, fid, workload, config)
+    return res, model
+
+
+def _validate(res: RecipeResult, fid, workload: Workload, config: OptimizeConfig) -> tuple[str, str]:
+    if not fid.finite:
+        return "rejected", "outputs contain NaN or Inf"
+    if fid.min_cosine < config.min_cosine:
+        return "rejected", f"outputs drifted: min cosine {fid.min_cosine:.4f} < {config.min_cosine}"
+    if res.metric_drop is not None and res.metric_drop > config.max_drop:
+        return "rejected", f"{workload.metric} dropped {res.metric_drop:.2f} {workload.metric_unit} > --max-drop {config.max_drop}".replace("  ", " ")
+    return "ok", ""
+
+
+def _choose(results: list[RecipeResult], objective: str) -> RecipeResult | None:
+    ok = [r for r in results if r.status == "ok" and r.timing]
+    if not ok:
+        return None
+    key = {
+        "latency": lambda r: r.timing["median_ms"],
+        "throughput": lambda r: -r.timing["throughput_per_s"],
+        "size": lambda r: (r.size_bytes, r.timing["median_ms"]),
+        "memory": lambda r: (r.peak_memory_bytes, r.timing["median_ms"]),
+    }[objective]
+    return min(ok, key=key)
+
+
+def _why(r: RecipeResult, base: RecipeResult, objective: str) -> str:
+    size = base.size_bytes / r.size_bytes if r.size_bytes else float("nan")
+    return (f"best {objective} among recipes that kept the outputs: {r.speedup:.2f}x faster, "
+            f"{size:.2f}x smaller, min cosine {r.fidelity['min_cosine']:.4f}")
+
+
+def _evaluate(workload: Workload, model: nn.Module) -> dict:
+    with torch.no_grad():
+        metrics = workload.evaluate(model)
+    if workload.metric not in metrics:
+        raise SlimError(f"the evaluate function returned {sorted(metrics)} without the metric '{workload.metric}'",
+                        "return a dict that includes the primary metric")
+    return {k: float(v) for k, v in metrics.items()}
+
+
+def _forward_error(e: Exception, workload: Workload, config: OptimizeConfig) -> SlimError:
+    if isinstance(e, (torch.OutOfMemoryError, MemoryError)):
+        return SlimError(f"out of memory running the model on {workload.example.describe()}", "use a smaller batch in --input-shape")
+    return SlimError(f"the model raised {type(e).__name__} on example inputs {workload.example.describe()}: {_first_line(e)}",
+                     "check --input-shape/--dtype match what the model expects (run with --debug for the traceback)")
+
+
+def _reason(e: Exception, debug: bool) -> str:
+    msg = f"{type(e).__name__}: {_first_line(e)}"
+    return msg + ("\n" + traceback.format_exc() if debug else "")
+
+
+def _first_line(e: Exception) -> str:
+    lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+    return (lines[0] if lines else repr(e))[:300]
+
+
+def _write(run: RunResult, config: OptimizeConfig) -> None:
+    """Write results.json (and the report) after every step, so an interrupted run keeps its results."""
+    if not config.out:
+        return
+    from .report import write_html
+    from .snippet import snippet
+
+    d = run.to_dict()
+    d["snippet"] = snippet(run)
+    write_json(os.path.join(config.out, "results.json"), d)
+    write_html(d, os.path.join(config.out, "report.html"))
+    if run.chosen:
+        write_text(os.path.join(config.out, "reproduce.py"), d["snippet"])
+
+
+def _progress(total: int, enabled: bool, unit: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, disable=not enabled, unit=unit, dynamic_ncols=True, leave=False)

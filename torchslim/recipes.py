@@ -1,0 +1,85 @@
+"""A recipe is an ordered tuple of technique configs; this file lists the ones worth trying."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from . import device as dev
+from .errors import NotApplicable
+from .techniques import (
+    ChannelsLastConfig, CompileConfig, Context, DynamicInt8Config, InferenceModeConfig,
+    LowPrecisionConfig, TechniqueConfig, TorchScriptConfig, config_from_dict, handler,
+)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    steps: tuple[TechniqueConfig, ...] = ()
+
+    @property
+    def name(self) -> str:
+        labels = [s.label() for s in self.steps if not isinstance(s, InferenceModeConfig)]
+        if not labels:
+            return "inference-mode" if self.steps else "baseline"
+        return "+".join(labels)
+
+    def to_list(self) -> list[dict]:
+        return [s.to_dict() for s in self.steps]
+
+    @classmethod
+    def from_list(cls, items: list[dict]) -> "Recipe":
+        return cls(tuple(config_from_dict(d) for d in items))
+
+
+BASELINE = Recipe(())
+
+
+def apply(model: nn.Module, recipe: Recipe, ctx: Context) -> nn.Module:
+    """Apply each step in order; raise NotApplicable naming the step that does not apply."""
+    for step in recipe.steps:
+        h = handler(step)
+        reason = h.applies(model, step, ctx)
+        if reason:
+            raise NotApplicable(f"{step.label()}: {reason}")
+        model = h.apply(model, step, ctx)
+    return model
+
+
+def _im(*steps: TechniqueConfig) -> Recipe:
+    return Recipe((*steps, InferenceModeConfig()))
+
+
+def low_precision_dtypes(device: torch.device) -> list[str]:
+    """The 16-bit types worth trying. On a CPU with BF16 matrix units, FP16 (AVX512-FP16 without
+    AMX-FP16) is slower and less robust than BF16, so it is only tried where it has its own units."""
+    bf16, fp16 = dev.supports_bf16(device), dev.supports_fp16(device)
+    if device.type == "cpu" and bf16 and "amx_fp16" not in dev.cpu_flags():
+        fp16 = False
+    return [d for d, ok in (("bf16", bf16), ("fp16", fp16)) if ok]
+
+
+def candidates(device: torch.device) -> list[Recipe]:
+    """Every recipe worth trying on `device`, cheapest to prepare first. Inapplicable ones are
+    filtered later by each technique's own `applies` check, with the reason recorded."""
+    cl, comp = ChannelsLastConfig(), CompileConfig()
+    lows = low_precision_dtypes(device)
+    out = [_im(), _im(cl)]
+    for d in lows:
+        out += [_im(LowPrecisionConfig(d, "autocast")), _im(LowPrecisionConfig(d, "cast")), _im(cl, LowPrecisionConfig(d, "cast"))]
+    if device.type == "cpu":
+        out += [_im(DynamicInt8Config())]
+    out += [Recipe((TorchScriptConfig(),)), _im(comp), _im(cl, comp)]
+    for d in lows:
+        out += [_im(LowPrecisionConfig(d, "cast"), comp), _im(cl, LowPrecisionConfig(d, "cast"), comp)]
+    return out
+
+
+def by_name(names: list[str], device: torch.device) -> list[Recipe]:
+    """Pick candidate recipes by name ('compile', 'bf16-cast+compile', ...)."""
+    known = {r.name: r for r in candidates(device)}
+    missing = [n for n in names if n not in known]
+    if missing:
+        raise NotApplicable(f"unknown or unavailable recipe(s) {missing}", f"available here: {', '.join(known)}")
+    return [known[n] for n in names]

@@ -1,0 +1,49 @@
+"""What `optimize` found: one RecipeResult per recipe tried, and the whole run's summary."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+STATUSES = ("chosen", "ok", "rejected", "failed", "skipped", "baseline")
+
+
+@dataclass
+class RecipeResult:
+    name: str
+    steps: list[dict]  # the recipe's technique configs, as JSON
+    status: str = "ok"  # one of STATUSES
+    reason: str = ""  # why rejected/failed/skipped, or why chosen
+    notes: list[str] = field(default_factory=list)  # what the techniques said (layers left in float, legacy, ...)
+    prepare_s: float | None = None  # time to apply the recipe (compilation happens at first call)
+    first_call_ms: float | None = None  # includes torch.compile / TorchScript optimisation
+    timing: dict | None = None  # measure.Timing.to_dict(): median_ms, p90_ms, ci95_ms, throughput_per_s, ...
+    speedup: float | None = None  # baseline median / this median, measured in the same interleaved run
+    size_bytes: int | None = None  # serialized weights
+    peak_memory_bytes: int | None = None  # extra memory while running (see measure.peak_memory)
+    fidelity: dict | None = None  # fidelity.Fidelity.to_dict() vs the baseline's outputs on the example
+    metrics: dict | None = None  # the task metric(s) from the workload's evaluate()
+    metric_drop: float | None = None  # baseline primary metric - this one (positive = worse)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class RunResult:
+    workload: dict  # name, spec, example, metric
+    machine: dict  # device.describe()
+    config: dict  # the OptimizeConfig used
+    recipes: list[RecipeResult]  # baseline first
+    chosen: str | None = None  # name of the chosen recipe, or None if nothing beat the baseline
+    artifact: str | None = None  # folder of the saved chosen model
+    created: str = ""
+    error: str | None = None  # set when the run stopped early; the recipes done so far are kept
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["recipes"] = [r.to_dict() for r in self.recipes]
+        return d
+
+    @property
+    def baseline(self) -> RecipeResult:
+        return self.recipes[0]

@@ -1,0 +1,36 @@
+"""The short Python program that reproduces a run's chosen model."""
+from __future__ import annotations
+
+import json
+
+
+def snippet(run) -> str:
+    """Python source reproducing the chosen recipe of `run` (a RunResult), or '' if none was chosen."""
+    chosen = next((r for r in run.recipes if r.name == run.chosen), None)
+    if chosen is None:
+        return ""
+    spec = run.workload.get("spec")
+    src = run.config.get("out")
+    steps = json.dumps(chosen.steps, indent=4)
+    load_line = (f"workload = torchslim.load_model({spec!r}{_shape_args(run)})" if spec
+                 else "workload = torchslim.Workload(model=MyModel(), example=...)  # your model and inputs")
+    return f'''"""Reproduce torchslim's chosen recipe '{chosen.name}' ({chosen.speedup:.2f}x vs FP32 eager here)."""
+import torch
+import torchslim
+
+# 1) Load the saved model (weights + recipe, checked against the saved outputs):
+model = torchslim.load({(src + "/model") if src else "OUT/model"!r})
+
+# 2) Or rebuild it from the original model:
+{load_line}
+recipe = torchslim.Recipe.from_list({steps})
+model = torchslim.apply(workload.model.eval(), recipe, workload.example)
+
+with torch.no_grad():
+    out = workload.example(model)  # call it like the original model
+'''
+
+
+def _shape_args(run) -> str:
+    args = [f", {k}={run.workload[k]!r}" for k in ("input_shape", "dtype") if run.workload.get(k)]
+    return "".join(args)

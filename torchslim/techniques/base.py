@@ -1,0 +1,90 @@
+"""The technique registry: a frozen config dataclass per technique, and a handler registered for it.
+
+A handler is two plain functions: `applies(model, cfg, ctx)` returns None or the reason the
+technique does not apply, and `apply(model, cfg, ctx)` returns the transformed model. Adding a
+technique touches one file (and its tests).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+import torch
+import torch.nn as nn
+
+from ..errors import SlimError
+from ..inputs import Example
+
+
+@dataclass
+class Context:
+    """What a handler may look at: the device, the example inputs, and a place for notes."""
+
+    device: torch.device
+    example: Example
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TechniqueConfig:
+    """Base of every technique's config. Subclasses are frozen dataclasses that validate themselves."""
+
+    name: ClassVar[str] = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"technique": self.name, **dataclasses.asdict(self)}
+
+    def label(self) -> str:
+        """A short human name, e.g. 'bf16-cast'."""
+        return self.name
+
+
+@dataclass(frozen=True)
+class Handler:
+    apply: Callable[[nn.Module, TechniqueConfig, Context], nn.Module]
+    applies: Callable[[nn.Module, TechniqueConfig, Context], str | None]
+
+
+CONFIGS: dict[str, type[TechniqueConfig]] = {}
+HANDLERS: dict[type[TechniqueConfig], Handler] = {}
+
+
+def register(config_cls: type[TechniqueConfig], applies: Callable[..., str | None] | None = None):
+    """Decorator: register `fn(model, cfg, ctx) -> model` as the handler of `config_cls`."""
+
+    def deco(fn):
+        CONFIGS[config_cls.name] = config_cls
+        HANDLERS[config_cls] = Handler(apply=fn, applies=applies or (lambda m, c, x: None))
+        return fn
+
+    return deco
+
+
+def config_from_dict(d: dict[str, Any]) -> TechniqueConfig:
+    d = dict(d)
+    name = d.pop("technique", None)
+    if name not in CONFIGS:
+        raise SlimError(f"unknown technique '{name}'", f"known techniques: {', '.join(sorted(CONFIGS))}")
+    cls = CONFIGS[name]
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - fields
+    if unknown:
+        raise SlimError(f"technique '{name}' has no option(s) {sorted(unknown)}", f"its options: {sorted(fields)}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def handler(cfg: TechniqueConfig) -> Handler:
+    return HANDLERS[type(cfg)]
+
+
+def has_module(model: nn.Module, *types: type) -> bool:
+    return any(isinstance(m, types) for m in model.modules())
+
+
+class Wrapper(nn.Module):
+    """Base for modules that change how `inner` is called; state dict keys keep the 'inner.' prefix."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner

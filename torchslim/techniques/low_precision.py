@@ -1,0 +1,88 @@
+"""BF16/FP16 inference: autocast (mixed, per-op) or a full cast of weights and activations."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .. import device as dev
+from .base import Context, TechniqueConfig, Wrapper, register
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class LowPrecisionConfig(TechniqueConfig):
+    """dtype: 'bf16' or 'fp16'. mode: 'autocast' (matmuls/convs in low precision, the rest FP32)
+    or 'cast' (the whole model in low precision; inputs cast in, outputs cast back to FP32)."""
+
+    name = "low_precision"
+    dtype: str = "bf16"
+    mode: str = "cast"
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if self.mode not in ("autocast", "cast"):
+            raise ValueError(f"mode must be 'autocast' or 'cast', got {self.mode!r}")
+
+    def label(self) -> str:
+        return f"{self.dtype}-{self.mode}"
+
+
+class Autocast(Wrapper):
+    def __init__(self, inner, device_type: str, dtype: torch.dtype):
+        super().__init__(inner)
+        self.device_type, self.dtype = device_type, dtype
+
+    def forward(self, *args, **kwargs):
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            out = self.inner(*args, **kwargs)
+        return _cast_floats(out, torch.float32)
+
+
+class CastIO(Wrapper):
+    """Runs `inner` (already cast) on inputs cast to `dtype`, and returns FP32 outputs."""
+
+    def __init__(self, inner, dtype: torch.dtype):
+        super().__init__(inner)
+        self.dtype = dtype
+
+    def forward(self, *args, **kwargs):
+        out = self.inner(*_cast_floats(args, self.dtype), **_cast_floats(kwargs, self.dtype))
+        return _cast_floats(out, torch.float32)
+
+
+def _cast_floats(obj, dtype):
+    if isinstance(obj, torch.Tensor):
+        return obj.to(dtype) if obj.is_floating_point() else obj
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # namedtuple
+        return type(obj)(*(_cast_floats(o, dtype) for o in obj))
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_cast_floats(o, dtype) for o in obj)
+    if isinstance(obj, dict):
+        out = obj.__class__(obj) if hasattr(obj, "to_tuple") else {}
+        for k, v in obj.items():
+            out[k] = _cast_floats(v, dtype)
+        return out
+    return obj
+
+
+def _applies(model, cfg: LowPrecisionConfig, ctx: Context):
+    if isinstance(model, torch.jit.ScriptModule):
+        return "a TorchScript model cannot be re-typed from outside"
+    if cfg.dtype == "bf16" and not dev.supports_bf16(ctx.device):
+        return f"{ctx.device.type} here has no fast BF16 (needs AVX-512 BF16/AMX, or an Ampere+ GPU)"
+    if cfg.dtype == "fp16" and not dev.supports_fp16(ctx.device):
+        return f"{ctx.device.type} here has no fast FP16 (needs a GPU, or a CPU with AMX-FP16/AVX512-FP16)"
+    if not any(p.is_floating_point() for p in model.parameters()):
+        return "the model has no floating-point weights"
+    return None
+
+
+@register(LowPrecisionConfig, applies=_applies)
+def apply_low_precision(model, cfg: LowPrecisionConfig, ctx: Context):
+    dtype = DTYPES[cfg.dtype]
+    if cfg.mode == "autocast":
+        return Autocast(model, ctx.device.type, dtype)
+    return CastIO(model.to(dtype), dtype)
