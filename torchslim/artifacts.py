@@ -27,12 +27,19 @@ FORMAT_VERSION = 1
 
 
 def save(folder: str, base_model: nn.Module, recipe: Recipe, example: Example, *, spec: str | None,
-         source: dict | None = None, reference_output=None) -> str:
-    """Write `folder`/{torchslim.json, weights.pt, example.pt, reference.pt}; returns the folder."""
+         source: dict | None = None, reference_output=None, calibration: list[Example] | None = None) -> str:
+    """Write `folder`/{torchslim.json, weights.pt, example.pt, reference.pt[, calibration.pt]}.
+
+    Recipes that calibrate (static quantization) get their calibration inputs saved too, so that
+    re-applying the recipe on load reproduces the same scales and the same outputs.
+    """
     os.makedirs(folder, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in base_model.state_dict().items()}
     atomic_write(os.path.join(folder, "weights.pt"), lambda f: torch.save(state, f))
     atomic_write(os.path.join(folder, "example.pt"), lambda f: torch.save({"args": list(example.args), "kwargs": example.kwargs}, f))
+    if calibration is not None:
+        batches = [{"args": list(e.args), "kwargs": e.kwargs} for e in calibration]
+        atomic_write(os.path.join(folder, "calibration.pt"), lambda f: torch.save(batches, f))
     if reference_output is not None:
         refs = [t.detach().float().cpu() for t in output_tensors(reference_output)]
         atomic_write(os.path.join(folder, "reference.pt"), lambda f: torch.save(refs, f))
@@ -86,11 +93,19 @@ def load(folder: str, model: nn.Module | None = None, *, device: str = "cpu", ve
     model = eval_mode(model.to(dev))
     ex = torch.load(os.path.join(folder, "example.pt"), map_location="cpu", weights_only=True)
     example = Example(tuple(ex["args"]), ex["kwargs"]).to(dev)
-    ctx = Context(device=dev, example=example)
+    ctx = Context(device=dev, example=example, calibration=_saved_calibration(folder, dev))
     model = apply(model, Recipe.from_list(manifest["recipe"]), ctx)
     if verify and os.path.isfile(os.path.join(folder, "reference.pt")):
         _verify(model, example, torch.load(os.path.join(folder, "reference.pt"), weights_only=True), manifest["recipe_name"])
     return model
+
+
+def _saved_calibration(folder: str, dev: torch.device):
+    path = os.path.join(folder, "calibration.pt")
+    if not os.path.isfile(path):
+        return None
+    batches = torch.load(path, map_location="cpu", weights_only=True)
+    return lambda: [Example(tuple(b["args"]), b["kwargs"]).to(dev) for b in batches]
 
 
 def _verify(model: nn.Module, example: Example, refs: list[torch.Tensor], name: str) -> None:

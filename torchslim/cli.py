@@ -22,8 +22,13 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--model", help="model spec: file.py:factory, package.module:factory, hf:DIR, model.pt (TorchScript), model.pt2 (torch.export)")
     o.add_argument("--input-shape", help="example input shape(s), e.g. 8x3x224x224 or 1x128,1x128")
     o.add_argument("--dtype", help="input dtype(s): float32 (default), int64, ... comma-separated per input")
+    o.add_argument("--inputs", help="example inputs saved with torch.save (a tensor, tuple/list or dict of tensors)")
+    o.add_argument("--eval", help="task metric: file.py:fn or module:fn taking the model, returning a number or a dict "
+                                  "(the first key is the metric --max-drop applies to); higher is better")
     o.add_argument("--weights", help="state dict to load into the model (loaded with weights_only=True)")
     o.add_argument("--trust-pickle", action="store_true", help="allow loading pickled modules (runs code from the file!)")
+    o.add_argument("--calib-data", help="calibration inputs for static INT8: a .pt file ([N,...] tensor, tuple or dict of them) or file.py:fn returning batches")
+    o.add_argument("--calib-samples", type=int, default=256, help="calibration samples to use (default 256)")
     o.add_argument("--out", default=None, help=f"output folder (default: {DEMO_OUT})")
     o.add_argument("--objective", default="latency", choices=["latency", "throughput", "size", "memory"])
     o.add_argument("--max-drop", type=float, default=1.0, help="largest allowed drop of the task metric (default 1.0)")
@@ -75,13 +80,26 @@ def cmd_optimize(args) -> int:
     if args.model:
         jobs = [(args.model, out)]
     else:
-        if args.input_shape or args.weights:
-            raise SlimError("--input-shape/--weights need --model", "pass --model, or drop them to run the built-in examples")
+        if args.input_shape or args.weights or args.inputs or args.eval:
+            raise SlimError("--input-shape/--inputs/--weights/--eval need --model", "pass --model, or drop them to run the built-in examples")
         jobs = [(spec, os.path.join(out, name)) for name, spec in DEMOS.items()]
         print(f"torchslim: no --model given: running the built-in examples ({', '.join(DEMOS)}) into {out}/", file=sys.stderr)
     status = 0
     for spec, folder in jobs:
-        workload = load_model(spec, input_shape=args.input_shape, dtype=args.dtype, weights=args.weights, trust_pickle=args.trust_pickle)
+        workload = load_model(spec, input_shape=args.input_shape, dtype=args.dtype, weights=args.weights,
+                              trust_pickle=args.trust_pickle, need_example=not args.inputs)
+        if args.inputs:
+            from .loading import load_inputs
+
+            workload.example = load_inputs(args.inputs)
+        if args.eval:
+            from .loading import load_evaluate
+
+            workload.evaluate, workload.metric = load_evaluate(args.eval)
+        if args.calib_data:
+            from .calibration import from_spec
+
+            workload.calibration = from_spec(args.calib_data, workload.example, args.calib_samples)
         config = OptimizeConfig(
             objective=args.objective, max_drop=args.max_drop, min_cosine=args.min_cosine,
             recipes=tuple(s.strip() for s in args.recipes.split(",") if s.strip()) if args.recipes else None,

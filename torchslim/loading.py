@@ -66,6 +66,19 @@ def load_model(
 # -- Python factories -------------------------------------------------------------------------
 
 def _load_factory(spec: str) -> Workload:
+    fn, spec = _load_factory_fn(spec, with_spec=True)
+    fn_name = spec.rpartition(":")[2]
+    try:
+        made = fn()
+    except SlimError:
+        raise
+    except Exception as e:  # noqa: BLE001 - user code
+        raise SlimError(f"factory '{fn_name}' raised {type(e).__name__}: {e}", "fix the factory (run with --debug for the traceback)") from e
+    return _as_workload(made, spec, fn_name)
+
+
+def _load_factory_fn(spec: str, with_spec: bool = False):
+    """The callable named by file.py:fn or package.module:fn (and the spec with an absolute path)."""
     target, _, fn_name = spec.rpartition(":")
     if not fn_name:
         raise SlimError(f"model spec '{spec}' names no factory", "write it as path/to/file.py:factory or package.module:factory")
@@ -83,13 +96,7 @@ def _load_factory(spec: str) -> Workload:
     if not callable(fn):
         have = sorted(n for n, v in vars(mod).items() if callable(v) and not n.startswith("_"))[:12]
         raise SlimError(f"'{target}' has no function '{fn_name}'", f"callables there: {', '.join(have) or 'none'}")
-    try:
-        made = fn()
-    except SlimError:
-        raise
-    except Exception as e:  # noqa: BLE001 - user code
-        raise SlimError(f"factory '{fn_name}' raised {type(e).__name__}: {e}", "fix the factory (run with --debug for the traceback)") from e
-    return _as_workload(made, spec, fn_name)
+    return (fn, spec) if with_spec else fn
 
 
 def _import_file(path: str):
@@ -229,3 +236,40 @@ def _load_hf(path: str, input_shape: str | None) -> Workload:
     example = Example((ids, torch.ones_like(ids)))
     return Workload(model=HFModel(hf), example=example, name=os.path.basename(os.path.normpath(path)),
                     spec=f"hf:{os.path.abspath(path)}", source={"format": "huggingface"})
+
+
+# -- example inputs and task metrics from files --------------------------------------------------
+
+def load_inputs(path: str) -> Example:
+    """Example inputs saved with torch.save: a tensor, a tuple/list of tensors, or a dict of them."""
+    if not os.path.isfile(path):
+        raise SlimError(f"inputs file '{path}' does not exist", "save them with torch.save(tensor_or_tuple_or_dict, path)")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise SlimError(f"cannot read inputs '{path}' safely: {e}", "save plain tensors (a tensor, tuple or dict) with torch.save") from e
+    return as_example(data)
+
+
+def load_evaluate(spec: str):
+    """`--eval file.py:fn`: returns (evaluate, metric name). fn(model) may return a number or a dict."""
+    fn = _load_factory_fn(spec)
+    name = spec.rpartition(":")[2]
+    state = {}
+
+    def evaluate(model):
+        try:
+            got = fn(model)
+        except Exception as e:  # noqa: BLE001 - user code
+            raise SlimError(f"the --eval function '{name}' raised {type(e).__name__}: {e}", "fix it (run with --debug for the traceback)") from e
+        if isinstance(got, dict):
+            if not got:
+                raise SlimError(f"the --eval function '{name}' returned an empty dict", "return a number or {'metric': value}")
+            state.setdefault("key", next(iter(got)))
+            return {name: float(got[state["key"]]), **{k: float(v) for k, v in got.items()}}
+        try:
+            return {name: float(got)}
+        except (TypeError, ValueError):
+            raise SlimError(f"the --eval function '{name}' returned {type(got).__name__}", "return a number or a dict of numbers") from None
+
+    return evaluate, name

@@ -76,7 +76,10 @@ def optimize(workload: Workload, config: OptimizeConfig = OptimizeConfig(), prog
             created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         )
         try:
-            _search(workload, config, device, run, progress)
+            # Every recipe compiles its own copy of the same module classes: lift Dynamo's
+            # per-function recompile limit for the search, so none silently falls back to eager.
+            with torch._dynamo.config.patch(recompile_limit=256, accumulated_recompile_limit=4096):
+                _search(workload, config, device, run, progress)
         except KeyboardInterrupt:
             run.error = "interrupted: the recipes measured so far are kept"
             _write(run, config)
@@ -142,8 +145,10 @@ def _search(workload: Workload, config: OptimizeConfig, device: torch.device, ru
         if config.out and config.save_model:
             bar.set_postfix_str("saving")
             folder = os.path.join(config.out, "model")
-            artifacts.save(folder, workload.model, Recipe.from_list(chosen.steps), workload.example, spec=workload.spec,
-                           source=workload.source, reference_output=_run(models[chosen.name], example)())
+            recipe = Recipe.from_list(chosen.steps)
+            calib = list(workload.calibration()) if workload.calibration and any(s.needs_calibration for s in recipe.steps) else None
+            artifacts.save(folder, workload.model, recipe, workload.example, spec=workload.spec, source=workload.source,
+                           reference_output=_run(models[chosen.name], example)(), calibration=calib)
             run.artifact = folder
     bar.update(1)
     bar.close()
@@ -152,7 +157,7 @@ def _search(workload: Workload, config: OptimizeConfig, device: torch.device, ru
 def _try(recipe: Recipe, workload: Workload, example, device, ref_out, base_metric, config: OptimizeConfig):
     """Apply and validate one recipe on a fresh copy. Returns (result, model or None)."""
     res = RecipeResult(name=recipe.name, steps=recipe.to_list())
-    ctx = Context(device=device, example=example)
+    ctx = Context(device=device, example=example, calibration=workload.calibration)
     try:
         t0 = time.perf_counter()
         model = apply(eval_mode(copy.deepcopy(workload.model).to(device)), recipe, ctx)

@@ -10,7 +10,7 @@ from . import device as dev
 from .errors import NotApplicable
 from .techniques import (
     ChannelsLastConfig, CompileConfig, Context, DynamicInt8Config, InferenceModeConfig,
-    LowPrecisionConfig, TechniqueConfig, TorchScriptConfig, config_from_dict, handler,
+    LowPrecisionConfig, Pt2eDynamicInt8Config, StaticInt8Config, TechniqueConfig, TorchScriptConfig, config_from_dict, handler,
 )
 
 
@@ -69,7 +69,8 @@ def candidates(device: torch.device) -> list[Recipe]:
     for d in lows:
         out += [_im(LowPrecisionConfig(d, "autocast")), _im(LowPrecisionConfig(d, "cast")), _im(cl, LowPrecisionConfig(d, "cast"))]
     if device.type == "cpu":
-        out += [_im(DynamicInt8Config())]
+        # PT2E first: preparing a PT2E model is kept ahead of the other compiled recipes.
+        out += [_im(StaticInt8Config()), _im(Pt2eDynamicInt8Config()), _im(DynamicInt8Config())]
     out += [Recipe((TorchScriptConfig(),)), _im(comp), _im(cl, comp)]
     for d in lows:
         out += [_im(LowPrecisionConfig(d, "cast"), comp), _im(cl, LowPrecisionConfig(d, "cast"), comp)]

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch.nn as nn
 
@@ -21,6 +21,9 @@ class Workload:
     metric: str | None = None  # the key of `evaluate`'s dict that --max-drop applies to
     metric_unit: str = ""  # e.g. "points" for accuracy in percent
     source: dict = field(default_factory=dict)  # how it was loaded (shapes, dtypes), for reloading
+    # Representative inputs for static quantization: a function returning an iterable of Examples
+    # shaped like `example` (same batch size, so compiled models need no recompilation).
+    calibration: Callable[[], Iterable[Example]] | None = None
 
     def __post_init__(self):
         if self.evaluate is not None and self.metric is None:

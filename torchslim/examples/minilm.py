@@ -151,21 +151,35 @@ def embed(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, batch: int) -
     return torch.cat(out)
 
 
-def embed_texts(model: nn.Module, tokenizer, texts: list[str], batch: int = 64) -> torch.Tensor:
-    """FP32-only path for the probe's training set: pads each batch to its longest tweet (fast)."""
-    out = []
+def embed_texts(model: nn.Module, tokenizer, texts: list[str], max_length: int, batch: int = 64) -> torch.Tensor:
+    """Embeddings [N, D] float32 by the fast, unshaped path, for the FP32 model only.
+
+    Tweets are batched by token length and each batch is padded only to its longest
+    tweet (about 4x less work than padding to 128). Padding is masked out of both
+    attention and pooling, so the result matches `embed` on the same truncation up to
+    float rounding (cosine > 0.999999).
+    """
+    lengths = [len(ids) for ids in tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]]
+    order = sorted(range(len(texts)), key=lambda i: lengths[i])
+    out = torch.empty(0)
     with torch.no_grad():
-        for i in range(0, len(texts), batch):
-            enc = tokenizer(texts[i:i + batch], padding=True, truncation=True, max_length=256, return_tensors="pt")
-            out.append(model(enc["input_ids"], enc["attention_mask"]).float())
-    return torch.cat(out)
+        for i in range(0, len(order), batch):
+            rows = order[i:i + batch]
+            enc = tokenizer([texts[r] for r in rows], padding=True, truncation=True, max_length=max_length,
+                            return_tensors="pt")
+            emb = model(enc["input_ids"], enc["attention_mask"]).float()
+            if out.numel() == 0:
+                out = torch.empty(len(texts), emb.shape[1])
+            out[rows] = emb
+    return out
 
 
 class Probe(nn.Module):
     """Logistic regression on embeddings, fitted with full-batch L-BFGS and a little L2.
 
     Implemented in torch (scikit-learn is not a torchslim dependency). Full-batch
-    L-BFGS from zero weights is deterministic.
+    L-BFGS from zero weights is deterministic. The default l2=1e-4 (on the mean loss)
+    is about scikit-learn's C=1 at 4000 samples, and matched its test accuracy (85 %).
     """
 
     def __init__(self, dim: int):
@@ -177,7 +191,7 @@ class Probe(nn.Module):
     def forward(self, emb: torch.Tensor) -> torch.Tensor:
         return self.linear(emb).squeeze(-1)  # logit of "positive"
 
-    def fit(self, emb: torch.Tensor, labels: torch.Tensor, l2: float = 1e-3, steps: int = 200) -> "Probe":
+    def fit(self, emb: torch.Tensor, labels: torch.Tensor, l2: float = 1e-4, steps: int = 200) -> "Probe":
         target = labels.float()
         opt = torch.optim.LBFGS(self.parameters(), lr=1.0, max_iter=steps, tolerance_grad=1e-7,
                                 tolerance_change=1e-10, history_size=20, line_search_fn="strong_wolfe")
@@ -193,8 +207,10 @@ class Probe(nn.Module):
         return self.eval()
 
     def accuracy(self, emb: torch.Tensor, labels: torch.Tensor) -> float:
+        """Percent of `emb` classified as `labels` (exact count, no float32 averaging)."""
         with torch.no_grad():
-            return 100.0 * float(((self(emb.float()) > 0).long() == labels).float().mean())
+            correct = int(((self(emb.float()) > 0).long() == labels).sum())
+        return 100.0 * correct / len(labels)
 
 
 # ----------------------------------------------------------------------------- workload
@@ -204,21 +220,22 @@ class _Judge:
     tweets with a private FP32 copy of the model (so an optimizer that edits the served
     model in place cannot move the reference), then drops that copy."""
 
-    def __init__(self, reference: SentenceEmbedder, tokenizer, train_texts, train_labels,
-                 test_ids, test_mask, test_labels, batch: int):
+    def __init__(self, reference: SentenceEmbedder, tokenizer, train_texts, train_labels, test_texts,
+                 test_ids, test_mask, test_labels, batch: int, seq: int):
         self._reference, self._tokenizer = reference, tokenizer
-        self._train = (train_texts, train_labels)
+        self._texts = (train_texts, train_labels, test_texts)
+        self.seq = seq
         self.test_ids, self.test_mask, self.test_labels, self.batch = test_ids, test_mask, test_labels, batch
         self.probe: Probe | None = None
         self.reference_embeddings: torch.Tensor | None = None
 
     def _prepare(self) -> None:
-        texts, labels = self._train
-        train_emb = embed_texts(self._reference, self._tokenizer, texts)
-        self.probe = Probe(train_emb.shape[1]).fit(train_emb, labels)
-        # Same token tensors as the candidates get, batched 64 for speed (rows are independent).
-        self.reference_embeddings = embed(self._reference, self.test_ids, self.test_mask, batch=64)
-        self._reference = self._tokenizer = self._train = None
+        train_texts, train_labels, test_texts = self._texts
+        train_emb = embed_texts(self._reference, self._tokenizer, train_texts, max_length=self.seq)
+        self.probe = Probe(train_emb.shape[1]).fit(train_emb, train_labels)
+        # Truncated like the candidates' inputs, so it is the same computation, minus the padding.
+        self.reference_embeddings = embed_texts(self._reference, self._tokenizer, test_texts, max_length=self.seq)
+        self._reference = self._tokenizer = self._texts = None
 
     def __call__(self, candidate: nn.Module) -> dict[str, float]:
         if self.probe is None:
@@ -241,11 +258,10 @@ def workload(batch: int = 1, seq: int = 128) -> Workload:
     tokenizer = load_tokenizer()
     (train_texts, train_labels), (test_texts, test_labels) = load_tweets()
     test_ids, test_mask = tokenize(tokenizer, test_texts, seq)
-    example = Example((test_ids[:batch].clone(), test_mask[:batch].clone()))
-    if batch > len(test_ids):  # more rows than test tweets: repeat them
-        reps = -(-batch // len(test_ids))
-        example = Example((test_ids.repeat(reps, 1)[:batch].clone(), test_mask.repeat(reps, 1)[:batch].clone()))
-    judge = _Judge(copy.deepcopy(model), tokenizer, train_texts, train_labels, test_ids, test_mask, test_labels, batch)
+    reps = -(-batch // len(test_ids))  # a batch larger than the test set repeats it
+    example = Example((test_ids.repeat(reps, 1)[:batch].clone(), test_mask.repeat(reps, 1)[:batch].clone()))
+    judge = _Judge(copy.deepcopy(model), tokenizer, train_texts, train_labels, test_texts,
+                   test_ids, test_mask, test_labels, batch, seq)
     return Workload(
         model=model, example=example, name="all-MiniLM-L6-v2",
         spec="torchslim.examples.minilm:workload",

@@ -1,15 +1,16 @@
 """Techniques: import each module so it registers its config and handler."""
-from . import channels_last, compile, dynamic_int8, inference_mode, low_precision, torchscript  # noqa: F401
+from . import channels_last, compile, dynamic_int8, inference_mode, low_precision, static_int8, torchscript  # noqa: F401
 from .base import CONFIGS, Context, TechniqueConfig, config_from_dict, handler
 from .channels_last import ChannelsLastConfig
 from .compile import CompileConfig
 from .dynamic_int8 import DynamicInt8Config
 from .inference_mode import InferenceModeConfig
 from .low_precision import LowPrecisionConfig
+from .static_int8 import Pt2eDynamicInt8Config, StaticInt8Config
 from .torchscript import TorchScriptConfig
 
 __all__ = [
     "CONFIGS", "Context", "TechniqueConfig", "config_from_dict", "handler",
     "ChannelsLastConfig", "CompileConfig", "DynamicInt8Config", "InferenceModeConfig",
-    "LowPrecisionConfig", "TorchScriptConfig",
+    "LowPrecisionConfig", "TorchScriptConfig", "StaticInt8Config", "Pt2eDynamicInt8Config",
 ]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Iterable
 
 import torch
 import torch.nn as nn
@@ -19,11 +19,13 @@ from ..inputs import Example
 
 @dataclass
 class Context:
-    """What a handler may look at: the device, the example inputs, and a place for notes."""
+    """What a handler may look at: the device, the example inputs, calibration data, and a place for notes."""
 
     device: torch.device
     example: Example
     notes: list[str] = field(default_factory=list)
+    calibration: Callable[[], Iterable[Example]] | None = None  # see Workload.calibration
+    details: dict = field(default_factory=dict)  # structured facts a technique reports (layers kept in float, ...)
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,7 @@ class TechniqueConfig:
     """Base of every technique's config. Subclasses are frozen dataclasses that validate themselves."""
 
     name: ClassVar[str] = ""
+    needs_calibration: ClassVar[bool] = False  # True: apply() reads ctx.calibration (static quantization)
 
     def to_dict(self) -> dict[str, Any]:
         return {"technique": self.name, **dataclasses.asdict(self)}

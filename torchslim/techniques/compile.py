@@ -1,12 +1,20 @@
 """torch.compile with Inductor and weight freezing: constant-folds weights into the graph and
-lets Inductor pick prepacked oneDNN/cuBLAS kernels and fuse the pointwise ops around them."""
+lets Inductor pick prepacked oneDNN/cuBLAS kernels and fuse the pointwise ops around them.
+
+Freezing only happens when Inductor's *global* `freezing` flag is on while Dynamo captures the
+graph (torch 2.13): passing `options={"freezing": True}` to torch.compile leaves the weights as
+graph inputs and silently gives plain `extern_kernels.convolution` calls. So the compiled model is
+wrapped in `Compiled`, which sets the flag (and no_grad, which freezing needs) only for the
+duration of each call; nothing global stays changed.
+"""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
 
-from .base import Context, TechniqueConfig, register
+from .base import Context, TechniqueConfig, Wrapper, register
 
 
 @dataclass(frozen=True)
@@ -25,20 +33,51 @@ class CompileConfig(TechniqueConfig):
         return "compile" + ("-max-autotune" if self.mode == "max-autotune" else "")
 
 
+@contextlib.contextmanager
+def inductor_freezing(on: bool = True):
+    """Inductor's global freezing flag, set for the block only."""
+    import torch._inductor.config as inductor_config
+
+    before = inductor_config.freezing
+    inductor_config.freezing = on
+    try:
+        yield
+    finally:
+        inductor_config.freezing = before
+
+
+class Compiled(Wrapper):
+    """`inner` under torch.compile, called with freezing on and autograd off. The compiled callable
+    is not a submodule, so the state dict holds only `inner.*` (the real weights)."""
+
+    def __init__(self, inner: torch.nn.Module, freezing: bool = True, **compile_kwargs):
+        super().__init__(inner)
+        self.freezing = freezing
+        self.__dict__["_compiled"] = torch.compile(inner, **compile_kwargs)
+
+    def train(self, mode: bool = True):
+        # torch.export graphs refuse .train()/.eval(); a compiled inference model stays as it is.
+        self.training = mode
+        return self
+
+    def forward(self, *args, **kwargs):
+        if not self.freezing:
+            return self._compiled(*args, **kwargs)
+        with torch.no_grad(), inductor_freezing(True):
+            return self._compiled(*args, **kwargs)
+
+
 def _applies(model, cfg, ctx):
     if isinstance(model, torch.jit.ScriptModule):
         return "torch.compile cannot compile a TorchScript model"
+    if isinstance(model, Compiled):
+        return "the model is already compiled"
     return None
 
 
 @register(CompileConfig, applies=_applies)
 def apply_compile(model, cfg: CompileConfig, ctx: Context):
-    # Options scope the Inductor settings to this compiled model; nothing global is changed.
-    # torch.compile takes a mode or options, not both: spell the mode out as its options.
-    if cfg.backend != "inductor":
-        return torch.compile(model, backend=cfg.backend, dynamic=cfg.dynamic)
-    from torch._inductor import list_mode_options
-
-    options = dict(list_mode_options(cfg.mode, cfg.dynamic)) if cfg.mode != "default" else {}
-    options["freezing"] = cfg.freezing
-    return torch.compile(model, backend=cfg.backend, dynamic=cfg.dynamic, options=options)
+    kwargs = {"backend": cfg.backend, "dynamic": cfg.dynamic}
+    if cfg.mode != "default":
+        kwargs["mode"] = cfg.mode
+    return Compiled(model, freezing=cfg.freezing and cfg.backend == "inductor", **kwargs)

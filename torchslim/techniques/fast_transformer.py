@@ -1,0 +1,462 @@
+"""A BetterTransformer-style fast path for Transformer encoders: fused attention, no work on padding.
+
+Hugging Face removed BetterTransformer in favour of SDPA attention, but SDPA still computes every
+padding token, in attention and in every Linear/LayerNorm. This technique replaces supported
+encoders with a forward of our own that reads the original modules' weights:
+
+- the real tokens (attention mask 1) are gathered into one packed [total_tokens, hidden] batch;
+  the embeddings, Q/K/V and output projections, feed-forward and LayerNorms run on that, so
+  their cost follows the real tokens, not batch x max_length;
+- attention runs per sequence: one fused `scaled_dot_product_attention` call per length bucket
+  (sequences sorted by length, each bucket padded only to its own longest row, with a key mask),
+  or one CUDA flash varlen call (`torch.nn.attention.varlen`, feature-detected) on fp16/bf16 CUDA;
+- the result is scattered back to [batch, seq, hidden].
+
+Supported: Hugging Face BERT-family encoders built with `transformers` (model_type bert, roberta,
+xlm-roberta, camembert, electra; this covers all-MiniLM-L6-v2), DistilBERT, and PyTorch's
+`nn.TransformerEncoder` / `nn.TransformerEncoderLayer` with batch_first=True. Task heads around the
+encoder (BertForSequenceClassification, a SentenceEmbedder...) are kept; only the encoder module is
+swapped, and the replacement keeps its call signature and state-dict keys. The Linear/LayerNorm
+modules are the original ones, reused as they are, so this composes with dynamic INT8 and BF16 casts
+applied before or after it.
+
+Semantics (documented, tested):
+- outputs equal the original's (FP32: within 1e-4) at every real-token position, for right, left
+  and ragged padding: packing follows the mask, position ids are the original ones;
+- padding positions of last_hidden_state are ZERO (the original gives values there that depend on
+  what the pad token attends to; they are not meaningful), with one exception in the Hugging Face
+  models: where position 0 is padding (left padding), it is computed as the original does (a
+  query-only token: it attends to the row's real tokens, nothing attends to it), so heads that
+  read the first position (BERT's pooler_output, DistilBERT's classification heads) match the
+  original under left padding too. Masked mean pooling is unaffected either way;
+- a row with no real token (all padding) gives zeros for that row;
+- no attention_mask means no padding;
+- attention masks must be [batch, seq], bool / integer / float holding only 0 and 1; anything
+  else raises SlimError. nn.TransformerEncoder takes its src_key_padding_mask (True or -inf = pad);
+- calls the packed path does not cover fall back to the original module, unchanged: training
+  mode, inputs_embeds, output_attentions / output_hidden_states, caches and cross-attention
+  inputs, and for nn.TransformerEncoder an attention `mask` or is_causal;
+- TorchScript tracing of the packed path is refused (it depends on the mask's values);
+  torch.compile: see COMPILE_NOTE.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from ..errors import SlimError
+from . import _packing
+from .base import Context, TechniqueConfig, register
+
+BERT_LIKE = ("bert", "roberta", "xlm-roberta", "camembert", "electra")
+DISTILBERT = ("distilbert",)
+FAMILIES = BERT_LIKE + DISTILBERT + ("nn.TransformerEncoder",)
+COMPILE_NOTE = ("torch.compile of the packed path: the packing is data-dependent (lengths from the mask), "
+                "so the model runs with graph breaks around it")
+
+
+@dataclass(frozen=True)
+class FastTransformerConfig(TechniqueConfig):
+    """bucket_multiple: sequences whose lengths round up to the same multiple of this share one
+    attention call, padded to that group's longest sequence (1: one call per distinct length).
+    varlen: use CUDA flash varlen attention where available (fp16/bf16 on CUDA), else buckets."""
+
+    name = "fast_transformer"
+    bucket_multiple: int = 16
+    varlen: bool = True
+
+    def __post_init__(self):
+        if not isinstance(self.bucket_multiple, int) or isinstance(self.bucket_multiple, bool) or self.bucket_multiple < 1:
+            raise ValueError(f"bucket_multiple must be an integer >= 1, got {self.bucket_multiple!r}")
+        if not isinstance(self.varlen, bool):
+            raise ValueError(f"varlen must be true or false, got {self.varlen!r}")
+
+    def label(self) -> str:
+        return "fast-transformer"
+
+
+# ----------------------------------------------------------------------------- common
+
+def _refuse_tracing() -> None:
+    if torch.jit.is_tracing():
+        raise SlimError("fast_transformer's packed path depends on the attention mask's values and cannot be traced",
+                        "apply TorchScript without fast_transformer, or use torch.compile")
+
+
+class _Fast(nn.Module):
+    """Base of the replacements: registers the original module's children under the same names
+    (same parameters, same state-dict keys) and keeps the original, unregistered, to fall back on."""
+
+    def __init__(self, original: nn.Module, cfg: FastTransformerConfig):
+        super().__init__()
+        for name, child in original.named_children():
+            self.add_module(name, child)
+        object.__setattr__(self, "_original", original)
+        self.bucket_multiple = cfg.bucket_multiple
+        self.use_varlen = cfg.varlen
+        self.fuse_qkv = True
+        self.training = original.training
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            original = self.__dict__.get("_original")
+            if original is None or name.startswith("__"):
+                raise
+            return getattr(original, name)  # config, dtype, get_input_embeddings, ...
+
+    @property
+    def original(self) -> nn.Module:
+        return self.__dict__["_original"]
+
+    def _attention(self, q, k, v, p: _packing.Packing, heads: int, scale: float | None) -> torch.Tensor:
+        varlen = self.use_varlen and _packing.varlen_available(q, q.shape[-1] // heads)
+        return _packing.attention(q, k, v, p, heads, scale, varlen=varlen)
+
+    def extra_repr(self) -> str:
+        return f"fast path for {type(self.original).__name__}, bucket_multiple={self.bucket_multiple}"
+
+
+def _projections(x, q, k, v, fuse: bool):
+    """Q, K, V of packed tokens. Three plain nn.Linear of one dtype run as one GEMM on their
+    concatenated weights (one [N, 3H] output, read by attention without a split); anything else
+    (dynamic INT8 modules, ...) is called module by module."""
+    if fuse and type(q) is type(k) is type(v) is nn.Linear:
+        ws = (q.weight, k.weight, v.weight)
+        bs = (q.bias, k.bias, v.bias)
+        plain = all(type(t) in (torch.Tensor, nn.Parameter) for t in ws + bs)  # not torchao tensor subclasses
+        if plain and ws[0].dtype == ws[1].dtype == ws[2].dtype:
+            return torch.nn.functional.linear(x, torch.cat(ws), torch.cat(bs)), None, None
+    return q(x), k(x), v(x)
+
+
+def _hf_fallback_needed(module: _Fast, input_ids, inputs_embeds, kwargs: dict) -> bool:
+    if module.training or input_ids is None or inputs_embeds is not None or input_ids.dim() != 2:
+        return True
+    cfg = getattr(module.original, "config", None)
+    if getattr(cfg, "output_attentions", False) or getattr(cfg, "output_hidden_states", False):
+        return True
+    return any(v is not None and v is not False for v in kwargs.values())
+
+
+def _hf_output(module: _Fast, return_dict, seq: torch.Tensor, pooled: torch.Tensor | None):
+    from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPoolingAndCrossAttentions
+
+    if return_dict is None:
+        return_dict = getattr(module.original.config, "return_dict", True)
+    if not return_dict:
+        return (seq,) if pooled is None else (seq, pooled)
+    if not hasattr(module.original, "pooler"):
+        return BaseModelOutput(last_hidden_state=seq)
+    return BaseModelOutputWithPoolingAndCrossAttentions(last_hidden_state=seq, pooler_output=pooled)
+
+
+def _expand_ids(t: torch.Tensor, batch: int, seq: int) -> torch.Tensor:
+    if t.dim() == 1:
+        t = t[None]
+    return t.expand(batch, seq)
+
+
+# ----------------------------------------------------------------------------- BERT family
+
+class FastBertModel(_Fast):
+    """Packed forward of a Hugging Face BERT-family base model (bert, roberta, xlm-roberta,
+    camembert, electra): same call signature and outputs as the original (see module docs)."""
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, *args, return_dict=None, **kwargs):
+        if args or _hf_fallback_needed(self, input_ids, inputs_embeds, kwargs):
+            return self.original(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, *args,
+                                 return_dict=return_dict, **kwargs)
+        _refuse_tracing()
+        batch, seq = input_ids.shape
+        keep = _packing.keep_from_attention_mask(attention_mask, (batch, seq), input_ids.device)
+        p = _packing.plan(keep, batch, seq, input_ids.device, self.bucket_multiple, first_position=True)
+        emb = self.embeddings
+        pos = self._position_ids(emb, input_ids, position_ids)
+        if token_type_ids is not None:
+            tt = _expand_ids(token_type_ids, batch, seq)
+        elif hasattr(emb, "token_type_ids"):  # the registered all-zero buffer, read the way HF does
+            tt = torch.gather(emb.token_type_ids.expand(pos.shape[0], -1), 1, pos)
+        else:
+            tt = torch.zeros_like(input_ids)
+        x = emb(input_ids=_packing.pack(input_ids, p)[None], token_type_ids=_packing.pack(tt, p)[None],
+                position_ids=_packing.pack(pos, p)[None])[0]
+        if p.total == 0:
+            seq_out = x.new_zeros((batch, seq, self.original.config.hidden_size))
+        else:
+            if getattr(self, "embeddings_project", None) is not None:
+                x = self.embeddings_project(x)
+            for layer in self.encoder.layer:
+                x = self._layer(layer, x, p)
+            seq_out = _packing.unpack(x, p)
+        pooler = getattr(self, "pooler", None)
+        pooled = pooler(seq_out) if pooler is not None else None
+        return _hf_output(self, return_dict, seq_out, pooled)
+
+    @staticmethod
+    def _position_ids(emb, input_ids, position_ids):
+        batch, seq = input_ids.shape
+        if position_ids is not None:
+            return _expand_ids(position_ids, batch, seq)
+        make = getattr(emb, "create_position_ids_from_input_ids", None)
+        if make is not None and getattr(emb, "padding_idx", None) is not None:  # RoBERTa family
+            return make(input_ids, emb.padding_idx)
+        return emb.position_ids[:, :seq].expand(batch, seq)
+
+    def _layer(self, layer, x, p):
+        sa = layer.attention.self
+        q, k, v = _projections(x, sa.query, sa.key, sa.value, self.fuse_qkv)
+        ctx = self._attention(q, k, v, p, sa.num_attention_heads, sa.scaling)
+        x = layer.attention.output(ctx, x)  # dense, dropout, LayerNorm(+ residual): token-wise
+        return layer.output(layer.intermediate(x), x)
+
+
+def _bert_reason(m: nn.Module) -> str | None:
+    cfg = m.config
+    if getattr(cfg, "is_decoder", False):
+        return "is configured as a decoder (config.is_decoder): causal attention and caches are not handled"
+    if getattr(cfg, "add_cross_attention", False):
+        return "has cross-attention layers"
+    pet = getattr(cfg, "position_embedding_type", "absolute")
+    if pet not in (None, "absolute"):
+        return f"uses position_embedding_type={pet!r} (relative position scores are not handled)"
+    emb = getattr(m, "embeddings", None)
+    layers = getattr(getattr(m, "encoder", None), "layer", None)
+    if emb is None or not hasattr(emb, "word_embeddings") or layers is None or len(layers) == 0:
+        return "does not have the embeddings / encoder.layer structure this version of fast_transformer knows"
+    for i, layer in enumerate(layers):
+        sa = getattr(getattr(layer, "attention", None), "self", None)
+        ok = (sa is not None and all(hasattr(sa, a) for a in ("query", "key", "value", "num_attention_heads", "scaling"))
+              and hasattr(layer.attention, "output") and hasattr(layer, "intermediate") and hasattr(layer, "output")
+              and not hasattr(layer, "crossattention") and not hasattr(sa, "distance_embedding"))
+        if not ok:
+            return f"layer {i} ({type(layer).__name__}) does not have the attention.self.query/key/value, attention.output, intermediate, output structure expected"
+    return None
+
+
+# ----------------------------------------------------------------------------- DistilBERT
+
+class FastDistilBertModel(_Fast):
+    """Packed forward of a Hugging Face DistilBertModel."""
+
+    def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, position_ids=None, *args,
+                return_dict=None, **kwargs):
+        if args or _hf_fallback_needed(self, input_ids, inputs_embeds, kwargs):
+            return self.original(input_ids, attention_mask, inputs_embeds, position_ids, *args,
+                                 return_dict=return_dict, **kwargs)
+        _refuse_tracing()
+        batch, seq = input_ids.shape
+        keep = _packing.keep_from_attention_mask(attention_mask, (batch, seq), input_ids.device)
+        p = _packing.plan(keep, batch, seq, input_ids.device, self.bucket_multiple, first_position=True)
+        emb = self.embeddings
+        pos = _expand_ids(position_ids, batch, seq) if position_ids is not None else emb.position_ids[:, :seq].expand(batch, seq)
+        x = emb(_packing.pack(input_ids, p)[None], None, _packing.pack(pos, p)[None])[0]
+        if p.total == 0:
+            seq_out = x.new_zeros((batch, seq, x.shape[-1]))
+        else:
+            for layer in self.transformer.layer:
+                a = layer.attention
+                q, k, v = _projections(x, a.q_lin, a.k_lin, a.v_lin, self.fuse_qkv)
+                ctx = self._attention(q, k, v, p, a.n_heads, a.scaling)
+                h = layer.sa_layer_norm(a.out_lin(ctx) + x)
+                x = layer.output_layer_norm(layer.ffn.ff_chunk(h) + h)
+            seq_out = _packing.unpack(x, p)
+        return _hf_output(self, return_dict, seq_out, None)
+
+
+def _distilbert_reason(m: nn.Module) -> str | None:
+    emb = getattr(m, "embeddings", None)
+    layers = getattr(getattr(m, "transformer", None), "layer", None)
+    if emb is None or not hasattr(emb, "word_embeddings") or layers is None or len(layers) == 0:
+        return "does not have the embeddings / transformer.layer structure this version of fast_transformer knows"
+    for i, layer in enumerate(layers):
+        a = getattr(layer, "attention", None)
+        ok = (a is not None and all(hasattr(a, n) for n in ("q_lin", "k_lin", "v_lin", "out_lin", "n_heads", "scaling"))
+              and all(hasattr(layer, n) for n in ("sa_layer_norm", "output_layer_norm"))
+              and hasattr(getattr(layer, "ffn", None), "ff_chunk"))
+        if not ok:
+            return f"layer {i} ({type(layer).__name__}) does not have the DistilBERT structure expected"
+    return None
+
+
+# ----------------------------------------------------------------------------- nn.TransformerEncoder
+
+def _torch_layer(self: _Fast, layer, x, p):
+    """One nn.TransformerEncoderLayer (eval) on packed tokens; `layer` has its attributes."""
+    mha = layer.self_attn
+
+    def sa(h):
+        qkv = torch.nn.functional.linear(h, mha.in_proj_weight, mha.in_proj_bias)  # fused [N, 3E]
+        return mha.out_proj(self._attention(qkv, None, None, p, mha.num_heads, None))
+
+    def ff(h):
+        return layer.linear2(layer.activation(layer.linear1(h)))
+
+    if layer.norm_first:
+        x = x + sa(layer.norm1(x))
+        return x + ff(layer.norm2(x))
+    x = layer.norm1(x + sa(x))
+    return layer.norm2(x + ff(x))
+
+
+class FastTransformerEncoder(_Fast):
+    """Packed forward of nn.TransformerEncoder (batch_first). Padding positions are zero, as in
+    PyTorch's own nested-tensor fast path."""
+
+    def forward(self, src, mask=None, src_key_padding_mask=None, is_causal=None):
+        if self.training or mask is not None or is_causal or src.dim() != 3:
+            return self.original(src, mask=mask, src_key_padding_mask=src_key_padding_mask, is_causal=is_causal)
+        _refuse_tracing()
+        batch, seq, _ = src.shape
+        keep = _packing.keep_from_key_padding_mask(src_key_padding_mask, (batch, seq), src.device)
+        p = _packing.plan(keep, batch, seq, src.device, self.bucket_multiple)
+        x = _packing.pack(src, p)
+        if p.total == 0:
+            return src.new_zeros(src.shape)
+        for layer in self.layers:
+            x = _torch_layer(self, layer, x, p)
+        if getattr(self, "norm", None) is not None:
+            x = self.norm(x)
+        return _packing.unpack(x, p)
+
+
+class FastTransformerEncoderLayer(_Fast):
+    """Packed forward of a lone nn.TransformerEncoderLayer (batch_first)."""
+
+    def __init__(self, original, cfg):
+        super().__init__(original, cfg)
+        self.norm_first = original.norm_first
+        if not isinstance(original.activation, nn.Module):
+            object.__setattr__(self, "activation", original.activation)
+
+    def forward(self, src, src_mask=None, src_key_padding_mask=None, is_causal=False):
+        if self.training or src_mask is not None or is_causal or src.dim() != 3:
+            return self.original(src, src_mask=src_mask, src_key_padding_mask=src_key_padding_mask, is_causal=is_causal)
+        _refuse_tracing()
+        batch, seq, _ = src.shape
+        keep = _packing.keep_from_key_padding_mask(src_key_padding_mask, (batch, seq), src.device)
+        p = _packing.plan(keep, batch, seq, src.device, self.bucket_multiple)
+        if p.total == 0:
+            return src.new_zeros(src.shape)
+        return _packing.unpack(_torch_layer(self, self, _packing.pack(src, p), p), p)
+
+
+def _torch_layer_reason(layer: nn.Module) -> str | None:
+    if type(layer) is not nn.TransformerEncoderLayer:
+        return f"{type(layer).__name__} is a subclass of nn.TransformerEncoderLayer whose forward may differ"
+    mha = layer.self_attn
+    if not mha.batch_first:
+        return "batch_first=False (the packed path handles batch_first=True layers)"
+    if not mha._qkv_same_embed_dim or mha.in_proj_weight is None:
+        return "separate q/k/v projection weights (kdim/vdim) are not handled"
+    if mha.bias_k is not None or mha.add_zero_attn:
+        return "add_bias_kv / add_zero_attn are not handled"
+    if not callable(getattr(layer, "activation", None)):
+        return "its activation is not callable"
+    return None
+
+
+# ----------------------------------------------------------------------------- discovery
+
+def _hf_model_type(m: nn.Module) -> str | None:
+    """The model_type of a Hugging Face PreTrainedModel (base model or task model), else None."""
+    cfg = getattr(m, "config", None)
+    mt = getattr(cfg, "model_type", None)
+    return mt if isinstance(mt, str) and hasattr(m, "base_model_prefix") else None
+
+
+def _classify(m: nn.Module) -> tuple[type[_Fast] | None, str | None, str | None]:
+    """(replacement class, reason it cannot be converted, family) for one module; (None, None, None)
+    when the module is not an encoder itself (keep looking inside: task heads, user wrappers)."""
+    if isinstance(m, _Fast):
+        return None, "already converted", "converted"
+    if isinstance(m, nn.TransformerEncoder):
+        for i, layer in enumerate(m.layers):
+            r = _torch_layer_reason(layer)
+            if r:
+                return None, f"layer {i}: {r}", "nn.TransformerEncoder"
+        return FastTransformerEncoder, None, "nn.TransformerEncoder"
+    if isinstance(m, nn.TransformerEncoderLayer):
+        r = _torch_layer_reason(m)
+        return (None, r, "nn.TransformerEncoderLayer") if r else (FastTransformerEncoderLayer, None, "nn.TransformerEncoderLayer")
+    if isinstance(m, (nn.TransformerDecoder, nn.TransformerDecoderLayer, nn.Transformer)):
+        return None, "a Transformer decoder (causal / cross attention) is not handled", type(m).__name__
+    mt = _hf_model_type(m)
+    if mt is None:
+        return None, None, None
+    if mt in BERT_LIKE + DISTILBERT:
+        if not hasattr(m, "embeddings"):
+            return None, None, None  # a task model: its base model is inside
+        r = _bert_reason(m) if mt in BERT_LIKE else _distilbert_reason(m)
+        cls = FastBertModel if mt in BERT_LIKE else FastDistilBertModel
+        return (None, r, mt) if r else (cls, None, mt)
+    return None, f"model_type {mt!r} is not a family fast_transformer handles (it handles {', '.join(FAMILIES)})", mt
+
+
+def _scan(model: nn.Module):
+    """Top-most convertible encoders and the reasons others were left alone."""
+    found: list[tuple[str, nn.Module, type[_Fast], str]] = []
+    skipped: list[tuple[str, nn.Module, str]] = []
+
+    def visit(name: str, m: nn.Module):
+        cls, reason, family = _classify(m)
+        if cls is not None:
+            found.append((name, m, cls, family))
+        elif reason is not None:
+            skipped.append((name, m, reason))  # and do not look inside (a refused model's blocks)
+        else:
+            for child_name, child in m.named_children():
+                visit(f"{name}.{child_name}" if name else child_name, child)
+
+    visit("", model)
+    return found, skipped
+
+
+def _describe(name: str, m: nn.Module) -> str:
+    return f"{type(m).__name__} at '{name or '(model)'}'"
+
+
+def _applies(model, cfg: FastTransformerConfig, ctx: Context):
+    if isinstance(model, torch.jit.ScriptModule):
+        return "a TorchScript model cannot be rewritten"
+    found, skipped = _scan(model)
+    if found:
+        return None
+    if skipped:
+        return "; ".join(f"{_describe(n, m)}: {r}" for n, m, r in skipped[:3])
+    return ("no Transformer encoder it handles (Hugging Face " + ", ".join(BERT_LIKE + DISTILBERT)
+            + "; nn.TransformerEncoder / nn.TransformerEncoderLayer with batch_first=True)")
+
+
+def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
+    if not name:
+        return new
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+    return model
+
+
+@register(FastTransformerConfig, applies=_applies)
+def apply_fast_transformer(model, cfg: FastTransformerConfig, ctx: Context):
+    found, skipped = _scan(model)
+    done = []
+    for name, m, cls, family in found:
+        model = _set_submodule(model, name, cls(m, cfg))
+        done.append({"module": name or "(model)", "type": type(m).__name__, "family": family})
+    ctx.notes.append("packed encoder(s), padding skipped: " + ", ".join(f"{d['type']} at '{d['module']}'" for d in done)
+                     + "; padding positions of the hidden states are zero")
+    for n, m, r in skipped:
+        if r != "already converted":
+            ctx.notes.append(f"fast_transformer left {_describe(n, m)} unchanged: {r}")
+    ctx.details["fast_transformer"] = {
+        "converted": done,
+        "skipped": [{"module": n or "(model)", "type": type(m).__name__, "reason": r} for n, m, r in skipped],
+        "attention": "cuda flash varlen where available (fp16/bf16), else fused SDPA per length bucket"
+        if cfg.varlen else "fused SDPA per length bucket",
+    }
+    return model
