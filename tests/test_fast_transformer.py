@@ -354,6 +354,22 @@ def test_transformer_encoder_matches(norm_first, activation, final_norm, side):
         fast(ids, pad.float())  # 1.0 is neither 0 nor -inf
 
 
+@pytest.mark.parametrize("order", ["fast+int8", "int8+fast", "fast+bf16"])
+def test_transformer_encoder_composes(order):
+    model = WithEncoder().eval()
+    ids, mask = random_batch(6, 14, "right", seed=14, vocab=50)
+    pad = mask == 0
+    other = LowPrecisionConfig("bf16", "cast") if order.endswith("bf16") else DynamicInt8Config()
+    ctx = ctx_for(ids, pad)
+    if handler(other).applies(model, other, ctx):
+        pytest.skip(f"{other.label()} does not apply here")
+    steps = (other, FAST) if order.startswith("int8") else (FAST, other)
+    slim = apply(copy.deepcopy(model), Recipe(steps), ctx)
+    with torch.no_grad():
+        ref, out = model(ids, pad), slim(ids, pad).float()
+    assert _min_cos(_masked(ref, mask), _masked(out, mask)) >= 0.99
+
+
 def test_lone_transformer_encoder_layer_and_attention_mask_fallback():
     torch.manual_seed(0)
     layer = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True).eval()
@@ -501,3 +517,21 @@ def test_minilm_with_bf16_and_int8(minilm):
             assert _min_cos(ref, outs[length]) >= _min_cos(ref, int8) - 0.01
     # packed: INT8's per-call activation scales no longer see padding, so the padding length no longer matters
     assert (outs[48] - outs[128]).abs().max() <= 1e-5
+
+
+# ----------------------------------------------------------------------------- CUDA (varlen attention)
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_cuda_matches_original(dtype):
+    dev = torch.device("cuda")
+    model = tiny_bert("sdpa", hidden_size=64, num_attention_heads=4).to(dev, dtype)
+    fast, _ = fast_of(model)
+    tol = TOL if dtype == torch.float32 else 3e-2
+    for side in ("right", "left"):
+        ids, mask = random_batch(8, 40, side, seed=30, min_len=2)
+        ids, mask = ids.to(dev), mask.to(dev)
+        with torch.no_grad():
+            ref = model(input_ids=ids, attention_mask=mask).last_hidden_state.float()
+            out = fast(input_ids=ids, attention_mask=mask).last_hidden_state.float()
+        assert_same_on_real(ref.cpu(), out.cpu(), mask.cpu(), tol=tol)

@@ -28,16 +28,21 @@ RECIPES = {r.name: r for r in candidates(CPU)}
 def min_cosine_for(recipe: Recipe) -> float:
     """The fidelity each family of techniques must keep on these models."""
     names = [s.name for s in recipe.steps]
-    if {"dynamic_int8", "static_int8", "pt2e_dynamic_int8"} & set(names):
-        return 0.99
+    if {"dynamic_int8", "static_int8", "pt2e_dynamic_int8", "ao_int8_dynamic", "weight_only"} & set(names):
+        return 0.99  # measured: INT8 >= 0.9998, INT4 >= 0.994 on these models
     if "low_precision" in names:
         return 0.995
     return 0.99999  # FP32 rewrites: only float reassociation differs
 
 
-def expected_skip(model_name: str, recipe: Recipe) -> bool:
+def expected_skip(model_name: str, recipe: Recipe) -> str | None:
+    """The words the refusal must contain, where the technique must not apply."""
     names = [s.name for s in recipe.steps]
-    return "channels_last" in names and model_name != "cnn"
+    if "channels_last" in names and model_name != "cnn":
+        return "Conv2d"
+    if {"ao_int8_dynamic", "weight_only"} & set(names) and model_name == "lstm":
+        return "min_features"  # its only Linear (64 -> 8) is too small to pay off
+    return None
 
 
 @pytest.mark.parametrize("recipe_name", list(RECIPES))
@@ -53,7 +58,7 @@ def test_recipe_applies_or_refuses_and_keeps_outputs(model_name, recipe_name):
     calib = [make_example() for _ in range(4)]  # same distribution as the example (seeded alike)
     ctx = Context(device=CPU, example=example, calibration=lambda: calib)
     if expected_skip(model_name, recipe):
-        with pytest.raises(NotApplicable, match="Conv2d"):
+        with pytest.raises(NotApplicable, match=expected_skip(model_name, recipe)):
             apply(copy.deepcopy(model), recipe, ctx)
         return
     slim = apply(copy.deepcopy(model), recipe, ctx)

@@ -142,7 +142,18 @@ def _status_kb(key: str) -> int | None:
     return None
 
 
+def _release_free_memory() -> None:
+    """Return freed heap pages to the OS (glibc), so the next calls' working memory shows up as RSS."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _reset_peak_rss() -> bool:
+    _release_free_memory()
     try:  # Linux >= 4.0: writing 5 resets VmHWM to the current RSS
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
@@ -151,11 +162,13 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def peak_memory(fn: Callable[[], Any], device: torch.device | None = None, calls: int = 3) -> dict:
-    """Memory that `calls` calls of `fn` need on top of what is resident before them.
+def peak_memory(fn: Callable[[], Any], device: torch.device | None = None, calls: int = 2, repeats: int = 3) -> dict:
+    """Working memory that `calls` calls of `fn` need on top of what is resident before them
+    (median of `repeats` measurements).
 
     CUDA: max allocated bytes above the allocated bytes before. CPU: the rise of the process RSS
-    high-water mark (reset first where Linux allows; otherwise ru_maxrss, an upper bound).
+    high-water mark after freed heap pages are returned to the OS (Linux lets us reset the mark;
+    elsewhere ru_maxrss, an upper bound that never goes down).
     """
     if device is not None and device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -165,12 +178,15 @@ def peak_memory(fn: Callable[[], Any], device: torch.device | None = None, calls
             fn()
         torch.cuda.synchronize(device)
         return {"peak_bytes": torch.cuda.max_memory_allocated(device) - base, "method": "cuda max_memory_allocated"}
-    exact = _reset_peak_rss()
-    before = (_status_kb("VmRSS") if exact else None) or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    for _ in range(calls):
-        fn()
-    after = (_status_kb("VmHWM") if exact else None) or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"peak_bytes": max(0, after - before) * 1024,
+    rises, exact = [], True
+    for _ in range(repeats):
+        exact = _reset_peak_rss()
+        before = (_status_kb("VmRSS") if exact else None) or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        for _ in range(calls):
+            fn()
+        after = (_status_kb("VmHWM") if exact else None) or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        rises.append(max(0, after - before) * 1024)
+    return {"peak_bytes": int(statistics.median(rises)),
             "method": "RSS high-water rise" if exact else "ru_maxrss rise (upper bound)"}
 
 

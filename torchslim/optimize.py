@@ -132,7 +132,9 @@ def _search(workload: Workload, config: OptimizeConfig, device: torch.device, ru
     for name, m in models.items():
         r = by[name]
         r.speedup = base_ms / r.timing["median_ms"]
-        r.peak_memory_bytes = measure.peak_memory(_run(m, example), device)["peak_bytes"]
+        peak = measure.peak_memory(_run(m, example), device)
+        r.peak_memory_bytes = peak["peak_bytes"]
+        run.machine["peak_memory_method"] = peak["method"]
         if r.status == "ok" and r.speedup <= 1.0:
             r.status, r.reason = "rejected", f"slower than the baseline ({r.speedup:.2f}x)"
     bar.update(1)

@@ -9,6 +9,7 @@ import torch.nn as nn
 from . import device as dev
 from .errors import NotApplicable
 from .techniques import (
+    AoInt8DynamicConfig, WeightOnlyConfig,
     ChannelsLastConfig, CompileConfig, Context, DynamicInt8Config, InferenceModeConfig,
     LowPrecisionConfig, Pt2eDynamicInt8Config, StaticInt8Config, TechniqueConfig, TorchScriptConfig, config_from_dict, handler,
 )
@@ -74,6 +75,12 @@ def candidates(device: torch.device) -> list[Recipe]:
     out += [Recipe((TorchScriptConfig(),)), _im(comp), _im(cl, comp)]
     for d in lows:
         out += [_im(LowPrecisionConfig(d, "cast"), comp), _im(cl, LowPrecisionConfig(d, "cast"), comp)]
+    # torchao: INT8 dynamic pays off only compiled; weight-only INT8 needs fast BF16 activations;
+    # INT4 weight-only is for small batches on large Linears.
+    out += [_im(AoInt8DynamicConfig(), comp)]
+    if "bf16" in lows:
+        out += [_im(WeightOnlyConfig(bits=8), comp)]
+    out += [_im(WeightOnlyConfig(bits=4, group_size=128))]
     return out
 
 

@@ -1,5 +1,8 @@
 """Techniques: import each module so it registers its config and handler."""
-from . import channels_last, compile, dynamic_int8, inference_mode, low_precision, static_int8, torchscript  # noqa: F401
+from . import (  # noqa: F401
+    ao_dynamic, channels_last, compile, dynamic_int8, inference_mode, low_precision, static_int8, torchscript, weight_only,
+)
+from .ao_dynamic import AoInt8DynamicConfig
 from .base import CONFIGS, Context, TechniqueConfig, config_from_dict, handler
 from .channels_last import ChannelsLastConfig
 from .compile import CompileConfig
@@ -8,9 +11,11 @@ from .inference_mode import InferenceModeConfig
 from .low_precision import LowPrecisionConfig
 from .static_int8 import Pt2eDynamicInt8Config, StaticInt8Config
 from .torchscript import TorchScriptConfig
+from .weight_only import WeightOnlyConfig
 
 __all__ = [
     "CONFIGS", "Context", "TechniqueConfig", "config_from_dict", "handler",
     "ChannelsLastConfig", "CompileConfig", "DynamicInt8Config", "InferenceModeConfig",
     "LowPrecisionConfig", "TorchScriptConfig", "StaticInt8Config", "Pt2eDynamicInt8Config",
+    "AoInt8DynamicConfig", "WeightOnlyConfig",
 ]

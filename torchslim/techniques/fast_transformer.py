@@ -8,8 +8,9 @@ encoders with a forward of our own that reads the original modules' weights:
   the embeddings, Q/K/V and output projections, feed-forward and LayerNorms run on that, so
   their cost follows the real tokens, not batch x max_length;
 - attention runs per sequence: one fused `scaled_dot_product_attention` call per length bucket
-  (sequences sorted by length, each bucket padded only to its own longest row, with a key mask),
-  or one CUDA flash varlen call (`torch.nn.attention.varlen`, feature-detected) on fp16/bf16 CUDA;
+  (sequences sorted by length; each bucket padded only to its own longest row, rounded up to a
+  multiple of 16, with a key mask), or one CUDA flash varlen call (`torch.nn.attention.varlen`,
+  feature-detected, fp16/bf16 on CUDA) over the whole packed batch;
 - the result is scattered back to [batch, seq, hidden].
 
 Supported: Hugging Face BERT-family encoders built with `transformers` (model_type bert, roberta,
@@ -37,7 +38,7 @@ Semantics (documented, tested):
   mode, inputs_embeds, output_attentions / output_hidden_states, caches and cross-attention
   inputs, and for nn.TransformerEncoder an attention `mask` or is_causal;
 - TorchScript tracing of the packed path is refused (it depends on the mask's values);
-  torch.compile: see COMPILE_NOTE.
+  torch.compile works with dynamic=True only, see COMPILE_NOTE.
 """
 from __future__ import annotations
 
@@ -53,15 +54,17 @@ from .base import Context, TechniqueConfig, register
 BERT_LIKE = ("bert", "roberta", "xlm-roberta", "camembert", "electra")
 DISTILBERT = ("distilbert",)
 FAMILIES = BERT_LIKE + DISTILBERT + ("nn.TransformerEncoder",)
-COMPILE_NOTE = ("torch.compile of the packed path: the packing is data-dependent (lengths from the mask), "
-                "so the model runs with graph breaks around it")
+COMPILE_NOTE = ("with torch.compile use dynamic=True: the packing runs outside the compiled graphs and the packed "
+                "token count changes every batch (with dynamic=False each new count recompiles, up to torch's "
+                "recompile limit, then runs eagerly; results stay correct)")
 
 
 @dataclass(frozen=True)
 class FastTransformerConfig(TechniqueConfig):
     """bucket_multiple: sequences whose lengths round up to the same multiple of this share one
-    attention call, padded to that group's longest sequence (1: one call per distinct length).
-    varlen: use CUDA flash varlen attention where available (fp16/bf16 on CUDA), else buckets."""
+    attention call, padded to that group's longest sequence rounded up to a multiple of 16
+    (1: one call per distinct length). varlen: use CUDA flash varlen attention where available
+    (fp16/bf16 on CUDA), else the buckets."""
 
     name = "fast_transformer"
     bucket_multiple: int = 16
@@ -96,7 +99,6 @@ class _Fast(nn.Module):
         object.__setattr__(self, "_original", original)
         self.bucket_multiple = cfg.bucket_multiple
         self.use_varlen = cfg.varlen
-        self.fuse_qkv = True
         self.training = original.training
 
     def __getattr__(self, name: str):
@@ -113,24 +115,12 @@ class _Fast(nn.Module):
         return self.__dict__["_original"]
 
     def _attention(self, q, k, v, p: _packing.Packing, heads: int, scale: float | None) -> torch.Tensor:
-        varlen = self.use_varlen and _packing.varlen_available(q, q.shape[-1] // heads)
+        width = q.shape[-1] if k is not None else q.shape[-1] // 3  # k is None: q is the fused q|k|v
+        varlen = self.use_varlen and _packing.varlen_available(q, width // heads)
         return _packing.attention(q, k, v, p, heads, scale, varlen=varlen)
 
     def extra_repr(self) -> str:
         return f"fast path for {type(self.original).__name__}, bucket_multiple={self.bucket_multiple}"
-
-
-def _projections(x, q, k, v, fuse: bool):
-    """Q, K, V of packed tokens. Three plain nn.Linear of one dtype run as one GEMM on their
-    concatenated weights (one [N, 3H] output, read by attention without a split); anything else
-    (dynamic INT8 modules, ...) is called module by module."""
-    if fuse and type(q) is type(k) is type(v) is nn.Linear:
-        ws = (q.weight, k.weight, v.weight)
-        bs = (q.bias, k.bias, v.bias)
-        plain = all(type(t) in (torch.Tensor, nn.Parameter) for t in ws + bs)  # not torchao tensor subclasses
-        if plain and ws[0].dtype == ws[1].dtype == ws[2].dtype:
-            return torch.nn.functional.linear(x, torch.cat(ws), torch.cat(bs)), None, None
-    return q(x), k(x), v(x)
 
 
 def _hf_fallback_needed(module: _Fast, input_ids, inputs_embeds, kwargs: dict) -> bool:
@@ -209,8 +199,7 @@ class FastBertModel(_Fast):
 
     def _layer(self, layer, x, p):
         sa = layer.attention.self
-        q, k, v = _projections(x, sa.query, sa.key, sa.value, self.fuse_qkv)
-        ctx = self._attention(q, k, v, p, sa.num_attention_heads, sa.scaling)
+        ctx = self._attention(sa.query(x), sa.key(x), sa.value(x), p, sa.num_attention_heads, sa.scaling)
         x = layer.attention.output(ctx, x)  # dense, dropout, LayerNorm(+ residual): token-wise
         return layer.output(layer.intermediate(x), x)
 
@@ -260,8 +249,7 @@ class FastDistilBertModel(_Fast):
         else:
             for layer in self.transformer.layer:
                 a = layer.attention
-                q, k, v = _projections(x, a.q_lin, a.k_lin, a.v_lin, self.fuse_qkv)
-                ctx = self._attention(q, k, v, p, a.n_heads, a.scaling)
+                ctx = self._attention(a.q_lin(x), a.k_lin(x), a.v_lin(x), p, a.n_heads, a.scaling)
                 h = layer.sa_layer_norm(a.out_lin(ctx) + x)
                 x = layer.output_layer_norm(layer.ffn.ff_chunk(h) + h)
             seq_out = _packing.unpack(x, p)
@@ -450,6 +438,7 @@ def apply_fast_transformer(model, cfg: FastTransformerConfig, ctx: Context):
         done.append({"module": name or "(model)", "type": type(m).__name__, "family": family})
     ctx.notes.append("packed encoder(s), padding skipped: " + ", ".join(f"{d['type']} at '{d['module']}'" for d in done)
                      + "; padding positions of the hidden states are zero")
+    ctx.notes.append(COMPILE_NOTE)
     for n, m, r in skipped:
         if r != "already converted":
             ctx.notes.append(f"fast_transformer left {_describe(n, m)} unchanged: {r}")
@@ -458,5 +447,6 @@ def apply_fast_transformer(model, cfg: FastTransformerConfig, ctx: Context):
         "skipped": [{"module": n or "(model)", "type": type(m).__name__, "reason": r} for n, m, r in skipped],
         "attention": "cuda flash varlen where available (fp16/bf16), else fused SDPA per length bucket"
         if cfg.varlen else "fused SDPA per length bucket",
+        "padding_positions": "zero (position 0 of Hugging Face models computed as the original does)",
     }
     return model
