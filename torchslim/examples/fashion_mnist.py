@@ -206,6 +206,9 @@ def pretrained() -> FashionCNN:
 
 # ----------------------------------------------------------------------------- workload
 
+CALIB_IMAGES = 256  # static INT8 calibration: enough for stable histograms, about a second
+
+
 def _batches(x: torch.Tensor, batch: int):
     """Chunks of exactly `batch` rows (compiled candidates take one shape); the last is padded
     by repeating its final row. Yields (chunk, number of real rows)."""
@@ -239,10 +242,16 @@ def workload(batch: int = 64) -> Workload:
     def evaluate(candidate: nn.Module) -> dict[str, float]:
         return {"accuracy": accuracy(candidate, x_eval, y_eval, batch)}
 
+    def calibration() -> list[Example]:
+        """CALIB_IMAGES training images (never the evaluation images), in example-shaped batches."""
+        x_train, _ = load_split(train=True)
+        n = max(batch, CALIB_IMAGES - CALIB_IMAGES % batch)
+        return [Example((chunk,)) for chunk, _ in _batches(x_train[:n], batch)]
+
     return Workload(
         model=model, example=example, name="fashion-mnist-cnn",
         spec="torchslim.examples.fashion_mnist:workload",
-        evaluate=evaluate, metric="accuracy", metric_unit="points",
+        evaluate=evaluate, metric="accuracy", metric_unit="points", calibration=calibration,
         source={"dataset": "Fashion-MNIST (Debian dataset-fashion-mnist)", "batch": batch,
                 "eval_images": len(x_eval)},
     )
