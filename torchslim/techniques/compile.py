@@ -72,6 +72,10 @@ def _applies(model, cfg, ctx):
         return "torch.compile cannot compile a TorchScript model"
     if isinstance(model, Compiled):
         return "the model is already compiled"
+    from .fast_transformer import has_packed_encoder
+
+    if has_packed_encoder(model) and not cfg.dynamic:
+        return "the fast_transformer packed path changes token counts every call: compile it with dynamic=True (no faster on CPU in trials)"
     return None
 
 

@@ -8,9 +8,10 @@ encoders with a forward of our own that reads the original modules' weights:
   the embeddings, Q/K/V and output projections, feed-forward and LayerNorms run on that, so
   their cost follows the real tokens, not batch x max_length;
 - attention runs per sequence: one fused `scaled_dot_product_attention` call per length bucket
-  (sequences sorted by length; each bucket padded only to its own longest row, rounded up to a
-  multiple of 16, with a key mask), or one CUDA flash varlen call (`torch.nn.attention.varlen`,
-  feature-detected, fp16/bf16 on CUDA) over the whole packed batch;
+  (sequences sorted by length and split into at most `max_buckets` groups; each padded only to
+  its own longest row, rounded up to a multiple of 16, with a key mask), or one CUDA flash
+  varlen call (`torch.nn.attention.varlen`, feature-detected, fp16/bf16 on CUDA) over the whole
+  packed batch;
 - the result is scattered back to [batch, seq, hidden].
 
 Supported: Hugging Face BERT-family encoders built with `transformers` (model_type bert, roberta,
@@ -61,18 +62,18 @@ COMPILE_NOTE = ("with torch.compile use dynamic=True: the packing runs outside t
 
 @dataclass(frozen=True)
 class FastTransformerConfig(TechniqueConfig):
-    """bucket_multiple: sequences whose lengths round up to the same multiple of this share one
-    attention call, padded to that group's longest sequence rounded up to a multiple of 16
-    (1: one call per distinct length). varlen: use CUDA flash varlen attention where available
-    (fp16/bf16 on CUDA), else the buckets."""
+    """max_buckets: at most this many attention calls per layer; sequences are grouped by length
+    (the grouping that minimises padded attention work) and each group is padded to its longest
+    sequence rounded up to a multiple of 16 (1: the whole batch padded to its longest sequence).
+    varlen: use CUDA flash varlen attention where available (fp16/bf16 on CUDA), else the buckets."""
 
     name = "fast_transformer"
-    bucket_multiple: int = 16
+    max_buckets: int = 4
     varlen: bool = True
 
     def __post_init__(self):
-        if not isinstance(self.bucket_multiple, int) or isinstance(self.bucket_multiple, bool) or self.bucket_multiple < 1:
-            raise ValueError(f"bucket_multiple must be an integer >= 1, got {self.bucket_multiple!r}")
+        if not isinstance(self.max_buckets, int) or isinstance(self.max_buckets, bool) or self.max_buckets < 1:
+            raise ValueError(f"max_buckets must be an integer >= 1, got {self.max_buckets!r}")
         if not isinstance(self.varlen, bool):
             raise ValueError(f"varlen must be true or false, got {self.varlen!r}")
 
@@ -97,7 +98,7 @@ class _Fast(nn.Module):
         for name, child in original.named_children():
             self.add_module(name, child)
         object.__setattr__(self, "_original", original)
-        self.bucket_multiple = cfg.bucket_multiple
+        self.max_buckets = cfg.max_buckets
         self.use_varlen = cfg.varlen
         self.training = original.training
 
@@ -120,7 +121,7 @@ class _Fast(nn.Module):
         return _packing.attention(q, k, v, p, heads, scale, varlen=varlen)
 
     def extra_repr(self) -> str:
-        return f"fast path for {type(self.original).__name__}, bucket_multiple={self.bucket_multiple}"
+        return f"fast path for {type(self.original).__name__}, max_buckets={self.max_buckets}"
 
 
 def _hf_fallback_needed(module: _Fast, input_ids, inputs_embeds, kwargs: dict) -> bool:
@@ -164,7 +165,7 @@ class FastBertModel(_Fast):
         _refuse_tracing()
         batch, seq = input_ids.shape
         keep = _packing.keep_from_attention_mask(attention_mask, (batch, seq), input_ids.device)
-        p = _packing.plan(keep, batch, seq, input_ids.device, self.bucket_multiple, first_position=True)
+        p = _packing.plan(keep, batch, seq, input_ids.device, self.max_buckets, first_position=True)
         emb = self.embeddings
         pos = self._position_ids(emb, input_ids, position_ids)
         if token_type_ids is not None:
@@ -223,7 +224,8 @@ def _bert_reason(m: nn.Module) -> str | None:
               and hasattr(layer.attention, "output") and hasattr(layer, "intermediate") and hasattr(layer, "output")
               and not hasattr(layer, "crossattention") and not hasattr(sa, "distance_embedding"))
         if not ok:
-            return f"layer {i} ({type(layer).__name__}) does not have the attention.self.query/key/value, attention.output, intermediate, output structure expected"
+            return (f"layer {i} ({type(layer).__name__}) does not have the expected attention.self.query/key/value, "
+                    "attention.output, intermediate, output structure")
     return None
 
 
@@ -240,7 +242,7 @@ class FastDistilBertModel(_Fast):
         _refuse_tracing()
         batch, seq = input_ids.shape
         keep = _packing.keep_from_attention_mask(attention_mask, (batch, seq), input_ids.device)
-        p = _packing.plan(keep, batch, seq, input_ids.device, self.bucket_multiple, first_position=True)
+        p = _packing.plan(keep, batch, seq, input_ids.device, self.max_buckets, first_position=True)
         emb = self.embeddings
         pos = _expand_ids(position_ids, batch, seq) if position_ids is not None else emb.position_ids[:, :seq].expand(batch, seq)
         x = emb(_packing.pack(input_ids, p)[None], None, _packing.pack(pos, p)[None])[0]
@@ -301,7 +303,7 @@ class FastTransformerEncoder(_Fast):
         _refuse_tracing()
         batch, seq, _ = src.shape
         keep = _packing.keep_from_key_padding_mask(src_key_padding_mask, (batch, seq), src.device)
-        p = _packing.plan(keep, batch, seq, src.device, self.bucket_multiple)
+        p = _packing.plan(keep, batch, seq, src.device, self.max_buckets)
         x = _packing.pack(src, p)
         if p.total == 0:
             return src.new_zeros(src.shape)
@@ -327,7 +329,7 @@ class FastTransformerEncoderLayer(_Fast):
         _refuse_tracing()
         batch, seq, _ = src.shape
         keep = _packing.keep_from_key_padding_mask(src_key_padding_mask, (batch, seq), src.device)
-        p = _packing.plan(keep, batch, seq, src.device, self.bucket_multiple)
+        p = _packing.plan(keep, batch, seq, src.device, self.max_buckets)
         if p.total == 0:
             return src.new_zeros(src.shape)
         return _packing.unpack(_torch_layer(self, self, _packing.pack(src, p), p), p)
@@ -402,6 +404,12 @@ def _scan(model: nn.Module):
 
     visit("", model)
     return found, skipped
+
+
+def has_packed_encoder(model: nn.Module) -> bool:
+    """True if fast_transformer replaced an encoder inside `model` (for other techniques' applies():
+    TorchScript tracing cannot capture the packed path; torch.compile wants dynamic=True)."""
+    return isinstance(model, nn.Module) and any(isinstance(m, _Fast) for m in model.modules())
 
 
 def _describe(name: str, m: nn.Module) -> str:

@@ -27,6 +27,10 @@ def _applies(model, cfg, ctx):
         return "this torch no longer ships TorchScript"
     if cfg.optimize_for_inference and not hasattr(torch.jit, "optimize_for_inference"):
         return "this torch no longer ships torch.jit.optimize_for_inference"
+    from .fast_transformer import has_packed_encoder
+
+    if has_packed_encoder(model):
+        return "tracing cannot capture the fast_transformer packed path (its shapes depend on the mask)"
     return None
 
 
