@@ -79,7 +79,8 @@ class SentenceEmbedder(nn.Module):
 def load_embedder() -> SentenceEmbedder:
     """The FP32 all-MiniLM-L6-v2 SentenceEmbedder in eval mode (SDPA attention)."""
     tf = _transformers()
-    encoder = tf.AutoModel.from_pretrained(model_path(), local_files_only=True, attn_implementation="sdpa")
+    with torch.random.fork_rng(devices=[]):  # any random init is overwritten: leave the caller's RNG be
+        encoder = tf.AutoModel.from_pretrained(model_path(), local_files_only=True, attn_implementation="sdpa")
     return SentenceEmbedder(encoder.float().eval()).eval()
 
 
