@@ -5,6 +5,7 @@ kept because it needs no compiler toolchain at load time and some serving stacks
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -38,7 +39,9 @@ def _applies(model, cfg, ctx):
 def apply_torchscript(model, cfg: TorchScriptConfig, ctx: Context):
     ctx.notes.append("TorchScript is legacy upstream; prefer torch.compile where it is as fast")
     ex = ctx.example
-    with torch.no_grad():
+    # Tracing warns about every Python-side shape check it freezes; the outputs are validated anyway.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         if isinstance(model, torch.jit.ScriptModule):
             scripted = model
         elif ex.kwargs:
