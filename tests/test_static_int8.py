@@ -248,3 +248,34 @@ def test_minilm_static_int8_keeps_sentence_embeddings():
     print(f"MiniLM static INT8: min row cosine {cos:.4f}; {ctx.notes[0]}")
     assert cos >= 0.98
     assert ctx.details["static_int8"]["quantized"] == {"Linear": 36}  # 6 layers x (q, k, v, o, up, down)
+
+
+class _ReusedReLU(nn.Module):
+    """ResNet BasicBlock style: one ReLU module called twice, around a residual add."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(8, 8, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.relu = nn.ReLU(inplace=True)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        y = self.relu(self.bn1(self.conv1(x)))
+        y = self.relu(self.bn2(self.conv2(y)) + x)
+        return self.head(y.mean((2, 3)))
+
+
+def test_a_reused_activation_module_is_quantized():
+    torch.manual_seed(0)
+    model = _ReusedReLU().eval()
+    x = torch.randn(2, 8, 8, 8)
+    ex = Example((x,))
+    with torch.no_grad():
+        ref = model(x)
+    ctx = Context(device=torch.device("cpu"), example=ex, calibration=lambda: [Example((torch.randn(2, 8, 8, 8),)) for _ in range(4)])
+    q = apply(copy.deepcopy(model), Recipe((StaticInt8Config(),)), ctx)
+    with torch.no_grad():
+        assert compare(ref, q(x)).min_cosine >= 0.99

@@ -15,6 +15,7 @@ call (no calibration): X86InductorQuantizer's dynamic mode covers Linear layers.
 from __future__ import annotations
 
 import contextlib
+import copy
 import fnmatch
 import logging
 import platform
@@ -139,6 +140,7 @@ def _quantize(model: nn.Module, cfg, ctx: Context, is_dynamic: bool) -> nn.Modul
         pass
     example = ctx.example.to(ctx.device)
     float_modules = _resolve_skip(model, cfg.skip)
+    _unshare_activations(model, example)
     gm, dynamic = export(model, example)
     quantizer = backends.pt2e_x86_quantizer(
         observer=getattr(cfg, "observer", "histogram"), per_channel=cfg.per_channel, is_dynamic=is_dynamic,
@@ -177,6 +179,45 @@ def _needs_reduce_range() -> bool:
     """7-bit activations on x86 CPUs without VNNI (their u8*s8 multiply-add can saturate)."""
     flags = dev.cpu_flags()
     return bool(flags) and not ({"avx512_vnni", "avx_vnni", "amx_int8"} & flags)
+
+
+_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardtanh, nn.Hardswish, nn.Sigmoid, nn.Tanh)
+
+
+class _PerCall(nn.Module):
+    """Stands in for an activation module that forward() calls `k` times: call i runs copy i % k,
+    so each call gets its own module path in the exported graph."""
+
+    def __init__(self, module: nn.Module, k: int):
+        super().__init__()
+        self.copies = nn.ModuleList(copy.deepcopy(module) for _ in range(k))
+        self.calls = 0
+
+    def forward(self, x):
+        m = self.copies[self.calls % len(self.copies)]
+        self.calls += 1
+        return m(x)
+
+
+def _unshare_activations(model: nn.Module, example: Example) -> None:
+    """ResNet's BasicBlock calls one `self.relu` twice; the X86 quantizer then sees one ReLU
+    partition with two outputs and raises "Input partition has more than one output node"
+    (torchao 0.18). Count calls on one example run and give every call its own copy (in place,
+    on the fresh copy optimize() hands us; activations hold no weights)."""
+    counts: dict[str, int] = {}
+    hooks = [m.register_forward_hook(lambda mod, i, o, n=name: counts.__setitem__(n, counts.get(n, 0) + 1))
+             for name, m in model.named_modules() if isinstance(m, _ACTIVATIONS)]
+    try:
+        with torch.no_grad():
+            example(model)
+    finally:
+        for h in hooks:
+            h.remove()
+    for name, k in counts.items():
+        if k > 1:
+            parent_name, _, attr = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, attr, _PerCall(getattr(parent, attr), k))
 
 
 def export(model: nn.Module, example: Example) -> tuple[torch.fx.GraphModule, bool]:
