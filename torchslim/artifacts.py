@@ -36,9 +36,9 @@ def save(folder: str, base_model: nn.Module, recipe: Recipe, example: Example, *
     os.makedirs(folder, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in base_model.state_dict().items()}
     atomic_write(os.path.join(folder, "weights.pt"), lambda f: torch.save(state, f))
-    atomic_write(os.path.join(folder, "example.pt"), lambda f: torch.save({"args": list(example.args), "kwargs": example.kwargs}, f))
+    atomic_write(os.path.join(folder, "example.pt"), lambda f: torch.save(_record(example), f))
     if calibration is not None:
-        batches = [{"args": list(e.args), "kwargs": e.kwargs} for e in calibration]
+        batches = [_record(e) for e in calibration]
         atomic_write(os.path.join(folder, "calibration.pt"), lambda f: torch.save(batches, f))
     if reference_output is not None:
         refs = [t.detach().float().cpu() for t in output_tensors(reference_output)]
@@ -92,7 +92,7 @@ def load(folder: str, model: nn.Module | None = None, *, device: str = "cpu", ve
     dev = torch.device(device)
     model = eval_mode(model.to(dev))
     ex = torch.load(os.path.join(folder, "example.pt"), map_location="cpu", weights_only=True)
-    example = Example(tuple(ex["args"]), ex["kwargs"]).to(dev)
+    example = _example(ex).to(dev)
     ctx = Context(device=dev, example=example, calibration=_saved_calibration(folder, dev))
     model = apply(model, Recipe.from_list(manifest["recipe"]), ctx)
     if verify and os.path.isfile(os.path.join(folder, "reference.pt")):
@@ -105,7 +105,16 @@ def _saved_calibration(folder: str, dev: torch.device):
     if not os.path.isfile(path):
         return None
     batches = torch.load(path, map_location="cpu", weights_only=True)
-    return lambda: [Example(tuple(b["args"]), b["kwargs"]).to(dev) for b in batches]
+    return lambda: [_example(b).to(dev) for b in batches]
+
+
+def _record(example: Example) -> dict:
+    """An Example as plain containers, so torch.load(weights_only=True) can read it back."""
+    return {"args": list(example.args), "kwargs": example.kwargs}
+
+
+def _example(record: dict) -> Example:
+    return Example(tuple(record["args"]), record["kwargs"])
 
 
 def _verify(model: nn.Module, example: Example, refs: list[torch.Tensor], name: str) -> None:

@@ -16,11 +16,9 @@ def from_spec(spec: str, example: Example, samples: int = DEFAULT_SAMPLES) -> Ca
     """`--calib-data`: a .pt file of inputs ([N, ...] tensor, tuple/list of such, or dict of such),
     or file.py:fn / package.module:fn returning an iterable of batches. Returns a calibration function."""
     if os.path.isfile(spec) and not spec.endswith(".py"):
-        try:
-            data = torch.load(spec, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001
-            raise SlimError(f"cannot read calibration data '{spec}' safely: {e}",
-                            "save the inputs with torch.save(tensor_or_tuple_or_dict, path)") from e
+        from .loading import read_safely
+
+        data = read_safely(spec, "calibration data", "save the inputs with torch.save(tensor_or_tuple_or_dict, path)")
         batches = split(as_example(data), example.batch_size)
     elif ":" in spec:
         from .loading import _load_factory_fn

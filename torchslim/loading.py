@@ -180,10 +180,7 @@ def _load_pickle(path: str, name: str, trust_pickle: bool) -> Workload:
 def _load_weights(model: nn.Module, path: str) -> None:
     if not os.path.isfile(path):
         raise SlimError(f"weights file '{path}' does not exist", "check the path")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001
-        raise SlimError(f"cannot read weights '{path}' safely: {e}", "save them with torch.save(model.state_dict(), path)") from e
+    state = read_safely(path, "weights", "save them with torch.save(model.state_dict(), path)")
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     try:
@@ -244,11 +241,15 @@ def load_inputs(path: str) -> Example:
     """Example inputs saved with torch.save: a tensor, a tuple/list of tensors, or a dict of them."""
     if not os.path.isfile(path):
         raise SlimError(f"inputs file '{path}' does not exist", "save them with torch.save(tensor_or_tuple_or_dict, path)")
+    return as_example(read_safely(path, "inputs", "save plain tensors (a tensor, tuple or dict) with torch.save"))
+
+
+def read_safely(path: str, what: str, fix: str):
+    """torch.load with weights_only=True (tensors and plain containers, no code), or one clear error."""
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001
-        raise SlimError(f"cannot read inputs '{path}' safely: {e}", "save plain tensors (a tensor, tuple or dict) with torch.save") from e
-    return as_example(data)
+        raise SlimError(f"cannot read {what} '{path}' safely: {e}", fix) from e
 
 
 def load_evaluate(spec: str):

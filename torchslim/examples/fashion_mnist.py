@@ -11,7 +11,6 @@ size, because optimized candidates may be compiled for that one shape.
 """
 from __future__ import annotations
 
-import contextlib
 import gzip
 import math
 import os
@@ -26,6 +25,7 @@ import torch.nn.functional as F
 from ..errors import SlimError
 from ..fileio import atomic_write
 from ..inputs import Example
+from ..measure import num_threads
 from ..workload import Workload
 
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
@@ -112,17 +112,6 @@ TRAIN_BATCH = 128
 TRAIN_BF16 = True  # BF16 autocast: 2.4x faster than FP32 on a 2-core AMX Xeon, same accuracy; see _use_bf16()
 
 
-@contextlib.contextmanager
-def _threads(n: int):
-    """Use `n` intra-op threads inside the block, then restore the caller's setting."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
 def _use_bf16(requested: bool | None) -> bool:
     """BF16 autocast only where oneDNN runs bf16 natively (AVX512-BF16/AMX); elsewhere it is slower."""
     if requested is not None:
@@ -146,7 +135,7 @@ def train(epochs: int = TRAIN_EPOCHS, seed: int = 0, batch: int = TRAIN_BATCH, b
     x, y = load_split(train=True)
     with torch.random.fork_rng(devices=[]):  # seed weight init and dropout without touching the caller's RNG
         torch.manual_seed(seed)
-        with _threads(threads or torch.get_num_threads()):
+        with num_threads(threads):
             model = _fit(FashionCNN(), x, y, epochs, batch, _use_bf16(bf16), torch.Generator().manual_seed(seed),
                          progress)
     return model.to(memory_format=torch.contiguous_format).eval()

@@ -293,6 +293,14 @@ def _torch_layer(self: _Fast, layer, x, p):
     return layer.norm2(x + ff(x))
 
 
+def _torch_plan(fast: "_Fast", src: torch.Tensor, key_padding_mask):
+    """The packing plan of a [batch, seq, hidden] input under PyTorch's key-padding-mask convention."""
+    _refuse_tracing()
+    batch, seq, _ = src.shape
+    keep = _packing.keep_from_key_padding_mask(key_padding_mask, (batch, seq), src.device)
+    return _packing.plan(keep, batch, seq, src.device, fast.max_buckets)
+
+
 class FastTransformerEncoder(_Fast):
     """Packed forward of nn.TransformerEncoder (batch_first). Padding positions are zero, as in
     PyTorch's own nested-tensor fast path."""
@@ -300,13 +308,10 @@ class FastTransformerEncoder(_Fast):
     def forward(self, src, mask=None, src_key_padding_mask=None, is_causal=None):
         if self.training or mask is not None or is_causal or src.dim() != 3:
             return self.original(src, mask=mask, src_key_padding_mask=src_key_padding_mask, is_causal=is_causal)
-        _refuse_tracing()
-        batch, seq, _ = src.shape
-        keep = _packing.keep_from_key_padding_mask(src_key_padding_mask, (batch, seq), src.device)
-        p = _packing.plan(keep, batch, seq, src.device, self.max_buckets)
-        x = _packing.pack(src, p)
+        p = _torch_plan(self, src, src_key_padding_mask)
         if p.total == 0:
             return src.new_zeros(src.shape)
+        x = _packing.pack(src, p)
         for layer in self.layers:
             x = _torch_layer(self, layer, x, p)
         if getattr(self, "norm", None) is not None:
@@ -326,10 +331,7 @@ class FastTransformerEncoderLayer(_Fast):
     def forward(self, src, src_mask=None, src_key_padding_mask=None, is_causal=False):
         if self.training or src_mask is not None or is_causal or src.dim() != 3:
             return self.original(src, src_mask=src_mask, src_key_padding_mask=src_key_padding_mask, is_causal=is_causal)
-        _refuse_tracing()
-        batch, seq, _ = src.shape
-        keep = _packing.keep_from_key_padding_mask(src_key_padding_mask, (batch, seq), src.device)
-        p = _packing.plan(keep, batch, seq, src.device, self.max_buckets)
+        p = _torch_plan(self, src, src_key_padding_mask)
         if p.total == 0:
             return src.new_zeros(src.shape)
         return _packing.unpack(_torch_layer(self, self, _packing.pack(src, p), p), p)

@@ -34,6 +34,7 @@ from .. import device as dev
 from ..errors import NotApplicable, SlimError
 from ..inputs import Example, as_example
 from .base import Context, TechniqueConfig, Wrapper, register
+from ..workload import eval_mode
 from .compile import Compiled
 
 OBSERVERS = backends.PT2E_OBSERVERS
@@ -134,10 +135,7 @@ def apply_pt2e_dynamic_int8(model, cfg: Pt2eDynamicInt8Config, ctx: Context):
 
 
 def _quantize(model: nn.Module, cfg, ctx: Context, is_dynamic: bool) -> nn.Module:
-    try:
-        model = model.eval()
-    except NotImplementedError:  # a torch.export module: already inference-only
-        pass
+    model = eval_mode(model)
     example = ctx.example.to(ctx.device)
     float_modules = _resolve_skip(model, cfg.skip)
     _unshare_activations(model, example)
