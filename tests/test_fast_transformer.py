@@ -211,10 +211,14 @@ def test_other_hf_families_match(family, side):
 
 def test_unsupported_models_are_refused_with_a_reason():
     torch.manual_seed(0)
-    gpt2 = T.GPT2Model(T.GPT2Config(vocab_size=100, n_embd=32, n_layer=1, n_head=4, n_positions=32)).eval()
+    gpt2 = T.GPT2Model(T.GPT2Config(vocab_size=100, n_embd=32, n_layer=1, n_head=4, n_positions=32,
+                                    add_cross_attention=True)).eval()  # plain GPT-2 is handled since
+    opt = T.OPTModel(T.OPTConfig(vocab_size=100, hidden_size=16, num_hidden_layers=1, ffn_dim=32, num_attention_heads=2,
+                                 max_position_embeddings=32, word_embed_proj_dim=16)).eval()
     decoder = T.BertModel(T.BertConfig(**bert_config(), is_decoder=True)).eval()
     cases = {
-        "gpt2": (gpt2, "not a family"),
+        "gpt2 with cross-attention": (gpt2, "cross-attention"),
+        "opt": (opt, "not a family"),
         "bert decoder": (decoder, "decoder"),
         "mlp": (nn.Sequential(nn.Linear(4, 4), nn.ReLU()), "no Transformer encoder"),
         "transformer decoder": (nn.TransformerDecoder(nn.TransformerDecoderLayer(16, 2, batch_first=True), 1), "decoder"),
@@ -547,6 +551,153 @@ def test_cuda_matches_original(dtype):
     tol = TOL if dtype == torch.float32 else 3e-2
     for side in ("right", "left"):
         ids, mask = random_batch(8, 40, side, seed=30, min_len=2)
+        ids, mask = ids.to(dev), mask.to(dev)
+        with torch.no_grad():
+            ref = model(input_ids=ids, attention_mask=mask).last_hidden_state.float()
+            out = fast(input_ids=ids, attention_mask=mask).last_hidden_state.float()
+        assert_same_on_real(ref.cpu(), out.cpu(), mask.cpu(), tol=tol)
+
+
+# ----------------------------------------------------------------------------- ViT (no padding: fused SDPA only)
+
+def tiny_vit(attn="sdpa", cls=None, **kw):
+    torch.manual_seed(0)
+    cfg = T.ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                      intermediate_size=64, attn_implementation=attn, **kw)
+    return (cls or T.ViTModel)(cfg).eval()
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_vit_matches_original(attn):
+    from torchslim.techniques.fast_transformer import FastViTModel
+
+    model = tiny_vit(attn)
+    fast, ctx = fast_of(model, example=Example((torch.randn(1, 3, 32, 32),)))
+    assert isinstance(fast, FastViTModel) and ctx.details["fast_transformer"]["converted"][0]["family"] == "vit"
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref, out = model(pixel_values=x), fast(pixel_values=x)
+        assert (ref.last_hidden_state - out.last_hidden_state).abs().max() <= TOL  # measured 5e-7 (eager), 0 (sdpa)
+        assert (ref.pooler_output - out.pooler_output).abs().max() <= TOL
+        tup = fast(x, return_dict=False)
+        assert isinstance(tup, tuple) and torch.equal(tup[0], out.last_hidden_state)
+        big = torch.randn(1, 3, 48, 48)  # another resolution, position embeddings interpolated as the original does
+        assert (model(big, interpolate_pos_encoding=True).last_hidden_state
+                - fast(big, interpolate_pos_encoding=True).last_hidden_state).abs().max() <= TOL
+
+
+def test_vit_task_model_and_fallbacks():
+    model = tiny_vit("eager", cls=T.ViTForImageClassification, num_labels=5)  # sdpa returns no attentions
+    fast, _ = fast_of(model, example=Example((torch.randn(1, 3, 32, 32),)))
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert (model(pixel_values=x).logits - fast(pixel_values=x).logits).abs().max() <= TOL
+        att = fast(pixel_values=x, output_attentions=True)  # falls back to the original module
+        assert att.attentions is not None and len(att.attentions) == 2
+
+
+# ----------------------------------------------------------------------------- GPT-2 prompt pass (causal)
+
+def gpt2_config(attn="sdpa", **kw):
+    return T.GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=0, eos_token_id=0,
+                        attn_implementation=attn, **kw)
+
+
+def tiny_gpt2(attn="sdpa", cls=None, **kw):
+    torch.manual_seed(0)
+    return (cls or T.GPT2Model)(gpt2_config(attn, **kw)).eval()
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+@pytest.mark.parametrize("side", ["right", "left", "ragged", "none"])
+def test_gpt2_matches_original_on_padded_batches(attn, side):
+    from torchslim.techniques.fast_transformer import FastGPT2Model
+
+    model = tiny_gpt2(attn)
+    fast, ctx = fast_of(model)
+    assert isinstance(fast, FastGPT2Model) and ctx.details["fast_transformer"]["converted"][0]["family"] == "gpt2"
+    with torch.no_grad():
+        for seed, (batch, seq) in enumerate([(6, 20), (1, 9), (9, 33)]):
+            ids, mask = random_batch(batch, seq, side, seed)
+            ref = model(input_ids=ids, attention_mask=mask).last_hidden_state
+            out = fast(input_ids=ids, attention_mask=mask).last_hidden_state
+            keep = mask if mask is not None else torch.ones_like(ids)
+            assert_same_on_real(ref, out, keep)  # measured max abs diff 7e-7
+
+
+def test_gpt2_lm_head_padding_keeps_its_meaning():
+    model = tiny_gpt2(cls=T.GPT2LMHeadModel)
+    fast, _ = fast_of(model)
+    ids, mask = random_batch(5, 16, "left", seed=3, min_len=2)
+    with torch.no_grad():
+        ref, out = model(input_ids=ids, attention_mask=mask).logits, fast(input_ids=ids, attention_mask=mask).logits
+        assert (ref - out)[mask.bool()].abs().max() <= TOL
+        assert out[~mask.bool()].abs().max() == 0  # the packed path ran (lm_head has no bias)
+        # left padding with the position ids counted from the first real token (what generation code
+        # passes): each row's real tokens give what the unpadded prompt alone gives
+        pos = (mask.cumsum(1) - 1).clamp_min(0)
+        padded = fast(input_ids=ids, attention_mask=mask, position_ids=pos).logits
+        assert (padded - model(input_ids=ids, attention_mask=mask, position_ids=pos).logits)[mask.bool()].abs().max() <= TOL
+        for r in range(5):
+            alone = model(input_ids=ids[r][mask[r].bool()][None]).logits[0]
+            assert (padded[r][mask[r].bool()] - alone).abs().max() <= TOL
+
+
+def test_gpt2_cache_calls_fall_back_and_generate_works():
+    model = tiny_gpt2(cls=T.GPT2LMHeadModel)
+    fast, _ = fast_of(model)
+    ids, mask = random_batch(2, 8, "none", seed=4)
+    with torch.no_grad():
+        out = fast(input_ids=ids, use_cache=True)
+        assert out.past_key_values is not None if hasattr(out, "past_key_values") else out.cache is not None
+        kw = dict(attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=False, pad_token_id=0)
+        assert torch.equal(fast.generate(ids, **kw), model.generate(ids, **kw))
+
+
+def test_gpt2_sequence_classifier_reads_the_last_real_token():
+    model = tiny_gpt2(cls=T.GPT2ForSequenceClassification, num_labels=3, pad_token_id=0)
+    fast, _ = fast_of(model)
+    ids, mask = random_batch(6, 12, "right", seed=5)
+    ids = ids.masked_fill(mask == 0, 0)
+    with torch.no_grad():
+        assert (model(input_ids=ids, attention_mask=mask).logits - fast(input_ids=ids, attention_mask=mask).logits).abs().max() <= TOL
+
+
+@pytest.mark.parametrize("order", ["fast+int8", "int8+fast"])
+def test_gpt2_composes_with_dynamic_int8(order):
+    model = HFModel(tiny_gpt2(cls=T.GPT2LMHeadModel)).eval()
+    ids, mask = random_batch(6, 16, "right", seed=6)
+    ctx = ctx_for(ids, mask)
+    int8 = DynamicInt8Config()
+    if handler(int8).applies(model, int8, ctx):
+        pytest.skip(f"dynamic INT8 does not apply here: {handler(int8).applies(model, int8, ctx)}")
+    steps = (FAST, int8) if order == "fast+int8" else (int8, FAST)
+    slim = apply(copy.deepcopy(model), Recipe(steps), ctx)
+    assert has_packed_encoder(slim)
+    with torch.no_grad():
+        ref, out = model(ids, mask), slim(ids, mask)
+        alone = apply(copy.deepcopy(model), Recipe((int8,)), ctx_for(ids, mask))(ids, mask)
+    keep = mask.bool()
+    assert _min_cos(ref[keep], out[keep]) >= 0.99
+    assert _min_cos(alone[keep], out[keep]) >= 0.99  # INT8 activation scales differ: packed, they skip padding
+
+
+def test_gpt2_bad_mask_is_refused():
+    fast, _ = fast_of(tiny_gpt2())
+    ids, mask = random_batch(3, 8, "right")
+    with pytest.raises(SlimError, match="attention_mask"):
+        fast(input_ids=ids, attention_mask=mask * 2)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_gpt2_causal_matches_original(dtype):
+    dev = torch.device("cuda")
+    model = tiny_gpt2("sdpa", n_embd=64).to(dev, dtype)  # bf16: causal flash varlen where torch has it
+    fast, _ = fast_of(model)
+    tol = TOL if dtype == torch.float32 else 3e-2
+    for side in ("right", "left"):
+        ids, mask = random_batch(8, 40, side, seed=31, min_len=2)
         ids, mask = ids.to(dev), mask.to(dev)
         with torch.no_grad():
             ref = model(input_ids=ids, attention_mask=mask).last_hidden_state.float()

@@ -45,7 +45,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="re-render report.html and the table from a results.json")
     rep.add_argument("results", help="path to results.json")
+    for module in _command_modules():
+        COMMANDS.update(module.add_parsers(sub))
     return p
+
+
+def _command_modules():
+    """Commands that live beside their feature (training, quantization tools): each module's
+    `add_parsers(sub)` adds its sub-parsers and returns {command name: function(args) -> exit code}."""
+    from . import cli_quant, cli_train
+
+    return (cli_quant, cli_train)
 
 
 def main(argv: list[str] | None = None) -> int:

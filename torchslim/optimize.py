@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import math
 import os
 import time
 import traceback
@@ -25,6 +26,7 @@ from .fidelity import compare
 from .fileio import write_json, write_text
 from .recipes import BASELINE, Recipe, apply, by_name, candidates
 from .results import RecipeResult, RunResult
+from .sensitivity import fewest_float_layers, make_probe, measure_layers, quantization_step, with_float_layers
 from .techniques import Context
 from .workload import Workload, eval_mode
 
@@ -44,6 +46,12 @@ class OptimizeConfig:
     out: str | None = None  # folder for results.json, report.html, model/, reproduce.py
     save_model: bool = True
     debug: bool = False  # keep tracebacks in failure reasons
+    # A quantization recipe rejected by --max-drop/--min-cosine is retried with its most sensitive
+    # layers kept in float (see _fallback): at most `fallback_max_layers` of them (None: half the
+    # quantized layers) and at most `fallback_retries` real re-applications (each prepares anew).
+    fallback: bool = True
+    fallback_max_layers: int | None = None
+    fallback_retries: int = 2
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -54,6 +62,8 @@ class OptimizeConfig:
             raise SlimError("--min-cosine must be in (0, 1]", "e.g. --min-cosine 0.99")
         if self.rounds < 1:
             raise SlimError("--rounds must be >= 1", "the default is 15")
+        if self.fallback_retries < 1 or (self.fallback_max_layers is not None and self.fallback_max_layers < 1):
+            raise SlimError("fallback_retries and fallback_max_layers must be >= 1", "or set fallback=False to turn the fallback off")
 
 
 def _run(model: nn.Module, example) -> Callable[[], object]:
@@ -118,6 +128,15 @@ def _search(workload: Workload, config: OptimizeConfig, device: torch.device, ru
         run.recipes.append(res)
         if model is not None:
             models[recipe.name] = model
+        if config.fallback and res.status == "rejected" and quantization_step(recipe.steps) is not None:
+            _write(run, config)
+            bar.set_postfix_str(f"{recipe.name}: keeping sensitive layers in float")
+            retry, model = _fallback(recipe, res, workload, example, device, ref_out, base_metric, config,
+                                     taken={r.name for r in run.recipes})
+            if retry is not None:
+                run.recipes.append(retry)
+                if model is not None:
+                    models[retry.name] = model
         _write(run, config)
         bar.update(1)
 
@@ -183,6 +202,74 @@ def _try(recipe: Recipe, workload: Workload, example, device, ref_out, base_metr
         return res, None
     res.status, res.reason = _validate(res, fid, workload, config)
     return res, model
+
+
+def _fallback(recipe: Recipe, rejected: RecipeResult, workload: Workload, example, device, ref_out, base_metric,
+              config: OptimizeConfig, taken: set[str]):
+    """Retry a rejected quantization recipe with its most sensitive layers kept in float.
+
+    Rank the layers by the output SQNR each one alone quantized gives (sensitivity.py: prepared and
+    calibrated once), find by bisection the fewest of the most sensitive that the simulation says
+    pass --min-cosine and --max-drop, then re-apply the real recipe with them in skip=(...) and
+    validate that as any recipe; on a failure add the next layer, at most config.fallback_retries
+    times. Returns (the retry's result row, its model), or (None, None) with the reason recorded in
+    `rejected.fallback`."""
+    t0 = time.perf_counter()
+    i = quantization_step(recipe.steps)
+    step = recipe.steps[i]
+    info: dict = {"from": recipe.name, "why": rejected.reason}
+    try:
+        ctx = Context(device=device, example=example, calibration=workload.calibration)
+        prefix = apply(eval_mode(copy.deepcopy(workload.model).to(device)), Recipe(recipe.steps[:i]), ctx)
+        probe = make_probe(prefix, step, ctx)
+        ranking = measure_layers(probe, [example], [ref_out])
+        order = [r["name"] for r in ranking]
+        limit = min(len(order), config.fallback_max_layers or math.ceil(len(order) / 2))
+        keep, trials = fewest_float_layers(probe, order, lambda m: _predict(m, workload, example, ref_out, base_metric, config), limit)
+    except Exception as e:  # noqa: BLE001 - a failed fallback leaves the rejection as it was
+        info["error"] = _reason(e, config.debug)
+        rejected.fallback = info
+        return None, None
+    info.update(method=probe.method, ranking=ranking, predictions=trials, max_float_layers=limit)
+    if keep is None:
+        info["result"] = f"not retried: even the {limit} most sensitive layers in float are predicted to fail"
+        info["seconds"] = time.perf_counter() - t0
+        rejected.fallback = info
+        return None, None
+    attempts = []
+    for _ in range(config.fallback_retries):
+        retry = Recipe(recipe.steps[:i] + (with_float_layers(step, keep),) + recipe.steps[i + 1:])
+        res, model = _try(retry, workload, example, device, ref_out, base_metric, config)
+        attempts.append({"float_layers": list(keep), "status": res.status, "reason": res.reason,
+                         "metric_drop": res.metric_drop, "min_cosine": (res.fidelity or {}).get("min_cosine")})
+        if res.status != "rejected" or len(keep) >= limit:
+            break
+        keep = order[:len(keep) + 1]
+    by_name = {r["name"]: r for r in ranking}
+    info.update(attempts=attempts, seconds=time.perf_counter() - t0,
+                kept_in_float=[{"name": n, "kind": by_name[n]["kind"], "rank": by_name[n]["rank"],
+                                "sqnr_db_alone": by_name[n]["sqnr_db"]} for n in keep])
+    res.fallback = info
+    if res.name in taken:
+        res.name = f"{res.name}-{len(keep)}float"
+    kept = ", ".join(keep)
+    if res.status == "ok":
+        res.reason = f"kept {len(keep)} most sensitive layer(s) in float ({kept}): {recipe.name} alone was rejected"
+    res.notes = [f"fallback for {recipe.name}: kept in float {kept} (ranked by output SQNR with each layer alone quantized)"] + res.notes
+    rejected.notes = rejected.notes + [f"retried as {res.name} with {len(keep)} layer(s) in float: {res.status}"]
+    return res, model
+
+
+def _predict(model: nn.Module, workload: Workload, example, ref_out, base_metric, config: OptimizeConfig) -> tuple[bool, dict]:
+    """_validate's checks on a simulated model (the probe): min cosine on the example, then the metric."""
+    with torch.no_grad():
+        fid = compare(ref_out, example(model))
+    info = {"min_cosine": fid.min_cosine}
+    ok = fid.finite and fid.min_cosine >= config.min_cosine
+    if ok and workload.evaluate is not None:
+        info["metric_drop"] = base_metric - _evaluate(workload, model)[workload.metric]
+        ok = info["metric_drop"] <= config.max_drop
+    return ok, info
 
 
 def _validate(res: RecipeResult, fid, workload: Workload, config: OptimizeConfig) -> tuple[str, str]:

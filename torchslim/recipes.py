@@ -9,7 +9,7 @@ import torch.nn as nn
 from . import device as dev
 from .errors import NotApplicable
 from .techniques import (
-    AoInt8DynamicConfig, FastTransformerConfig, WeightOnlyConfig,
+    AoFloat8Config, AoInt8DynamicConfig, FastTransformerConfig, WeightOnlyConfig,
     ChannelsLastConfig, CompileConfig, Context, DynamicInt8Config, InferenceModeConfig,
     LowPrecisionConfig, Pt2eDynamicInt8Config, StaticInt8Config, TechniqueConfig, TorchScriptConfig, config_from_dict, handler,
 )
@@ -83,6 +83,13 @@ def candidates(device: torch.device) -> list[Recipe]:
     # torchao: INT8 dynamic pays off only compiled; weight-only INT8 needs fast BF16 activations;
     # INT4 weight-only is for small batches on large Linears.
     out += [_im(AoInt8DynamicConfig(), comp)]
+    if device.type == "cuda":
+        # CUDA graphs: one launch per call instead of one per kernel (the batch-1 win on GPUs)
+        out += [_im(LowPrecisionConfig(d, "cast"), CompileConfig(mode="reduce-overhead")) for d in lows]
+        from .techniques.ao_float8 import fp8_missing
+
+        if fp8_missing(device) is None:
+            out += [_im(AoFloat8Config(), comp)]
     if "bf16" in lows:
         out += [_im(WeightOnlyConfig(bits=8), comp)]
     out += [_im(WeightOnlyConfig(bits=4, group_size=128))]

@@ -160,7 +160,21 @@ def format_table(run: dict) -> str:
     rows = [row + [_truncate(r.get("reason"), 60) or "-"] for row, r in zip(rows, _recipes(run))]
     widths = [max(len(c) for c in column) for column in zip(cols, *rows)]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
-    return "\n".join(_header_lines(run) + ["", line(cols), line(["-" * w for w in widths])] + [line(r) for r in rows])
+    return "\n".join(_header_lines(run) + ["", line(cols), line(["-" * w for w in widths])] + [line(r) for r in rows]
+                     + _fallback_lines(run))
+
+
+def _fallback_lines(run: dict) -> list[str]:
+    out = []
+    for r in _recipes(run):
+        fb = r.get("fallback")
+        if not isinstance(fb, dict):
+            continue
+        kept = [str(k.get("name")) for k in fb.get("kept_in_float") or [] if isinstance(k, dict)]
+        what = (f"kept in float: {', '.join(kept)} -> {r.get('status') or '-'}" if kept
+                else _truncate(fb.get("result") or fb.get("error") or "no retry", 100))
+        out.append(f"fallback for {fb.get('from') or '?'} ({r.get('name') or '?'}): {what}")
+    return [""] + out if out else []
 
 
 # -- charts ------------------------------------------------------------------------------------
@@ -288,6 +302,8 @@ def _kv_table(pairs) -> str:
 def _detail_pairs(r: dict):
     """(field, HTML) for every field of a recipe, so a field added later still shows up."""
     for key, value in r.items():
+        if key == "fallback":
+            continue  # shown in its own section (Sensitivity and fallback)
         if key == "steps":
             yield key, f"<pre>{_esc(json.dumps(value, indent=2, default=str))}</pre>"
         elif isinstance(value, dict):
@@ -328,6 +344,7 @@ def render_html(run: dict) -> str:
         "<h2>Summary</h2>", table,
         f"<h2>Speed vs quality</h2><p>{legend}; line: Pareto frontier; dashed: baseline speed.</p>", _pareto_svg(run),
         "<h2>Size of the weights</h2>", _size_svg(run),
+        _fallback_html(run),
         "<h2>Configuration</h2>", _kv_table((k, _esc(_plain(v))) for k, v in (run.get("config") or {}).items()),
         "<h2>Machine</h2>", _kv_table((k, _esc(_plain(v))) for k, v in (run.get("machine") or {}).items()),
         "<h2>Recipes in detail</h2>", details,
@@ -335,6 +352,132 @@ def render_html(run: dict) -> str:
         f"<p><small>Quality axis: {_esc(label)}.</small></p></body></html>\n",
     ]
     return "\n".join(p for p in parts if p)
+
+
+# -- sensitivity -----------------------------------------------------------------------------------
+
+def _db(x) -> str:
+    return "inf" if x is None else _fixed(x, 1)
+
+
+def _sensitivity_rows(layers: list, metric: str | None, kept: set[str] = frozenset()) -> tuple[list[str], list[list[str]]]:
+    cols = ["rank", "layer", "type", "SQNR dB (alone)", "min cos"] + ([f"{metric} (drop)"] if metric else [])
+    cols += ["kept in float"] if kept else []
+    rows = []
+    for r in layers:
+        if not isinstance(r, dict):
+            continue
+        row = [str(r.get("rank") or "-"), str(r.get("name") or "?"), str(r.get("kind") or "-"), _db(r.get("sqnr_db")),
+               _fixed(r.get("min_cosine"), 5)]
+        if metric:
+            drop = _finite(r.get("metric_drop"))
+            row.append("-" if _finite(r.get("metric")) is None else f"{_num(r['metric'])} ({'-' if drop is None else _num(drop)})")
+        rows.append(row + (["yes" if r.get("name") in kept else ""] if kept else []))
+    return cols, rows
+
+
+def _html_table(cols: list[str], rows: list[list[str]]) -> str:
+    return ("<table><tr>" + "".join(f"<th>{_esc(c)}</th>" for c in cols) + "</tr>"
+            + "".join("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in row) + "</tr>" for row in rows) + "</table>")
+
+
+def format_sensitivity(sens: dict) -> str:
+    """`torchslim sensitivity` as a terminal table, most damaging layer first."""
+    metric = sens.get("metric")
+    cols, rows = _sensitivity_rows(sens.get("layers") or [], metric)
+    widths = [max(len(c) for c in column) for column in zip(cols, *rows)] if rows else [len(c) for c in cols]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+    alls = sens.get("all_quantized") or {}
+    head = [f"sensitivity of {sens.get('workload') or 'model'} to {sens.get('label') or '?'}: {sens.get('method') or ''}",
+            f"ranked by {sens.get('ranked_by') or 'output SQNR'}; {sens.get('samples') or '?'} samples",
+            f"all layers quantized: SQNR {_db(alls.get('sqnr_db'))} dB, min cosine {_fixed(alls.get('min_cosine'), 5)}"
+            + (f", {metric} {_num(alls.get('metric'))} (FP32 {_num(sens.get('baseline_metric'))})" if metric else "")]
+    return "\n".join(head + ["", line(cols), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def _sensitivity_body(sens: dict, kept: set[str] = frozenset()) -> str:
+    metric = sens.get("metric")
+    alls = sens.get("all_quantized") or {}
+    facts = [("technique", _esc(str(sens.get("label") or "-"))), ("method", _esc(str(sens.get("method") or "-"))),
+             ("ranked by", _esc(str(sens.get("ranked_by") or "-"))), ("samples", _esc(str(sens.get("samples") or "-"))),
+             ("all layers quantized", _esc(f"SQNR {_db(alls.get('sqnr_db'))} dB, min cosine {_fixed(alls.get('min_cosine'), 5)}"
+                                           + (f", {metric} {_num(alls.get('metric'))}" if metric and alls.get("metric") is not None else "")))]
+    if metric:
+        facts.append((f"FP32 {metric}", _esc(_num(sens.get("baseline_metric")))))
+    return _kv_table(facts) + _html_table(*_sensitivity_rows(sens.get("layers") or [], metric, kept))
+
+
+def render_sensitivity_html(sens: dict) -> str:
+    """The `torchslim sensitivity` result as one self-contained HTML page."""
+    name = str(sens.get("workload") or "model")
+    return "\n".join([
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>torchslim sensitivity: {_esc(name)}</title>',
+        f"<style>{CSS}</style></head><body>", f"<h1>Layer sensitivity: {_esc(name)}</h1>",
+        "<p>Each row: the model with only that layer quantized, against FP32. Most damaging first.</p>",
+        _sensitivity_body(sens), "</body></html>\n"])
+
+
+def write_sensitivity_html(sens: dict, path: str) -> None:
+    from . import fileio
+
+    fileio.write_text(path, render_sensitivity_html(sens))
+
+
+def _fallback_html(run: dict) -> str:
+    """Section: for each quantization recipe that was retried with layers in float, why, the layer
+    ranking, the predictions and the real attempts."""
+    parts = []
+    for r in _recipes(run):
+        fb = r.get("fallback")
+        if not isinstance(fb, dict):
+            continue
+        kept = {str(k.get("name")) for k in fb.get("kept_in_float") or [] if isinstance(k, dict)}
+        facts = [("retry of", _esc(str(fb.get("from") or "-"))), ("why", _esc(str(fb.get("why") or "-"))),
+                 ("result", _esc(f"{r.get('name')}: {r.get('status')}" + (f" ({r.get('reason')})" if r.get("reason") else "")
+                                 if kept else str(fb.get("result") or fb.get("error") or "-")))]
+        if kept:
+            facts.append(("kept in float", _esc(", ".join(sorted(kept)))))
+        if fb.get("seconds") is not None:
+            facts.append(("time", _esc(f"{_num(fb['seconds'])} s")))
+        body = _kv_table(facts)
+        if fb.get("ranking"):
+            body += "<h4>Layers, most sensitive first</h4>" + _html_table(*_sensitivity_rows(fb["ranking"], None, kept or {""}))
+        trials = [t for t in fb.get("predictions") or [] if isinstance(t, dict)]
+        if trials:
+            body += "<h4>Predictions (simulated, fewest layers by bisection)</h4>" + _html_table(
+                ["layers in float", "passes", "min cos", "metric drop"],
+                [[", ".join(t.get("float_layers") or []) or "(none)", "yes" if t.get("passes") else "no",
+                  _fixed(t.get("min_cosine"), 5), _num(t.get("metric_drop"))] for t in trials])
+        attempts = [a for a in fb.get("attempts") or [] if isinstance(a, dict)]
+        if attempts:
+            body += "<h4>Real attempts</h4>" + _html_table(
+                ["layers in float", "status", "min cos", "metric drop", "reason"],
+                [[", ".join(a.get("float_layers") or []), str(a.get("status") or "-"), _fixed(a.get("min_cosine"), 5),
+                  _num(a.get("metric_drop")), str(a.get("reason") or "")] for a in attempts])
+        parts.append(f"<h3>{_esc(str(r.get('name') or '?'))}</h3>" + body)
+    return "<h2>Sensitivity and fallback</h2>" + "".join(parts) if parts else ""
+
+
+# -- recalibration ------------------------------------------------------------------------------
+
+def format_recalibration(rep: dict) -> str:
+    """Before/after, one row each: fidelity vs FP32 and saturation on the new data, and the metric."""
+    metric = rep.get("metric")
+    cols = ["calibration", "SQNR dB", "min cos", "top-1 agree", "max saturation"] + ([str(metric)] if metric else [])
+    rows = []
+    for key, label in (("before", "old data"), ("after", "new data")):
+        d = rep.get(key) or {}
+        row = [label, _fixed(d.get("sqnr_db"), 1), _fixed(d.get("min_cosine"), 4), _fixed(d.get("top1_agreement"), 4),
+               f"{100 * d.get('max_saturation', 0):.2f}% ({d.get('most_saturated_layer', '-')})"]
+        rows.append(row + ([_fixed(d.get("metric"), 2)] if metric else []))
+    widths = [max(len(c) for c in col) for col in zip(cols, *rows)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+    head = [f"recalibrated {rep.get('recipe')} on {rep.get('samples')} samples of {rep.get('data')}; "
+            f"compared with FP32 on the new data"]
+    tail = []
+    if metric and rep.get("fp32_metric") is not None:
+        tail.append(f"FP32 {metric}: {_fixed(rep['fp32_metric'], 2)} ({rep.get('metric_source')})")
+    return "\n".join(head + ["", line(cols), line(["-" * w for w in widths])] + [line(r) for r in rows] + tail)
 
 
 def write_html(run: dict, path: str) -> None:

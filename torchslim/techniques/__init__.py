@@ -1,8 +1,9 @@
 """Techniques: import each module so it registers its config and handler."""
 from . import (  # noqa: F401
-    ao_dynamic, channels_last, compile, dynamic_int8, fast_transformer, inference_mode, low_precision, static_int8, torchscript, weight_only,
+    ao_dynamic, ao_float8, channels_last, compile, dynamic_int8, fast_transformer, inference_mode, low_precision, static_int8, torchscript, weight_only,
 )
 from .ao_dynamic import AoInt8DynamicConfig
+from .ao_float8 import AoFloat8Config
 from .base import CONFIGS, Context, TechniqueConfig, config_from_dict, handler
 from .channels_last import ChannelsLastConfig
 from .compile import CompileConfig
@@ -18,5 +19,5 @@ __all__ = [
     "CONFIGS", "Context", "TechniqueConfig", "config_from_dict", "handler",
     "ChannelsLastConfig", "CompileConfig", "DynamicInt8Config", "InferenceModeConfig",
     "LowPrecisionConfig", "TorchScriptConfig", "StaticInt8Config", "Pt2eDynamicInt8Config",
-    "AoInt8DynamicConfig", "WeightOnlyConfig", "FastTransformerConfig",
+    "AoInt8DynamicConfig", "AoFloat8Config", "WeightOnlyConfig", "FastTransformerConfig",
 ]

@@ -30,7 +30,8 @@ class CompileConfig(TechniqueConfig):
             raise ValueError(f"unknown torch.compile mode {self.mode!r}")
 
     def label(self) -> str:
-        return "compile" + ("-max-autotune" if self.mode == "max-autotune" else "")
+        return "compile" + {"max-autotune": "-max-autotune", "max-autotune-no-cudagraphs": "-max-autotune",
+                            "reduce-overhead": "-cudagraphs"}.get(self.mode, "")
 
 
 @contextlib.contextmanager
@@ -53,6 +54,9 @@ class Compiled(Wrapper):
     def __init__(self, inner: torch.nn.Module, freezing: bool = True, **compile_kwargs):
         super().__init__(inner)
         self.freezing = freezing
+        # CUDA graphs replay into the same output buffers: each call starts a new step and hands
+        # back copies, so outputs a caller keeps are never overwritten by the next call.
+        self.cudagraphs = compile_kwargs.get("mode") == "reduce-overhead"
         self.__dict__["_compiled"] = torch.compile(inner, **compile_kwargs)
 
     def train(self, mode: bool = True):
@@ -61,10 +65,16 @@ class Compiled(Wrapper):
         return self
 
     def forward(self, *args, **kwargs):
+        if self.cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()
         if not self.freezing:
-            return self._compiled(*args, **kwargs)
-        with torch.no_grad(), inductor_freezing(True):
-            return self._compiled(*args, **kwargs)
+            out = self._compiled(*args, **kwargs)
+        else:
+            with torch.no_grad(), inductor_freezing(True):
+                out = self._compiled(*args, **kwargs)
+        if self.cudagraphs:
+            out = torch.utils._pytree.tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, out)
+        return out
 
 
 def _applies(model, cfg, ctx):

@@ -1,4 +1,4 @@
-"""A BetterTransformer-style fast path for Transformer encoders: fused attention, no work on padding.
+"""A BetterTransformer-style fast path for Transformers: fused attention, no work on padding.
 
 Hugging Face removed BetterTransformer in favour of SDPA attention, but SDPA still computes every
 padding token, in attention and in every Linear/LayerNorm. This technique replaces supported
@@ -16,7 +16,17 @@ encoders with a forward of our own that reads the original modules' weights:
 
 Supported: Hugging Face BERT-family encoders built with `transformers` (model_type bert, roberta,
 xlm-roberta, camembert, electra; this covers all-MiniLM-L6-v2), DistilBERT, and PyTorch's
-`nn.TransformerEncoder` / `nn.TransformerEncoderLayer` with batch_first=True. Task heads around the
+`nn.TransformerEncoder` / `nn.TransformerEncoderLayer` with batch_first=True. Also:
+- ViT (ViTModel, in both layer layouts transformers has used): images have no padding, so nothing
+  is packed; each layer runs one fused SDPA call, without transformers' per-layer attention
+  dispatch;
+- GPT-2 (GPT2Model, inside GPT2LMHeadModel / GPT2ForSequenceClassification...) for the prompt
+  pass: packed like the encoders, with causal attention within each sequence (SDPA is_causal per
+  bucket: a bucket's padded slots follow each row's real tokens, so the causal mask alone keeps
+  real queries off them). Position ids are the original's (transformers counts them over the
+  padded row unless position_ids is passed), so left padding means what it means in the original.
+  Calls that want a KV cache (use_cache=True, a cache passed in, as generate() does) fall back.
+Models that are not handled are left unchanged, and applies() says why. Task heads around the
 encoder (BertForSequenceClassification, a SentenceEmbedder...) are kept; only the encoder module is
 swapped, and the replacement keeps its call signature and state-dict keys. The Linear/LayerNorm
 modules are the original ones, reused as they are, so this composes with dynamic INT8 and BF16 casts
@@ -54,7 +64,10 @@ from .base import Context, TechniqueConfig, register
 
 BERT_LIKE = ("bert", "roberta", "xlm-roberta", "camembert", "electra")
 DISTILBERT = ("distilbert",)
-FAMILIES = BERT_LIKE + DISTILBERT + ("nn.TransformerEncoder",)
+VIT = ("vit",)
+GPT2 = ("gpt2",)
+HF_FAMILIES = BERT_LIKE + DISTILBERT + VIT + GPT2
+FAMILIES = HF_FAMILIES + ("nn.TransformerEncoder",)
 COMPILE_NOTE = ("with torch.compile use dynamic=True: the packing runs outside the compiled graphs and the packed "
                 "token count changes every batch (with dynamic=False each new count recompiles, up to torch's "
                 "recompile limit, then runs eagerly; results stay correct)")
@@ -115,17 +128,26 @@ class _Fast(nn.Module):
     def original(self) -> nn.Module:
         return self.__dict__["_original"]
 
-    def _attention(self, q, k, v, p: _packing.Packing, heads: int, scale: float | None) -> torch.Tensor:
+    def _attention(self, q, k, v, p: _packing.Packing, heads: int, scale: float | None,
+                   causal: bool = False) -> torch.Tensor:
         width = q.shape[-1] if k is not None else q.shape[-1] // 3  # k is None: q is the fused q|k|v
-        varlen = self.use_varlen and _packing.varlen_available(q, width // heads)
-        return _packing.attention(q, k, v, p, heads, scale, varlen=varlen)
+        varlen = self.use_varlen and _packing.varlen_available(q, width // heads, causal)
+        return _packing.attention(q, k, v, p, heads, scale, varlen=varlen, causal=causal)
 
     def extra_repr(self) -> str:
         return f"fast path for {type(self.original).__name__}, max_buckets={self.max_buckets}"
 
 
 def _hf_fallback_needed(module: _Fast, input_ids, inputs_embeds, kwargs: dict) -> bool:
-    if module.training or input_ids is None or inputs_embeds is not None or input_ids.dim() != 2:
+    if input_ids is None or inputs_embeds is not None or input_ids.dim() != 2:
+        return True
+    return _hf_extras_needed(module, kwargs)
+
+
+def _hf_extras_needed(module: _Fast, kwargs: dict) -> bool:
+    """Training mode, attentions / hidden states asked for (by the config or a call argument), or
+    any other optional argument set: the original handles those."""
+    if module.training:
         return True
     cfg = getattr(module.original, "config", None)
     if getattr(cfg, "output_attentions", False) or getattr(cfg, "output_hidden_states", False):
@@ -273,6 +295,167 @@ def _distilbert_reason(m: nn.Module) -> str | None:
     return None
 
 
+# ----------------------------------------------------------------------------- ViT
+
+class FastViTModel(_Fast):
+    """Forward of a Hugging Face ViTModel with fused SDPA attention and none of the per-layer
+    attention-interface dispatch. Images have no padding: nothing to pack, the outputs are the
+    original's (FP32: within 1e-4) everywhere."""
+
+    def forward(self, pixel_values=None, bool_masked_pos=None, interpolate_pos_encoding=None, attention_mask=None,
+                *args, return_dict=None, **kwargs):
+        if (args or attention_mask is not None or pixel_values is None or pixel_values.dim() != 4
+                or _hf_extras_needed(self, kwargs)):
+            return self.original(pixel_values, bool_masked_pos, interpolate_pos_encoding, attention_mask, *args,
+                                 return_dict=return_dict, **kwargs)
+        weight = getattr(self.embeddings.patch_embeddings.projection, "weight", None)
+        if isinstance(weight, torch.Tensor) and pixel_values.dtype != weight.dtype:
+            pixel_values = pixel_values.to(weight.dtype)  # as the original does
+        x = self.embeddings(pixel_values, bool_masked_pos=bool_masked_pos, interpolate_pos_encoding=interpolate_pos_encoding)
+        batch, seq, hidden = x.shape
+        p = _packing.plan(None, batch, seq, x.device, 1, align=1)  # one SDPA call per layer, no key mask
+        x = _packing.pack(x, p)
+        for layer in _vit_layers(self):
+            a = layer.attention
+            h = layer.layernorm_before(x)
+            if hasattr(a, "q_proj"):  # recent transformers 5
+                x = a.o_proj(self._attention(a.q_proj(h), a.k_proj(h), a.v_proj(h), p, a.num_attention_heads, a.scaling)) + x
+                x = layer.mlp(layer.layernorm_after(x)) + x
+            else:  # earlier: attention.attention.query/key/value, attention.output, intermediate, output
+                sa = a.attention
+                ctx = self._attention(sa.query(h), sa.key(h), sa.value(h), p, sa.num_attention_heads, getattr(sa, "scaling", None))
+                x = a.output(ctx, h) + x  # dense + dropout (its second argument is unused)
+                x = layer.output(layer.intermediate(layer.layernorm_after(x)), x)  # dense, dropout, + residual
+        seq_out = _packing.unpack(self.layernorm(x), p)
+        pooled = self.pooler(seq_out) if getattr(self, "pooler", None) is not None else None
+        if return_dict is None:
+            return_dict = getattr(self.original.config, "return_dict", True)
+        if not return_dict:
+            return (seq_out,) if pooled is None else (seq_out, pooled)
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        return BaseModelOutputWithPooling(last_hidden_state=seq_out, pooler_output=pooled)
+
+
+def _vit_layers(m: nn.Module):
+    """ViTModel's layers: `layers` in recent transformers 5, `encoder.layer` before."""
+    layers = getattr(m, "layers", None)
+    return layers if layers is not None else getattr(getattr(m, "encoder", None), "layer", None)
+
+
+def _vit_layer_ok(layer: nn.Module) -> bool:
+    a = getattr(layer, "attention", None)
+    if not all(hasattr(layer, n) for n in ("layernorm_before", "layernorm_after")) or a is None:
+        return False
+    if hasattr(a, "q_proj"):
+        return all(hasattr(a, n) for n in ("k_proj", "v_proj", "o_proj", "num_attention_heads", "scaling")) and hasattr(layer, "mlp")
+    sa = getattr(a, "attention", None)
+    return (sa is not None and all(hasattr(sa, n) for n in ("query", "key", "value", "num_attention_heads"))
+            and hasattr(a, "output") and hasattr(layer, "intermediate") and hasattr(layer, "output"))
+
+
+def _vit_reason(m: nn.Module) -> str | None:
+    emb, layers = getattr(m, "embeddings", None), _vit_layers(m)
+    if emb is None or not hasattr(getattr(emb, "patch_embeddings", None), "projection") or not layers or not hasattr(m, "layernorm"):
+        return "does not have the embeddings.patch_embeddings / layers / layernorm structure of ViTModel this version knows"
+    for i, layer in enumerate(layers):
+        if not _vit_layer_ok(layer):
+            return f"layer {i} ({type(layer).__name__}) does not have the ViT structure expected"
+    return None
+
+
+# ----------------------------------------------------------------------------- GPT-2 (prompt pass)
+
+class FastGPT2Model(_Fast):
+    """Packed forward of a Hugging Face GPT2Model for the prompt pass (no KV cache): causal attention
+    within each sequence over its real tokens, padding skipped. Position ids are the original's
+    (by default 0..seq-1 over the padded row, as transformers does), so left and right padding keep
+    their meaning; real-token outputs equal the original's, padding positions are zero. Calls that
+    ask for a cache (use_cache=True, a cache passed in: generate() does both) fall back to the
+    original, as do training mode, inputs_embeds, cross-attention and output_attentions/hidden_states."""
+
+    def __init__(self, original, cfg):
+        super().__init__(original, cfg)
+        import inspect
+
+        object.__setattr__(self, "_signature", inspect.signature(original.forward))
+
+    def forward(self, *args, **kwargs):
+        call = self._packed_call(args, kwargs)
+        if call is None:
+            return self.original(*args, **kwargs)
+        _refuse_tracing()
+        input_ids, mask, position_ids, token_type_ids, return_dict = call
+        batch, seq = input_ids.shape
+        keep = _packing.keep_from_attention_mask(mask, (batch, seq), input_ids.device)
+        p = _packing.plan(keep, batch, seq, input_ids.device, self.max_buckets)
+        pos = (_expand_ids(position_ids, batch, seq) if position_ids is not None
+               else torch.arange(seq, device=input_ids.device).expand(batch, seq))
+        x = self.wte(_packing.pack(input_ids, p)) + self.wpe(_packing.pack(pos, p))
+        if token_type_ids is not None:
+            x = x + self.wte(_packing.pack(_expand_ids(token_type_ids, batch, seq), p))
+        x = self.drop(x)
+        if p.total == 0:
+            seq_out = x.new_zeros((batch, seq, x.shape[-1]))
+        else:
+            for block in self.h:
+                a = block.attn
+                x = x + a.c_proj(self._attention(a.c_attn(block.ln_1(x)), None, None, p, a.num_heads, _gpt2_scaling(a),
+                                                 causal=True))
+                x = x + block.mlp(block.ln_2(x))
+            seq_out = _packing.unpack(self.ln_f(x), p)
+        if return_dict is None:
+            return_dict = getattr(self.original.config, "return_dict", True)
+        if not return_dict:
+            return (seq_out,)
+        from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions
+
+        return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=seq_out)
+
+    def _packed_call(self, args, kwargs):
+        """(input_ids, attention_mask, position_ids, token_type_ids, return_dict) when the packed path
+        covers this call, else None (whatever the original's argument names are in this version)."""
+        try:
+            bound = self._signature.bind(*args, **kwargs)
+        except TypeError:
+            return None
+        named = dict(bound.arguments)
+        for name, param in self._signature.parameters.items():
+            if param.kind is param.VAR_KEYWORD:
+                named.update(named.pop(name, {}))
+        picked = [named.pop(n, None) for n in ("input_ids", "attention_mask", "position_ids", "token_type_ids", "return_dict")]
+        if named.pop("use_cache", None) or _hf_fallback_needed(self, picked[0], None, named):
+            return None
+        return picked
+
+
+def _gpt2_scaling(a: nn.Module) -> float:
+    """GPT2Attention's score scale: its `scaling` (recent transformers), else derived as it was."""
+    s = getattr(a, "scaling", None)
+    if s is not None:
+        return s
+    s = a.head_dim ** -0.5 if a.scale_attn_weights else 1.0
+    return s / float(a.layer_idx + 1) if a.scale_attn_by_inverse_layer_idx else s
+
+
+def _gpt2_reason(m: nn.Module) -> str | None:
+    if getattr(m.config, "add_cross_attention", False):
+        return "has cross-attention layers (config.add_cross_attention)"
+    blocks = getattr(m, "h", None)
+    if not all(hasattr(m, n) for n in ("wte", "wpe", "drop", "ln_f")) or not blocks:
+        return "does not have the wte / wpe / h / ln_f structure this version of fast_transformer knows"
+    for i, block in enumerate(blocks):
+        a = getattr(block, "attn", None)
+        ok = (a is not None and all(hasattr(a, n) for n in ("c_attn", "c_proj", "num_heads"))
+              and (hasattr(a, "scaling") or all(hasattr(a, n) for n in ("head_dim", "scale_attn_weights", "layer_idx",
+                                                                        "scale_attn_by_inverse_layer_idx")))
+              and all(hasattr(block, n) for n in ("ln_1", "ln_2", "mlp")) and not hasattr(block, "crossattention")
+              and not getattr(a, "is_cross_attention", False))
+        if not ok:
+            return f"block {i} ({type(block).__name__}) does not have the GPT-2 structure expected"
+    return None
+
+
 # ----------------------------------------------------------------------------- nn.TransformerEncoder
 
 def _torch_layer(self: _Fast, layer, x, p):
@@ -280,7 +463,10 @@ def _torch_layer(self: _Fast, layer, x, p):
     mha = layer.self_attn
 
     def sa(h):
-        qkv = torch.nn.functional.linear(h, mha.in_proj_weight, mha.in_proj_bias)  # fused [N, 3E]
+        if getattr(mha, "in_proj", None) is not None:  # dynamic INT8's LinearMultiheadAttention
+            qkv = mha.in_proj(h)
+        else:
+            qkv = torch.nn.functional.linear(h, mha.in_proj_weight, mha.in_proj_bias)  # fused [N, 3E]
         return mha.out_proj(self._attention(qkv, None, None, p, mha.num_heads, None))
 
     def ff(h):
@@ -343,9 +529,10 @@ def _torch_layer_reason(layer: nn.Module) -> str | None:
     mha = layer.self_attn
     if not mha.batch_first:
         return "batch_first=False (the packed path handles batch_first=True layers)"
-    if not mha._qkv_same_embed_dim or mha.in_proj_weight is None:
+    fused = getattr(mha, "in_proj", None) is not None or (mha._qkv_same_embed_dim and mha.in_proj_weight is not None)
+    if not fused:
         return "separate q/k/v projection weights (kdim/vdim) are not handled"
-    if mha.bias_k is not None or mha.add_zero_attn:
+    if getattr(mha, "bias_k", None) is not None or getattr(mha, "add_zero_attn", False):
         return "add_bias_kv / add_zero_attn are not handled"
     if not callable(getattr(layer, "activation", None)):
         return "its activation is not callable"
@@ -380,11 +567,12 @@ def _classify(m: nn.Module) -> tuple[type[_Fast] | None, str | None, str | None]
     mt = _hf_model_type(m)
     if mt is None:
         return None, None, None
-    if mt in BERT_LIKE + DISTILBERT:
-        if not hasattr(m, "embeddings"):
+    if mt in HF_FAMILIES:
+        if not hasattr(m, "wte" if mt in GPT2 else "embeddings"):
             return None, None, None  # a task model: its base model is inside
-        r = _bert_reason(m) if mt in BERT_LIKE else _distilbert_reason(m)
-        cls = FastBertModel if mt in BERT_LIKE else FastDistilBertModel
+        cls, why = ((FastBertModel, _bert_reason) if mt in BERT_LIKE else (FastDistilBertModel, _distilbert_reason)
+                    if mt in DISTILBERT else (FastViTModel, _vit_reason) if mt in VIT else (FastGPT2Model, _gpt2_reason))
+        r = why(m)
         return (None, r, mt) if r else (cls, None, mt)
     return None, f"model_type {mt!r} is not a family fast_transformer handles (it handles {', '.join(FAMILIES)})", mt
 
@@ -426,7 +614,7 @@ def _applies(model, cfg: FastTransformerConfig, ctx: Context):
         return None
     if skipped:
         return "; ".join(f"{_describe(n, m)}: {r}" for n, m, r in skipped[:3])
-    return ("no Transformer encoder it handles (Hugging Face " + ", ".join(BERT_LIKE + DISTILBERT)
+    return ("no Transformer encoder it handles (Hugging Face " + ", ".join(HF_FAMILIES)
             + "; nn.TransformerEncoder / nn.TransformerEncoderLayer with batch_first=True)")
 
 
@@ -446,7 +634,8 @@ def apply_fast_transformer(model, cfg: FastTransformerConfig, ctx: Context):
     for name, m, cls, family in found:
         model = _set_submodule(model, name, cls(m, cfg))
         done.append({"module": name or "(model)", "type": type(m).__name__, "family": family})
-    ctx.notes.append("packed encoder(s), padding skipped: " + ", ".join(f"{d['type']} at '{d['module']}'" for d in done)
+    ctx.notes.append("fast path (packed tokens, padding skipped; fused attention): "
+                     + ", ".join(f"{d['type']} at '{d['module']}'" for d in done)
                      + "; padding positions of the hidden states are zero")
     ctx.notes.append(COMPILE_NOTE)
     for n, m, r in skipped:
@@ -457,6 +646,6 @@ def apply_fast_transformer(model, cfg: FastTransformerConfig, ctx: Context):
         "skipped": [{"module": n or "(model)", "type": type(m).__name__, "reason": r} for n, m, r in skipped],
         "attention": "cuda flash varlen where available (fp16/bf16), else fused SDPA per length bucket"
         if cfg.varlen else "fused SDPA per length bucket",
-        "padding_positions": "zero (position 0 of Hugging Face models computed as the original does)",
+        "padding_positions": "zero (position 0 of Hugging Face encoders computed as the original does)",
     }
     return model

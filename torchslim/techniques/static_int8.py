@@ -135,6 +135,23 @@ def apply_pt2e_dynamic_int8(model, cfg: Pt2eDynamicInt8Config, ctx: Context):
 
 
 def _quantize(model: nn.Module, cfg, ctx: Context, is_dynamic: bool) -> nn.Module:
+    prepared, float_modules, seen, dynamic = prepare_calibrated(model, cfg, ctx, is_dynamic)
+    with torch.no_grad():
+        converted = backends.pt2e_convert(prepared)
+    _drop_unused_tensors(converted)
+    details = _summarize(converted, float_modules)
+    details.update(observer=None if is_dynamic else cfg.observer, per_channel=cfg.per_channel,
+                   activations="dynamic per call" if is_dynamic else "static (calibrated)",
+                   calibration=seen, dynamic_shapes=dynamic, reduce_range=_needs_reduce_range())
+    ctx.details["static_int8" if not is_dynamic else "pt2e_dynamic_int8"] = details
+    ctx.notes.append(_note(details))
+    return Frozen(converted)
+
+
+def prepare_calibrated(model: nn.Module, cfg, ctx: Context, is_dynamic: bool = False):
+    """The first half of the flow: export, annotate, insert observers, calibrate (static) or record
+    the weight ranges (dynamic). Returns (prepared graph, module names kept in float, calibration
+    counts, whether the export has dynamic shapes). sensitivity.py reads the observers from here."""
     model = eval_mode(model)
     example = ctx.example.to(ctx.device)
     float_modules = _resolve_skip(model, cfg.skip)
@@ -150,15 +167,7 @@ def _quantize(model: nn.Module, cfg, ctx: Context, is_dynamic: bool) -> nn.Modul
             seen = {"batches": 0, "samples": 0}
         else:
             seen = calibrate(prepared, ctx, example, cfg.max_samples)
-        converted = backends.pt2e_convert(prepared)
-    _drop_unused_tensors(converted)
-    details = _summarize(converted, float_modules)
-    details.update(observer=None if is_dynamic else cfg.observer, per_channel=cfg.per_channel,
-                   activations="dynamic per call" if is_dynamic else "static (calibrated)",
-                   calibration=seen, dynamic_shapes=dynamic, reduce_range=_needs_reduce_range())
-    ctx.details["static_int8" if not is_dynamic else "pt2e_dynamic_int8"] = details
-    ctx.notes.append(_note(details))
-    return Frozen(converted)
+    return prepared, float_modules, seen, dynamic
 
 
 def _resolve_skip(model: nn.Module, patterns: tuple[str, ...]) -> tuple[str, ...]:
@@ -391,6 +400,14 @@ def _summarize(gm: torch.fx.GraphModule, float_modules: tuple[str, ...]) -> dict
     return {"quantized": dict(quantized), "total": dict(total), "left_in_float": left, "skipped_by_config": list(float_modules)}
 
 
+def weighted_layer(node: torch.fx.Node) -> tuple[str, str] | None:
+    """(module name, layer type) of a Conv/Linear call in an exported graph, else None."""
+    kind = _WEIGHTED_OPS.get(str(node.target)) if node.op == "call_function" else None
+    if kind is None or len(node.args) < 2:
+        return None
+    return (_module_name(node) or node.name), kind
+
+
 def _module_name(node: torch.fx.Node) -> str | None:
     stack = node.meta.get("nn_module_stack")
     if not stack:
@@ -421,4 +438,4 @@ def Frozen(inner: torch.fx.GraphModule) -> Compiled:
     return Compiled(inner, freezing=True, dynamic=False)
 
 
-__all__ = ["StaticInt8Config", "Pt2eDynamicInt8Config", "Frozen", "calibrate", "export"]
+__all__ = ["StaticInt8Config", "Pt2eDynamicInt8Config", "Frozen", "calibrate", "export", "prepare_calibrated", "weighted_layer"]
