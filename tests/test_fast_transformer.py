@@ -682,6 +682,18 @@ def test_gpt2_composes_with_dynamic_int8(order):
     assert _min_cos(alone[keep], out[keep]) >= 0.99  # INT8 activation scales differ: packed, they skip padding
 
 
+def test_gpt2_token_types_positions_and_layer_scaling():
+    model = tiny_gpt2(scale_attn_by_inverse_layer_idx=True)
+    fast, _ = fast_of(model)
+    ids, mask = random_batch(3, 10, "ragged", seed=7)
+    tt = torch.randint(0, 5, (3, 10), generator=torch.Generator().manual_seed(8))
+    pos = torch.arange(10).flip(0)
+    with torch.no_grad():
+        for kw in (dict(token_type_ids=tt), dict(position_ids=pos), dict(use_cache=False)):
+            assert_same_on_real(model(ids, attention_mask=mask, **kw)[0], fast(ids, attention_mask=mask, **kw)[0], mask)
+        assert isinstance(fast(ids, None, mask, return_dict=False), tuple)  # positional, as the original's signature
+
+
 def test_gpt2_bad_mask_is_refused():
     fast, _ = fast_of(tiny_gpt2())
     ids, mask = random_batch(3, 8, "right")

@@ -37,6 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--device", default="auto", help="cpu, cuda, or auto (default)")
     o.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     o.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds (default 15)")
+    o.add_argument("--no-fallback", action="store_true",
+                   help="do not retry a rejected quantization recipe with its most sensitive layers kept in float")
+    o.add_argument("--fallback-max-layers", type=int, default=None,
+                   help="most layers the fallback may keep in float (default: half the quantized layers, at most 8)")
     o.add_argument("--no-progress", action="store_true", help="no progress bar")
     o.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
 
@@ -114,6 +118,7 @@ def cmd_optimize(args) -> int:
             objective=args.objective, max_drop=args.max_drop, min_cosine=args.min_cosine,
             recipes=tuple(s.strip() for s in args.recipes.split(",") if s.strip()) if args.recipes else None,
             device=args.device, threads=args.threads, rounds=args.rounds, out=folder, debug=args.debug,
+            fallback=not args.no_fallback, fallback_max_layers=args.fallback_max_layers,
         )
         run = optimize(workload, config, progress=not args.no_progress)
         print(format_table(run.to_dict()))

@@ -3,7 +3,9 @@
 The search is deliberately plain (as in neural-compressor's autotune): baseline first, then each
 recipe: apply -> first call -> fidelity and task metric -> keep or reject with the reason. Then all
 survivors are timed together, round-robin, and the best under the objective is chosen. A recipe
-that fails, breaks the outputs or is slower than the baseline is listed and never chosen.
+that fails, breaks the outputs or is slower than the baseline is listed and never chosen. A
+quantization recipe that breaks the outputs or the metric is retried with its most sensitive layers
+kept in float (sensitivity.py), as a row of its own that records which layers and why.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ from .techniques import Context
 from .workload import Workload, eval_mode
 
 OBJECTIVES = ("latency", "throughput", "size", "memory")
+FALLBACK_MAX_LAYERS = 8  # default cap: each bisection trial costs one evaluate(), 1 + log2(8) = 4 at most
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,8 @@ class OptimizeConfig:
     debug: bool = False  # keep tracebacks in failure reasons
     # A quantization recipe rejected by --max-drop/--min-cosine is retried with its most sensitive
     # layers kept in float (see _fallback): at most `fallback_max_layers` of them (None: half the
-    # quantized layers) and at most `fallback_retries` real re-applications (each prepares anew).
+    # quantized layers, at most FALLBACK_MAX_LAYERS) and at most `fallback_retries` real
+    # re-applications (each prepares and compiles anew).
     fallback: bool = True
     fallback_max_layers: int | None = None
     fallback_retries: int = 2
@@ -224,7 +228,7 @@ def _fallback(recipe: Recipe, rejected: RecipeResult, workload: Workload, exampl
         probe = make_probe(prefix, step, ctx)
         ranking = measure_layers(probe, [example], [ref_out])
         order = [r["name"] for r in ranking]
-        limit = min(len(order), config.fallback_max_layers or math.ceil(len(order) / 2))
+        limit = min(len(order), config.fallback_max_layers or min(FALLBACK_MAX_LAYERS, math.ceil(len(order) / 2)))
         keep, trials = fewest_float_layers(probe, order, lambda m: _predict(m, workload, example, ref_out, base_metric, config), limit)
     except Exception as e:  # noqa: BLE001 - a failed fallback leaves the rejection as it was
         info["error"] = _reason(e, config.debug)

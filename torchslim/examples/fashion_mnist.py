@@ -113,13 +113,13 @@ TRAIN_BF16 = True  # BF16 autocast: 2.4x faster than FP32 on a 2-core AMX Xeon, 
 
 
 def _use_bf16(requested: bool | None) -> bool:
-    """BF16 autocast only where oneDNN runs bf16 natively (AVX512-BF16/AMX); elsewhere it is slower."""
+    """BF16 autocast only where oneDNN runs bf16 natively (AVX512-BF16/AMX); elsewhere it is slower
+    (the choice torchslim.training.amp makes for "auto" on a CPU)."""
     if requested is not None:
         return requested
-    try:
-        return TRAIN_BF16 and torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
+    from ..training.amp import choose
+
+    return TRAIN_BF16 and choose("auto", "cpu").precision == "bf16"
 
 
 def train(epochs: int = TRAIN_EPOCHS, seed: int = 0, batch: int = TRAIN_BATCH, bf16: bool | None = None,
@@ -146,22 +146,24 @@ def _fit(model: FashionCNN, x: torch.Tensor, y: torch.Tensor, epochs: int, batch
     """The training loop: AdamW + one-cycle LR, label smoothing, flips; channels-last (faster on CPU)."""
     from tqdm import tqdm
 
+    from ..training.amp import Amp, backward_and_step
+
     model = model.to(memory_format=torch.channels_last).train()
     steps = epochs * (len(x) // batch)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.25)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+    amp = Amp("bf16" if bf16 else "fp32", "cpu")  # weights stay FP32; on CPU no gradient scaler is needed
+    scaler = amp.scaler()
     with tqdm(total=steps, desc="training FashionCNN", unit="step", file=sys.stderr, disable=not progress) as bar:
         for _ in range(epochs):
             order = torch.randperm(len(x), generator=gen)
             for i in range(len(x) // batch):  # drop the last partial batch: fixed shapes, fixed step count
                 idx = order[i * batch:(i + 1) * batch]
                 xb = _augment(x[idx], gen).contiguous(memory_format=torch.channels_last)
-                with autocast:
+                with amp.autocast():
                     loss = F.cross_entropy(model(xb), y[idx], label_smoothing=0.05)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                backward_and_step(loss, opt, scaler)
                 sched.step()
                 bar.update()
                 if bar.n % 50 == 0:

@@ -302,7 +302,9 @@ def _float_reason(m: nn.Module, cfg: DynamicInt8Config) -> str:
     if isinstance(m, (nn.LSTM, nn.GRU)):
         return _rnn_reason(m) or "not quantized"
     if isinstance(m, nn.MultiheadAttention):
-        return mha_reason(m) if "Linear" in cfg.layers and mha_reason(m) else "its projections follow 'Linear', which is not in layers"
+        if "Linear" not in cfg.layers:
+            return "its projections follow 'Linear', which is not in layers"
+        return mha_reason(m) or "not rewritten"
     if isinstance(m, _NORMS):
         return "a normalization layer: few weights, sensitive to rounding, no INT8 kernel"
     if isinstance(m, nn.EmbeddingBag):

@@ -311,7 +311,8 @@ class FastViTModel(_Fast):
         weight = getattr(self.embeddings.patch_embeddings.projection, "weight", None)
         if isinstance(weight, torch.Tensor) and pixel_values.dtype != weight.dtype:
             pixel_values = pixel_values.to(weight.dtype)  # as the original does
-        x = self.embeddings(pixel_values, bool_masked_pos=bool_masked_pos, interpolate_pos_encoding=interpolate_pos_encoding)
+        x = self.embeddings(pixel_values, bool_masked_pos=bool_masked_pos,
+                            interpolate_pos_encoding=interpolate_pos_encoding)
         batch, seq, hidden = x.shape
         p = _packing.plan(None, batch, seq, x.device, 1, align=1)  # one SDPA call per layer, no key mask
         x = _packing.pack(x, p)
@@ -319,11 +320,13 @@ class FastViTModel(_Fast):
             a = layer.attention
             h = layer.layernorm_before(x)
             if hasattr(a, "q_proj"):  # recent transformers 5
-                x = a.o_proj(self._attention(a.q_proj(h), a.k_proj(h), a.v_proj(h), p, a.num_attention_heads, a.scaling)) + x
+                ctx = self._attention(a.q_proj(h), a.k_proj(h), a.v_proj(h), p, a.num_attention_heads, a.scaling)
+                x = a.o_proj(ctx) + x
                 x = layer.mlp(layer.layernorm_after(x)) + x
             else:  # earlier: attention.attention.query/key/value, attention.output, intermediate, output
                 sa = a.attention
-                ctx = self._attention(sa.query(h), sa.key(h), sa.value(h), p, sa.num_attention_heads, getattr(sa, "scaling", None))
+                ctx = self._attention(sa.query(h), sa.key(h), sa.value(h), p, sa.num_attention_heads,
+                                      getattr(sa, "scaling", None))
                 x = a.output(ctx, h) + x  # dense + dropout (its second argument is unused)
                 x = layer.output(layer.intermediate(layer.layernorm_after(x)), x)  # dense, dropout, + residual
         seq_out = _packing.unpack(self.layernorm(x), p)
@@ -348,15 +351,17 @@ def _vit_layer_ok(layer: nn.Module) -> bool:
     if not all(hasattr(layer, n) for n in ("layernorm_before", "layernorm_after")) or a is None:
         return False
     if hasattr(a, "q_proj"):
-        return all(hasattr(a, n) for n in ("k_proj", "v_proj", "o_proj", "num_attention_heads", "scaling")) and hasattr(layer, "mlp")
+        return hasattr(layer, "mlp") and all(hasattr(a, n) for n in ("k_proj", "v_proj", "o_proj", "num_attention_heads",
+                                                                     "scaling"))
     sa = getattr(a, "attention", None)
     return (sa is not None and all(hasattr(sa, n) for n in ("query", "key", "value", "num_attention_heads"))
             and hasattr(a, "output") and hasattr(layer, "intermediate") and hasattr(layer, "output"))
 
 
 def _vit_reason(m: nn.Module) -> str | None:
-    emb, layers = getattr(m, "embeddings", None), _vit_layers(m)
-    if emb is None or not hasattr(getattr(emb, "patch_embeddings", None), "projection") or not layers or not hasattr(m, "layernorm"):
+    layers = _vit_layers(m)
+    patches = getattr(getattr(m, "embeddings", None), "patch_embeddings", None)
+    if not hasattr(patches, "projection") or not layers or not hasattr(m, "layernorm"):
         return "does not have the embeddings.patch_embeddings / layers / layernorm structure of ViTModel this version knows"
     for i, layer in enumerate(layers):
         if not _vit_layer_ok(layer):
@@ -423,7 +428,8 @@ class FastGPT2Model(_Fast):
         for name, param in self._signature.parameters.items():
             if param.kind is param.VAR_KEYWORD:
                 named.update(named.pop(name, {}))
-        picked = [named.pop(n, None) for n in ("input_ids", "attention_mask", "position_ids", "token_type_ids", "return_dict")]
+        names = ("input_ids", "attention_mask", "position_ids", "token_type_ids", "return_dict")
+        picked = [named.pop(n, None) for n in names]
         if named.pop("use_cache", None) or _hf_fallback_needed(self, picked[0], None, named):
             return None
         return picked

@@ -1,0 +1,45 @@
+"""torchslim's side, in a process of its own: `optimize` on the case's workload, over the recipes
+that decide these models (or every candidate), returning the chosen recipe's steps so the timing
+process can apply it afresh beside the peers."""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from benchmarks.peers import cases
+
+# The recipes that won or came close on these models in BENCHMARKS.md's per-technique tables
+# (CNNs: static INT8, BF16+compile, weight-only INT8; MiniLM: fast-transformer+BF16, BF16+compile,
+# dynamic INT8; LSTM: dynamic INT8, BF16). Recipes that do not apply here are skipped.
+RECIPES = ("static-int8", "pt2e-dynamic-int8", "dynamic-int8", "bf16-cast", "fast-transformer+bf16-cast",
+           "bf16-cast+compile", "channels_last+bf16-cast+compile", "int8-weight-only+compile", "compile")
+# --quick: per model, the recipes BENCHMARKS.md found best there, at most one that compiles.
+QUICK_RECIPES = {
+    "fashion": ("static-int8", "channels_last+bf16-cast+compile"),
+    "resnet18": ("static-int8", "channels_last+bf16-cast+compile"),
+    "minilm": ("fast-transformer+bf16-cast", "bf16-cast", "dynamic-int8"),
+    "padded": ("fast-transformer+bf16-cast", "bf16-cast", "dynamic-int8"),
+    "lstm": ("dynamic-int8", "bf16-cast"),
+}
+
+
+def search(case: cases.Case, *, recipes: tuple[str, ...] | None, rounds: int, threads: int, task_metric: bool,
+           max_samples: tuple[int, int] | None = None) -> dict:
+    """recipes=None: every candidate recipe of this machine."""
+    from torchslim import OptimizeConfig, optimize
+    from torchslim.recipes import candidates
+
+    known = [r.name for r in candidates(torch.device("cpu"))]
+    names = tuple(n for n in (recipes or known) if n in known)
+    bundle = cases.build(case, task_metric=task_metric, max_samples=max_samples)
+    t0 = time.perf_counter()
+    run = optimize(bundle.workload, OptimizeConfig(recipes=names, rounds=rounds, threads=threads, out=None,
+                                                   save_model=False), progress=False)
+    chosen = next((r for r in run.recipes if r.name == run.chosen), None)
+    return {
+        "chosen": run.chosen, "steps": chosen.steps if chosen else None, "search_s": time.perf_counter() - t0,
+        "task_metric": bundle.workload.metric, "error": run.error,
+        "tried": [{"name": r.name, "status": r.status, "speedup": r.speedup, "reason": (r.reason or "")[:120]}
+                  for r in run.recipes if r.name != "baseline"],
+    }
