@@ -86,7 +86,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def cmd_optimize(args) -> int:
     from .examples import DEMOS
-    from .loading import load_model
     from .optimize import OptimizeConfig, optimize
     from .report import format_table
 
@@ -100,20 +99,7 @@ def cmd_optimize(args) -> int:
         print(f"torchslim: no --model given: running the built-in examples ({', '.join(DEMOS)}) into {out}/", file=sys.stderr)
     status = 0
     for spec, folder in jobs:
-        workload = load_model(spec, input_shape=args.input_shape, dtype=args.dtype, weights=args.weights,
-                              trust_pickle=args.trust_pickle, need_example=not args.inputs)
-        if args.inputs:
-            from .loading import load_inputs
-
-            workload.example = load_inputs(args.inputs)
-        if args.eval:
-            from .loading import load_evaluate
-
-            workload.evaluate, workload.metric = load_evaluate(args.eval)
-        if args.calib_data:
-            from .calibration import from_spec
-
-            workload.calibration = from_spec(args.calib_data, workload.example, args.calib_samples)
+        workload = workload_from_args(args, spec)
         config = OptimizeConfig(
             objective=args.objective, max_drop=args.max_drop, min_cosine=args.min_cosine,
             recipes=tuple(s.strip() for s in args.recipes.split(",") if s.strip()) if args.recipes else None,
@@ -126,6 +112,24 @@ def cmd_optimize(args) -> int:
         if not run.chosen:
             print("no recipe beat the baseline under the thresholds; nothing was saved", file=sys.stderr)
     return status
+
+
+def workload_from_args(args, spec: str):
+    """The Workload that --model/--input-shape/--dtype/--weights/--inputs/--eval/--calib-data describe
+    (shared by optimize and sensitivity)."""
+    from .loading import load_evaluate, load_inputs, load_model
+
+    workload = load_model(spec, input_shape=args.input_shape, dtype=args.dtype, weights=args.weights,
+                          trust_pickle=args.trust_pickle, need_example=not args.inputs)
+    if args.inputs:
+        workload.example = load_inputs(args.inputs)
+    if args.eval:
+        workload.evaluate, workload.metric = load_evaluate(args.eval)
+    if args.calib_data:
+        from .calibration import from_spec
+
+        workload.calibration = from_spec(args.calib_data, workload.example, args.calib_samples)
+    return workload
 
 
 def cmd_recipes(args) -> int:

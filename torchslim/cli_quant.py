@@ -46,19 +46,9 @@ def add_parsers(sub) -> dict:
 
 
 def _workload(args):
-    from .loading import load_evaluate, load_inputs, load_model
+    from .cli import workload_from_args
 
-    workload = load_model(args.model, input_shape=args.input_shape, dtype=args.dtype, weights=args.weights,
-                          trust_pickle=args.trust_pickle, need_example=not args.inputs)
-    if args.inputs:
-        workload.example = load_inputs(args.inputs)
-    if args.eval:
-        workload.evaluate, workload.metric = load_evaluate(args.eval)
-    if args.calib_data:
-        from .calibration import from_spec
-
-        workload.calibration = from_spec(args.calib_data, workload.example, args.calib_samples)
-    return workload
+    return workload_from_args(args, args.model)
 
 
 def _technique(name: str):
