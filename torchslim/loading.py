@@ -68,13 +68,19 @@ def load_model(
 def _load_factory(spec: str) -> Workload:
     fn, spec = _load_factory_fn(spec, with_spec=True)
     fn_name = spec.rpartition(":")[2]
+    made = call_user(fn, f"factory '{fn_name}'", "fix the factory (run with --debug for the traceback)")
+    return _as_workload(made, spec, fn_name)
+
+
+def call_user(fn, what: str, fix: str):
+    """fn() for a user's factory: its SlimErrors pass through, anything else becomes one
+    SlimError naming `what` (e.g. "factory 'build'")."""
     try:
-        made = fn()
+        return fn()
     except SlimError:
         raise
     except Exception as e:  # noqa: BLE001 - user code
-        raise SlimError(f"factory '{fn_name}' raised {type(e).__name__}: {e}", "fix the factory (run with --debug for the traceback)") from e
-    return _as_workload(made, spec, fn_name)
+        raise SlimError(f"{what} raised {type(e).__name__}: {e}", fix) from e
 
 
 def _load_factory_fn(spec: str, with_spec: bool = False):

@@ -26,26 +26,25 @@ def _compiled(model: nn.Module, note: str) -> Prepared:
     return torch_prepared(compiled, [note], size_of=model)
 
 
-@method("torchao-int8-dyn+compile", "torchao", "int8-dynamic")
-def torchao_int8_dynamic(bundle, env: Env) -> Prepared:
-    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+def _torchao(bundle, config_name: str, note: str) -> Prepared:
+    """torchao used directly: quantize_(config) on a fresh copy, then torch.compile."""
+    import torchao.quantization as q
 
     model = _fresh(bundle)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        quantize_(model, Int8DynamicActivationInt8WeightConfig())
-    return _compiled(model, "quantize_(Int8DynamicActivationInt8WeightConfig()) + torch.compile; nn.Linear only")
+        q.quantize_(model, getattr(q, config_name)())
+    return _compiled(model, f"quantize_({config_name}()) + torch.compile; {note}")
+
+
+@method("torchao-int8-dyn+compile", "torchao", "int8-dynamic")
+def torchao_int8_dynamic(bundle, env: Env) -> Prepared:
+    return _torchao(bundle, "Int8DynamicActivationInt8WeightConfig", "nn.Linear only")
 
 
 @method("torchao-int8-wo+compile", "torchao", "int8-weight-only")
 def torchao_int8_weight_only(bundle, env: Env) -> Prepared:
-    from torchao.quantization import Int8WeightOnlyConfig, quantize_
-
-    model = _fresh(bundle)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        quantize_(model, Int8WeightOnlyConfig())
-    return _compiled(model, "quantize_(Int8WeightOnlyConfig()) + torch.compile; nn.Linear only, FP32 activations")
+    return _torchao(bundle, "Int8WeightOnlyConfig", "nn.Linear only, FP32 activations")
 
 
 def _torch_ao():

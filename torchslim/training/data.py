@@ -63,16 +63,11 @@ def _digits(images: bool) -> tuple[TensorDataset, TensorDataset]:
 
 
 def _from_factory(spec: str) -> tuple[Dataset, Dataset]:
-    from ..loading import _load_factory_fn
+    from ..loading import _load_factory_fn, call_user
 
     fn = _load_factory_fn(spec)
     name = spec.rpartition(":")[2]
-    try:
-        made = fn()
-    except SlimError:
-        raise
-    except Exception as e:  # noqa: BLE001 - user code
-        raise SlimError(f"dataset function '{name}' raised {type(e).__name__}: {e}", "fix it (run with --debug for the traceback)") from e
+    made = call_user(fn, f"dataset function '{name}'", "fix it (run with --debug for the traceback)")
     if not (isinstance(made, (tuple, list)) and len(made) == 2):
         raise SlimError(f"dataset function '{name}' returned {type(made).__name__}", "return (train, test) datasets")
     return _as_dataset(made[0], name, "train"), _as_dataset(made[1], name, "test")
