@@ -25,7 +25,8 @@ from torchslim.techniques.base import Context, config_from_dict, handler
 from torchslim.techniques.compile import CompileConfig
 from torchslim.techniques.dynamic_int8 import DynamicInt8Config
 from torchslim.techniques.fast_transformer import (
-    FastBertModel, FastDistilBertModel, FastTransformerConfig, FastTransformerEncoder, FastTransformerEncoderLayer,
+    FastBertModel, FastDistilBertModel, FastMultiheadAttention, FastTransformerConfig, FastTransformerEncoder,
+    FastTransformerEncoderLayer,
     has_packed_encoder,
 )
 from torchslim.techniques.low_precision import LowPrecisionConfig
@@ -391,6 +392,66 @@ def test_lone_transformer_encoder_layer_and_attention_mask_fallback():
         assert_same_on_real(ref, out, mask)
         causal = nn.Transformer.generate_square_subsequent_mask(9)
         assert (layer(x, src_mask=causal) - fast[0](x, src_mask=causal)).abs().max() <= TOL  # falls back
+
+
+class AttentionBlock(nn.Module):
+    """A user model with a lone nn.MultiheadAttention, called as PyTorch's MHA fast path expects."""
+
+    def __init__(self, batch_first=True, kdim=None):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = nn.Embedding(50, 32)
+        self.attn = nn.MultiheadAttention(32, 4, batch_first=batch_first, kdim=kdim, vdim=kdim)
+        self.head = nn.Linear(32, 3)
+
+    def forward(self, ids, pad):
+        x = self.emb(ids)
+        y, _ = self.attn(x, x, x, key_padding_mask=pad, need_weights=False)
+        return self.head(y)
+
+
+@pytest.mark.parametrize("side", ["right", "left", "ragged"])
+def test_lone_multihead_attention_matches_and_falls_back(side):
+    model = AttentionBlock().eval()
+    fast, ctx = fast_of(model)
+    assert isinstance(fast.attn, FastMultiheadAttention)
+    assert list(fast.state_dict()) == list(model.state_dict())  # in_proj_weight/bias keep their keys
+    assert fast.attn.in_proj_weight is model.attn.in_proj_weight or torch.equal(fast.attn.in_proj_weight, model.attn.in_proj_weight)
+    ids, mask = random_batch(7, 15, side, seed=21, vocab=50)
+    pad = mask == 0
+    x = model.emb(ids)
+    with torch.no_grad():
+        ref, _ = model.attn(x, x, x, key_padding_mask=pad, need_weights=False)
+        out, weights = fast.attn(x, x, x, key_padding_mask=pad, need_weights=False)
+        assert weights is None
+        assert_same_on_real(ref, out, mask)  # and zeros at padded queries, like PyTorch's nested path
+        assert_same_on_real(model(ids, pad), fast(ids, pad), mask, zeros=False)
+        # Calls outside the packed path run the original module, bit for bit.
+        r1, w1 = model.attn(x, x, x, key_padding_mask=pad)  # need_weights=True (the default)
+        o1, v1 = fast.attn(x, x, x, key_padding_mask=pad)
+        assert torch.equal(r1, o1) and torch.equal(w1, v1)
+        mem = torch.randn(7, 5, 32)
+        assert torch.equal(model.attn(x, mem, mem, need_weights=False)[0], fast.attn(x, mem, mem, need_weights=False)[0])
+        causal = nn.Transformer.generate_square_subsequent_mask(15)
+        assert torch.equal(model.attn(x, x, x, attn_mask=causal, need_weights=False)[0],
+                           fast.attn(x, x, x, attn_mask=causal, need_weights=False)[0])
+
+
+def test_lone_multihead_attention_refusals_and_int8():
+    ok = AttentionBlock()
+    assert "batch_first=False" in handler(FAST).applies(AttentionBlock(batch_first=False), FAST, ctx_for(torch.ones(1, 4)))
+    assert "kdim/vdim" in handler(FAST).applies(AttentionBlock(kdim=16), FAST, ctx_for(torch.ones(1, 4)))
+    ids, mask = random_batch(6, 12, "right", seed=22, vocab=50)
+    pad = mask == 0
+    ctx = ctx_for(ids, pad)
+    int8 = DynamicInt8Config()
+    if handler(int8).applies(ok, int8, ctx):
+        pytest.skip(f"dynamic INT8 does not apply here: {handler(int8).applies(ok, int8, ctx)}")
+    for steps in ((int8, FAST), (FAST, int8)):
+        slim = apply(copy.deepcopy(ok).eval(), Recipe(steps), ctx)
+        assert any(isinstance(m, FastMultiheadAttention) for m in slim.modules())
+        with torch.no_grad():
+            assert _min_cos(_masked(ok.eval()(ids, pad), mask), _masked(slim(ids, pad), mask)) >= 0.99
 
 
 # ----------------------------------------------------------------------------- composition

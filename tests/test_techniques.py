@@ -28,7 +28,7 @@ RECIPES = {r.name: r for r in candidates(CPU)}
 def min_cosine_for(recipe: Recipe) -> float:
     """The fidelity each family of techniques must keep on these models."""
     names = [s.name for s in recipe.steps]
-    if {"dynamic_int8", "static_int8", "pt2e_dynamic_int8", "ao_int8_dynamic", "weight_only"} & set(names):
+    if {"dynamic_int8", "static_int8", "static_int8_fx", "pt2e_dynamic_int8", "ao_int8_dynamic", "weight_only"} & set(names):
         return 0.99  # measured: INT8 >= 0.9998, INT4 >= 0.994 on these models
     if "low_precision" in names:
         return 0.995

@@ -3,6 +3,9 @@
 - PyTorch's eager quantized kernels (`torch.ao.quantization.quantize_dynamic`, fbgemm/oneDNN):
   deprecated upstream in favour of torchao, still the fastest eager dynamic INT8 for Linear/LSTM/GRU.
 - torchao (`quantize_` with configs): the maintained path; pays off under torch.compile.
+- torch.ao's FX graph-mode static INT8 (deprecated upstream, still shipped in torch 2.13): eager
+  quantized kernels with cached oneDNN primitives; TorchScript-frozen, it beats PT2E+Inductor on
+  small CNNs where per-op overhead dominates (see techniques/static_int8_fx.py).
 """
 from __future__ import annotations
 
@@ -301,6 +304,97 @@ def legacy_dynamic_int8_named(root: nn.Module, layers: dict[str, type], per_chan
                     for name, t in layers.items()}
         return quantize_dynamic(root, qconfigs, dtype=torch.qint8, inplace=True)
 # --- end torch.ao eager dynamic INT8 on named modules ---
+
+
+# --- torch.ao FX graph-mode static INT8 (techniques/static_int8_fx.py) ---
+
+def fx_static_missing() -> str | None:
+    """None when torch.ao's FX graph-mode quantization (deprecated upstream) is importable, else why not."""
+    try:
+        with quiet():
+            from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx  # noqa: F401
+    except Exception as e:  # noqa: BLE001 - removed or broken: either way, unavailable
+        return f"this torch has no torch.ao FX graph-mode quantization ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+    return None
+
+
+def fx_static_engine(reduce_range: bool) -> str | None:
+    """The eager INT8 engine for FX static INT8: oneDNN with full 8-bit activations where the CPU
+    has VNNI/AMX (no u8*s8 saturation), else x86 (fbgemm/oneDNN) with 7-bit activations."""
+    engines = torch.backends.quantized.supported_engines
+    order = ("x86", "fbgemm", "onednn") if reduce_range else ("onednn", "x86", "fbgemm")
+    return next((e for e in order if e in engines), None)
+
+
+def fx_static_prepare(model: nn.Module, example_args: tuple, engine: str, observer: str, per_channel: bool,
+                      reduce_range: bool, float_modules: tuple[str, ...] = ()):
+    """prepare_fx with the engine's default mapping (fixed-qparam ops, transposed convs), our
+    activation observer and weight granularity globally, and `float_modules` left in float."""
+    with quiet(), quantized_engine(engine):
+        from torch.ao.quantization import QConfig, get_default_qconfig_mapping
+        from torch.ao.quantization import observer as obs
+        from torch.ao.quantization.quantize_fx import prepare_fx
+
+        ctor = {"minmax": obs.MinMaxObserver, "moving_average": obs.MovingAverageMinMaxObserver,
+                "histogram": obs.HistogramObserver}[observer]
+        act = ctor.with_args(dtype=torch.quint8, reduce_range=reduce_range)
+        weight = obs.default_per_channel_weight_observer if per_channel else obs.default_weight_observer
+        mapping = get_default_qconfig_mapping(engine).set_global(QConfig(activation=act, weight=weight))
+        for name in float_modules:
+            mapping.set_module_name(name, None)
+        return prepare_fx(model, mapping, example_args)
+
+
+def fx_static_convert(prepared: nn.Module, engine: str) -> nn.Module:
+    """convert_fx: quantized modules with weights prepacked for `engine`'s kernels."""
+    with quiet(), quantized_engine(engine):
+        from torch.ao.quantization.quantize_fx import convert_fx
+
+        return convert_fx(prepared)
+
+
+def fx_is_quantized_module(module: nn.Module) -> bool:
+    return type(module).__module__.startswith(("torch.ao.nn.quantized", "torch.ao.nn.intrinsic.quantized"))
+# --- end torch.ao FX graph-mode static INT8 ---
+
+
+# --- eager static INT8 Linear on oneDNN (techniques/static_linear_int8.py) ---
+
+def onednn_linear_missing() -> str | None:
+    ops = getattr(torch.ops, "onednn", None)
+    if ops is None or not all(hasattr(ops, n) for n in ("qlinear_prepack", "qlinear_pointwise")):
+        return "this torch build has no oneDNN INT8 linear ops (torch.ops.onednn.qlinear_pointwise)"
+    return None
+
+
+def eager_activation_observer(observer: str, reduce_range: bool) -> nn.Module:
+    """A torch.ao observer for uint8 per-tensor activations (histogram, minmax or moving average)."""
+    with quiet():
+        from torch.ao.quantization import observer as obs
+
+        ctor = {"minmax": obs.MinMaxObserver, "moving_average": obs.MovingAverageMinMaxObserver,
+                "histogram": obs.HistogramObserver}[observer]
+        return ctor(dtype=torch.quint8, reduce_range=reduce_range)
+
+
+# torch 2.13 deprecates quantized tensors (quint8 ...); the uint8 input is taken from one at once.
+warnings.filterwarnings("ignore", message="torch.quantize_per_tensor, torch.quantize_per_channel", category=UserWarning,
+                        module=r"torchslim\.backends")
+
+
+def onednn_linear_prepack(weight: torch.Tensor) -> torch.Tensor:
+    """Int8 [out, in] weights reordered once into oneDNN's blocked layout."""
+    return torch.ops.onednn.qlinear_prepack(weight, None)
+
+
+def onednn_static_linear(x: torch.Tensor, x_scale: float, x_zero_point: int, packed: torch.Tensor,
+                         w_scale: torch.Tensor, w_zero_point: torch.Tensor, bias: torch.Tensor | None,
+                         out_dtype: torch.dtype) -> torch.Tensor:
+    """y = dequant(quant(x) @ qw.T) + bias with x's scale fixed by calibration; x is 2-D float."""
+    qx = torch.quantize_per_tensor(x, x_scale, x_zero_point, torch.quint8).int_repr()
+    return torch.ops.onednn.qlinear_pointwise(qx, x_scale, x_zero_point, packed, w_scale, w_zero_point, bias,
+                                              1.0, 0, out_dtype, "none", [], "")
+# --- end eager static INT8 Linear ---
 
 
 # --- PT2E observers as switchable fake-quantizers (sensitivity.py) ---------------------------------

@@ -25,7 +25,7 @@ def add_parsers(sub) -> dict:
     s.add_argument("--calib-data", help="calibration inputs for static INT8: a .pt file or file.py:fn returning batches")
     s.add_argument("--calib-samples", type=int, default=256, help="calibration samples to use (default 256)")
     s.add_argument("--technique", default="static_int8",
-                   help="the quantization to measure: static_int8 (default), pt2e_dynamic_int8, ao_int8_dynamic, weight_only")
+                   help="the quantization to measure: static_int8 (default), static_int8_fx, pt2e_dynamic_int8, ao_int8_dynamic, weight_only")
     s.add_argument("--no-metric", action="store_true", help="output SQNR only: skip the task metric per layer (faster)")
     s.add_argument("--batches", type=int, default=4, help="batches for the output SQNR: the example and calibration batches (default 4)")
     s.add_argument("--out", default=DEFAULT_OUT, help=f"folder for sensitivity.json and sensitivity.html (default: {DEFAULT_OUT})")

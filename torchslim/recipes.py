@@ -11,7 +11,7 @@ from .errors import NotApplicable
 from .techniques import (
     AoFloat8Config, AoInt8DynamicConfig, FastTransformerConfig, WeightOnlyConfig,
     ChannelsLastConfig, CompileConfig, Context, DynamicInt8Config, InferenceModeConfig,
-    LowPrecisionConfig, Pt2eDynamicInt8Config, StaticInt8Config, TechniqueConfig, TorchScriptConfig, config_from_dict, handler,
+    LowPrecisionConfig, Pt2eDynamicInt8Config, StaticInt8Config, StaticInt8FxConfig, StaticLinearInt8Config, TechniqueConfig, TorchScriptConfig, config_from_dict, handler,
 )
 
 
@@ -72,11 +72,14 @@ def candidates(device: torch.device) -> list[Recipe]:
     if device.type == "cpu":
         # PT2E first: preparing a PT2E model is kept ahead of the other compiled recipes.
         out += [_im(StaticInt8Config()), _im(Pt2eDynamicInt8Config()), _im(DynamicInt8Config())]
+        # The same INT8 math on eager kernels, TorchScript-frozen: wins where per-op overhead rules.
+        # Frozen TorchScript records no autograd (int8 weights are constants): no inference_mode wrapper.
+        out += [Recipe((StaticInt8FxConfig(),))]
     # BetterTransformer-style packing: applies to Transformer encoders only (refuses the rest).
     ft = FastTransformerConfig()
     out += [_im(ft)] + [_im(ft, LowPrecisionConfig(d, "cast")) for d in lows]
     if device.type == "cpu":
-        out += [_im(ft, DynamicInt8Config())]
+        out += [_im(ft, DynamicInt8Config()), _im(ft, StaticLinearInt8Config())]
     out += [Recipe((TorchScriptConfig(),)), _im(comp), _im(cl, comp)]
     for d in lows:
         out += [_im(LowPrecisionConfig(d, "cast"), comp), _im(cl, LowPrecisionConfig(d, "cast"), comp)]

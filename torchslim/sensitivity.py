@@ -36,9 +36,10 @@ from .fidelity import compare
 from .inputs import Example, as_example
 from .techniques import Context, TechniqueConfig, handler
 from .techniques.static_int8 import Pt2eDynamicInt8Config, StaticInt8Config, prepare_calibrated, weighted_layer
+from .techniques.static_int8_fx import StaticInt8FxConfig
 from .workload import Workload, eval_mode
 
-SKIP_TECHNIQUES = "static_int8, pt2e_dynamic_int8, ao_int8_dynamic, weight_only"
+SKIP_TECHNIQUES = "static_int8, static_int8_fx, pt2e_dynamic_int8, ao_int8_dynamic, weight_only"
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,10 @@ def make_probe(model: nn.Module, cfg: TechniqueConfig, ctx: Context):
     if reason:
         raise NotApplicable(f"{cfg.label()}: {reason}")
     model = eval_mode(copy.deepcopy(model))
+    if isinstance(cfg, StaticInt8FxConfig):
+        # The same quantization math (int8 per-channel weights, uint8 calibrated activations, same
+        # observer) simulated on the PT2E graph: one calibration ranks every layer.
+        cfg = StaticInt8Config(observer=cfg.observer, per_channel=cfg.per_channel, max_samples=cfg.max_samples, skip=cfg.skip)
     probe = Pt2eProbe(model, cfg, ctx) if isinstance(cfg, (StaticInt8Config, Pt2eDynamicInt8Config)) else SkipProbe(model, cfg, ctx)
     if not probe.layers:
         raise SlimError(f"{cfg.label()} quantizes no layer of this model", "there is nothing to rank: every Conv/Linear is kept in float")

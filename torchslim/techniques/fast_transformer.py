@@ -16,7 +16,9 @@ encoders with a forward of our own that reads the original modules' weights:
 
 Supported: Hugging Face BERT-family encoders built with `transformers` (model_type bert, roberta,
 xlm-roberta, camembert, electra; this covers all-MiniLM-L6-v2), DistilBERT, and PyTorch's
-`nn.TransformerEncoder` / `nn.TransformerEncoderLayer` with batch_first=True. Also:
+`nn.TransformerEncoder` / `nn.TransformerEncoderLayer` with batch_first=True, and a lone
+`nn.MultiheadAttention` (batch_first) for the calls PyTorch's own MHA fast path takes
+(self-attention with a key padding mask and need_weights=False). Also:
 - ViT (ViTModel, in both layer layouts transformers has used): images have no padding, so nothing
   is packed; each layer runs one fused SDPA call, without transformers' per-layer attention
   dispatch;
@@ -67,7 +69,7 @@ DISTILBERT = ("distilbert",)
 VIT = ("vit",)
 GPT2 = ("gpt2",)
 HF_FAMILIES = BERT_LIKE + DISTILBERT + VIT + GPT2
-FAMILIES = HF_FAMILIES + ("nn.TransformerEncoder",)
+FAMILIES = HF_FAMILIES + ("nn.TransformerEncoder", "nn.MultiheadAttention")
 COMPILE_NOTE = ("with torch.compile use dynamic=True: the packing runs outside the compiled graphs and the packed "
                 "token count changes every batch (with dynamic=False each new count recompiles, up to torch's "
                 "recompile limit, then runs eagerly; results stay correct)")
@@ -529,10 +531,41 @@ class FastTransformerEncoderLayer(_Fast):
         return _packing.unpack(_torch_layer(self, self, _packing.pack(src, p), p), p)
 
 
-def _torch_layer_reason(layer: nn.Module) -> str | None:
-    if type(layer) is not nn.TransformerEncoderLayer:
-        return f"{type(layer).__name__} is a subclass of nn.TransformerEncoderLayer whose forward may differ"
-    mha = layer.self_attn
+class FastMultiheadAttention(_Fast):
+    """Packed self-attention for a lone nn.MultiheadAttention (batch_first): the q|k|v and output
+    projections run on the real tokens only, attention per length bucket. It takes over exactly the
+    calls PyTorch's own MHA fast path takes (self-attention, need_weights=False, a key padding mask,
+    no attn_mask) and, like that path's nested tensors, returns zeros at padded query positions and
+    None for the weights. Every other call (need_weights=True, cross-attention, attn_mask,
+    is_causal, training, unbatched) runs the original module."""
+
+    def __init__(self, original, cfg):
+        super().__init__(original, cfg)
+        # in_proj_weight/bias are the original's own parameters, not children: register them too (same
+        # keys, shared tensors), so casts, .to() and state dicts reach them. Direct assignment: the
+        # attribute already resolves through __getattr__'s fallback, which register_parameter refuses.
+        self._parameters.update(original.named_parameters(recurse=False))
+        self._buffers.update(original.named_buffers(recurse=False))
+
+    def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
+                average_attn_weights=True, is_causal=False):
+        if (self.training or need_weights or attn_mask is not None or is_causal or key_padding_mask is None
+                or query.dim() != 3 or not (query is key and key is value)):
+            return self.original(query, key, value, key_padding_mask=key_padding_mask, need_weights=need_weights,
+                                 attn_mask=attn_mask, average_attn_weights=average_attn_weights, is_causal=is_causal)
+        p = _torch_plan(self, query, key_padding_mask)
+        if p.total == 0:
+            return query.new_zeros(query.shape), None
+        x = _packing.pack(query, p)
+        if getattr(self, "in_proj", None) is not None:  # dynamic INT8's LinearMultiheadAttention
+            qkv = self.in_proj(x)
+        else:
+            qkv = torch.nn.functional.linear(x, self.in_proj_weight, self.in_proj_bias)
+        out = self.out_proj(self._attention(qkv, None, None, p, self.num_heads, None))
+        return _packing.unpack(out, p), None
+
+
+def _mha_reason(mha: nn.Module) -> str | None:
     if not mha.batch_first:
         return "batch_first=False (the packed path handles batch_first=True layers)"
     fused = getattr(mha, "in_proj", None) is not None or (mha._qkv_same_embed_dim and mha.in_proj_weight is not None)
@@ -540,6 +573,21 @@ def _torch_layer_reason(layer: nn.Module) -> str | None:
         return "separate q/k/v projection weights (kdim/vdim) are not handled"
     if getattr(mha, "bias_k", None) is not None or getattr(mha, "add_zero_attn", False):
         return "add_bias_kv / add_zero_attn are not handled"
+    return None
+
+
+def _is_mha(m: nn.Module) -> bool:
+    from .dynamic_int8 import LinearMultiheadAttention
+
+    return type(m) is nn.MultiheadAttention or type(m) is LinearMultiheadAttention
+
+
+def _torch_layer_reason(layer: nn.Module) -> str | None:
+    if type(layer) is not nn.TransformerEncoderLayer:
+        return f"{type(layer).__name__} is a subclass of nn.TransformerEncoderLayer whose forward may differ"
+    reason = _mha_reason(layer.self_attn)
+    if reason:
+        return reason
     if not callable(getattr(layer, "activation", None)):
         return "its activation is not callable"
     return None
@@ -568,6 +616,9 @@ def _classify(m: nn.Module) -> tuple[type[_Fast] | None, str | None, str | None]
     if isinstance(m, nn.TransformerEncoderLayer):
         r = _torch_layer_reason(m)
         return (None, r, "nn.TransformerEncoderLayer") if r else (FastTransformerEncoderLayer, None, "nn.TransformerEncoderLayer")
+    if _is_mha(m):
+        r = _mha_reason(m)
+        return (None, r, "nn.MultiheadAttention") if r else (FastMultiheadAttention, None, "nn.MultiheadAttention")
     if isinstance(m, (nn.TransformerDecoder, nn.TransformerDecoderLayer, nn.Transformer)):
         return None, "a Transformer decoder (causal / cross attention) is not handled", type(m).__name__
     mt = _hf_model_type(m)
@@ -621,7 +672,7 @@ def _applies(model, cfg: FastTransformerConfig, ctx: Context):
     if skipped:
         return "; ".join(f"{_describe(n, m)}: {r}" for n, m, r in skipped[:3])
     return ("no Transformer encoder it handles (Hugging Face " + ", ".join(HF_FAMILIES)
-            + "; nn.TransformerEncoder / nn.TransformerEncoderLayer with batch_first=True)")
+            + "; nn.TransformerEncoder / nn.TransformerEncoderLayer / nn.MultiheadAttention with batch_first=True)")
 
 
 def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
