@@ -16,7 +16,7 @@ from torchslim.drift import DriftMonitor, converted_graph, recalibrate
 from torchslim.fidelity import compare
 from torchslim.inputs import Example
 from torchslim.recipes import Recipe, apply
-from torchslim.techniques import CompileConfig, Context, InferenceModeConfig, StaticInt8Config
+from torchslim.techniques import CompileConfig, Context, InferenceModeConfig, StaticInt8Config, StaticInt8FxConfig
 
 pytestmark = pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="x86 INT8 kernels")
 
@@ -102,6 +102,12 @@ def test_monitor_refuses_a_model_without_calibrated_ranges():
     compiled = apply(model, Recipe((CompileConfig(),)), Context(device=torch.device("cpu"), example=Example((torch.randn(2, 4),))))
     with pytest.raises(SlimError, match="static INT8"):
         DriftMonitor(compiled)
+    # static-int8-ts requantizes inside its fused ops: refused, with the recipe that can be watched.
+    ex = Example((torch.randn(2, 4),))
+    ts = apply(model, Recipe((StaticInt8FxConfig(),)), Context(device=torch.device("cpu"), example=ex, calibration=lambda: [ex]))
+    with pytest.raises(SlimError, match="TorchScript model") as e:
+        DriftMonitor(ts)
+    assert "--recipes static-int8" in e.value.fix
 
 
 def test_recalibrate_cli_recovers_the_shifted_accuracy(setup, tmp_path, capsys):

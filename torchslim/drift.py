@@ -47,6 +47,11 @@ def converted_graph(model: nn.Module) -> torch.fx.GraphModule:
         if not isinstance(getattr(m, "inner", None), nn.Module):
             break
         m = m.inner
+    if isinstance(m, torch.jit.ScriptModule):
+        raise SlimError("this is a TorchScript model (static-int8-ts: eager INT8 kernels requantize inside each fused "
+                        "op, so there is no float activation to watch)",
+                        "for a monitored deployment choose static-int8 (PT2E): optimize --recipes static-int8; "
+                        "`torchslim recalibrate` works for both")
     raise SlimError(f"the model ({type(model).__name__}) has no calibrated activation quantizers",
                     "monitor a static INT8 model: the result of a static_int8 recipe, or torchslim.load() of one")
 
