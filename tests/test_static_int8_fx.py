@@ -180,3 +180,25 @@ def test_sensitivity_probe_ranks_the_layers():
     ctx = ctx_for(example, batches((4, 3, 16, 16), n=2))
     handler(CFG).apply(copy.deepcopy(model), with_float_layers(CFG, ["head.3"]), ctx)
     assert ctx.details["static_int8_fx"]["left_in_float"] == ["head.3 (Linear)"]
+
+
+class TwoHeads(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.a, self.b = nn.Linear(8, 4), nn.Linear(8, 2)
+
+    def forward(self, x):
+        h = self.body(x)
+        return {"a": self.a(h), "b": self.b(h)}
+
+
+def test_dict_outputs_keep_their_structure():
+    torch.manual_seed(0)
+    model = TwoHeads().eval()
+    example = Example((randn(4, 3, 8, 8),))
+    slim = apply(copy.deepcopy(model), Recipe((CFG,)), ctx_for(example, batches((4, 3, 8, 8), n=4)))
+    with torch.no_grad():
+        ref, out = example(model), example(slim)
+    assert set(out) == {"a", "b"}
+    assert all(compare(ref[k], out[k]).min_cosine >= 0.99 for k in ref)

@@ -135,7 +135,7 @@ def _freeze(converted: nn.Module, example, engine: str) -> torch.jit.ScriptModul
     try:
         with torch.no_grad(), warnings.catch_warnings(), backends.quantized_engine(engine):
             warnings.simplefilter("ignore")  # tracer warnings about frozen Python-side shape checks
-            return torch.jit.freeze(torch.jit.trace(converted, tuple(example.args), check_trace=False).eval())
+            return torch.jit.freeze(torch.jit.trace(converted, tuple(example.args), check_trace=False, strict=False).eval())
     except Exception as e:  # noqa: BLE001
         raise NotApplicable(f"TorchScript cannot trace the quantized model ({_first_line(e)})",
                             "use static_int8 (PT2E + Inductor)") from e
