@@ -30,31 +30,21 @@ import torch.nn as nn
 from .. import backends
 from ..errors import NotApplicable
 from ..workload import eval_mode
-from .base import Context, TechniqueConfig, register
-from .static_int8 import NO_CALIBRATION, OBSERVERS, _needs_reduce_range, _resolve_skip, _validate, calibrate
+from .base import Context, register
+from .static_int8 import NO_CALIBRATION, StaticInt8Config, _needs_reduce_range, _resolve_skip, calibrate
 
 _LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
 @dataclass(frozen=True)
-class StaticInt8FxConfig(TechniqueConfig):
-    name = "static_int8_fx"
-    needs_calibration = True
-    observer: str = "histogram"  # activation range observer: "histogram" | "minmax" | "moving_average"
-    per_channel: bool = True  # weights: one scale per output channel (else one per tensor)
-    max_samples: int = 256  # calibration stops once this many samples (batch rows) have been seen
-    skip: tuple[str, ...] = ()  # fnmatch patterns of module names to keep in floating point
+class StaticInt8FxConfig(StaticInt8Config):
+    """StaticInt8Config's options (observer, per_channel, max_samples, skip), lowered to eager INT8
+    kernels and TorchScript instead of Inductor."""
 
-    def __post_init__(self):
-        _validate(self)
-        if self.observer not in OBSERVERS:
-            raise ValueError(f"unknown observer {self.observer!r}: use one of {', '.join(OBSERVERS)}")
-        if self.max_samples < 1:
-            raise ValueError(f"max_samples must be >= 1, not {self.max_samples}")
+    name = "static_int8_fx"
 
     def label(self) -> str:
-        return "static-int8-ts" + ("" if self.observer == "histogram" else f"-{self.observer.replace('_', '-')}") \
-            + ("" if self.per_channel else "-per-tensor") + ("-skip" if self.skip else "")
+        return super().label().replace("static-int8", "static-int8-ts", 1)
 
 
 def _applies(model, cfg: StaticInt8FxConfig, ctx: Context) -> str | None:
