@@ -159,15 +159,15 @@ def test_artifact_reloads_to_identical_outputs(tmp_path):
     with torch.no_grad():
         ref = example(slim)
     folder = str(tmp_path / "m")
-    artifacts.save(folder, model, recipe, example, spec="tiny_models:cnn", reference_output=ref, calibration=calib)
+    artifacts.save(folder, model, recipe, example, spec="tiny_models:cnn", reference_output=ref, calibration=calib,
+                   optimized=slim)
     reloaded = artifacts.load(folder, copy.deepcopy(model))
     with torch.no_grad():
         assert torch.equal(example(reloaded), ref)
-    # The frozen TorchScript module also stands alone (libtorch serving).
-    path = str(tmp_path / "m.pt")
-    torch.jit.save(slim, path)
+    # The frozen TorchScript module is saved beside it and stands alone (torch.jit.load / libtorch).
+    assert artifacts.read_manifest(folder)["torchscript"] == artifacts.TORCHSCRIPT
     with torch.no_grad():
-        assert torch.equal(example(torch.jit.load(path)), ref)
+        assert torch.equal(example(torch.jit.load(f"{folder}/{artifacts.TORCHSCRIPT}")), ref)
 
 
 def test_sensitivity_probe_ranks_the_layers():

@@ -23,17 +23,25 @@ from .techniques import Context
 from .workload import eval_mode
 
 MANIFEST = "torchslim.json"
+TORCHSCRIPT = "model.torchscript.pt"
 FORMAT_VERSION = 1
 
 
 def save(folder: str, base_model: nn.Module, recipe: Recipe, example: Example, *, spec: str | None,
-         source: dict | None = None, reference_output=None, calibration: list[Example] | None = None) -> str:
+         source: dict | None = None, reference_output=None, calibration: list[Example] | None = None,
+         optimized: nn.Module | None = None) -> str:
     """Write `folder`/{torchslim.json, weights.pt, example.pt, reference.pt[, calibration.pt]}.
 
     Recipes that calibrate (static quantization) get their calibration inputs saved too, so that
-    re-applying the recipe on load reproduces the same scales and the same outputs.
+    re-applying the recipe on load reproduces the same scales and the same outputs. When the
+    `optimized` model is a TorchScript module (static-int8-ts, torchscript-freeze), it is also saved
+    as TORCHSCRIPT: it loads with torch.jit.load (or libtorch's torch::jit::load), no torchslim needed.
     """
     os.makedirs(folder, exist_ok=True)
+    torchscript = None
+    if isinstance(optimized, torch.jit.ScriptModule):
+        torchscript = TORCHSCRIPT
+        atomic_write(os.path.join(folder, TORCHSCRIPT), lambda f: torch.jit.save(optimized, f))
     state = {k: v.detach().cpu() for k, v in base_model.state_dict().items()}
     atomic_write(os.path.join(folder, "weights.pt"), lambda f: torch.save(state, f))
     atomic_write(os.path.join(folder, "example.pt"), lambda f: torch.save(_record(example), f))
@@ -52,6 +60,7 @@ def save(folder: str, base_model: nn.Module, recipe: Recipe, example: Example, *
         "source": source or {},
         "recipe": recipe.to_list(),
         "recipe_name": recipe.name,
+        "torchscript": torchscript,
     })
     return folder
 

@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_optimize(args) -> int:
+    from . import artifacts
     from .examples import DEMOS
     from .optimize import OptimizeConfig, optimize
     from .report import format_table
@@ -109,6 +110,8 @@ def cmd_optimize(args) -> int:
         run = optimize(workload, config, progress=not args.no_progress)
         print(format_table(run.to_dict()))
         print(f"\nwrote {folder}/results.json, {folder}/report.html" + (f", {run.artifact}/ and {folder}/reproduce.py" if run.artifact else ""))
+        if run.artifact and os.path.isfile(os.path.join(run.artifact, artifacts.TORCHSCRIPT)):
+            print(f"serve without torchslim: torch.jit.load('{os.path.join(run.artifact, artifacts.TORCHSCRIPT)}')")
         if not run.chosen:
             print("no recipe beat the baseline under the thresholds; nothing was saved", file=sys.stderr)
     return status

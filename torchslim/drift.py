@@ -272,7 +272,7 @@ def recalibrate(folder: str, data, out: str | None = None, *, evaluate=None, met
 
     def write(tmp: str) -> None:
         artifacts.save(tmp, float_model, recipe, example, spec=manifest.get("spec"), source=manifest.get("source"),
-                       reference_output=reference, calibration=batches)
+                       reference_output=reference, calibration=batches, optimized=after)
         write_json(os.path.join(tmp, "recalibration.json"), report)
 
     _save_atomically(out, write)

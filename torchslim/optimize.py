@@ -173,7 +173,8 @@ def _search(workload: Workload, config: OptimizeConfig, device: torch.device, ru
             recipe = Recipe.from_list(chosen.steps)
             calib = list(workload.calibration()) if workload.calibration and any(s.needs_calibration for s in recipe.steps) else None
             artifacts.save(folder, workload.model, recipe, workload.example, spec=workload.spec, source=workload.source,
-                           reference_output=_run(models[chosen.name], example)(), calibration=calib)
+                           reference_output=_run(models[chosen.name], example)(), calibration=calib,
+                           optimized=models[chosen.name])
             run.artifact = folder
     bar.update(1)
     bar.close()
