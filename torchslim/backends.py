@@ -335,9 +335,7 @@ def fx_static_prepare(model: nn.Module, example_args: tuple, engine: str, observ
         from torch.ao.quantization import observer as obs
         from torch.ao.quantization.quantize_fx import prepare_fx
 
-        ctor = {"minmax": obs.MinMaxObserver, "moving_average": obs.MovingAverageMinMaxObserver,
-                "histogram": obs.HistogramObserver}[observer]
-        act = ctor.with_args(dtype=torch.quint8, reduce_range=reduce_range)
+        act = _ao_observer_class(observer).with_args(dtype=torch.quint8, reduce_range=reduce_range)
         weight = obs.default_per_channel_weight_observer if per_channel else obs.default_weight_observer
         mapping = get_default_qconfig_mapping(engine).set_global(QConfig(activation=act, weight=weight))
         for name in float_modules:
@@ -370,11 +368,15 @@ def onednn_linear_missing() -> str | None:
 def eager_activation_observer(observer: str, reduce_range: bool) -> nn.Module:
     """A torch.ao observer for uint8 per-tensor activations (histogram, minmax or moving average)."""
     with quiet():
-        from torch.ao.quantization import observer as obs
+        return _ao_observer_class(observer)(dtype=torch.quint8, reduce_range=reduce_range)
 
-        ctor = {"minmax": obs.MinMaxObserver, "moving_average": obs.MovingAverageMinMaxObserver,
-                "histogram": obs.HistogramObserver}[observer]
-        return ctor(dtype=torch.quint8, reduce_range=reduce_range)
+
+def _ao_observer_class(observer: str):
+    """torch.ao's observer class for an observer name of the static configs."""
+    from torch.ao.quantization import observer as obs
+
+    return {"minmax": obs.MinMaxObserver, "moving_average": obs.MovingAverageMinMaxObserver,
+            "histogram": obs.HistogramObserver}[observer]
 
 
 # torch 2.13 deprecates quantized tensors (quint8 ...); the uint8 input is taken from one at once.

@@ -21,6 +21,11 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+def is_x86() -> bool:
+    """An x86 CPU: where the fbgemm/oneDNN INT8 kernels (VNNI/AMX) the static INT8 paths use exist."""
+    return platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
+
+
 def cuda_available() -> bool:
     return torch.cuda.is_available()
 

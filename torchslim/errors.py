@@ -16,3 +16,9 @@ class SlimError(Exception):
 
 class NotApplicable(SlimError):
     """A technique does not apply to this model or device (a skip, not a failure)."""
+
+
+def first_line(e: BaseException) -> str:
+    """The first non-blank line of an exception's message (its type name if it has none): the
+    part of an upstream error worth quoting in a one-line SlimError."""
+    return next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)

@@ -236,11 +236,6 @@ def conv1d_as_linear(m: nn.Module) -> nn.Linear:
 
 # ----------------------------------------------------------------------------- rewriting
 
-def _set(root: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, child, new)
-
-
 def _encoders(model: nn.Module):
     """nn.TransformerEncoders in `model`, and the originals fast_transformer keeps to fall back on."""
     for m in model.modules():
@@ -259,12 +254,12 @@ def prepare(holder: nn.Module, cfg: DynamicInt8Config) -> dict[str, str]:
     modules = dict(holder.named_modules())
     for name, m in list(modules.items()):
         if _is_conv1d(m):
-            _set(holder, name, conv1d_as_linear(m))
+            holder.set_submodule(name, conv1d_as_linear(m))
             done[name] = "Conv1D"
         elif isinstance(m, nn.MultiheadAttention) and mha_reason(m) is None:
             parent = modules.get(name.rpartition(".")[0])
             cross = isinstance(parent, nn.TransformerDecoderLayer) and parent.multihead_attn is m
-            _set(holder, name, LinearMultiheadAttention(m, separate=cross))
+            holder.set_submodule(name, LinearMultiheadAttention(m, separate=cross))
             done[name] = "MultiheadAttention"
     if any(v == "MultiheadAttention" for v in done.values()):
         for enc in _encoders(holder):
@@ -379,7 +374,7 @@ def apply_dynamic_int8(model, cfg: DynamicInt8Config, ctx: Context):
             backends.legacy_dynamic_int8_named(holder, legacy, cfg.per_channel)
     for name, kind in chosen.items():
         if kind == "Embedding":
-            _set(holder, name, Int8Embedding(holder.get_submodule(name)))
+            holder.set_submodule(name, Int8Embedding(holder.get_submodule(name)))
     ctx.details["dynamic_int8"] = {
         "quantized": {_display(n): k for n, k in chosen.items()},
         "converted": {_display(n): f"{k} -> " + ("nn.Linear" if k == "Conv1D" else "LinearMultiheadAttention")

@@ -468,14 +468,8 @@ def _gpt2_reason(m: nn.Module) -> str | None:
 
 def _torch_layer(self: _Fast, layer, x, p):
     """One nn.TransformerEncoderLayer (eval) on packed tokens; `layer` has its attributes."""
-    mha = layer.self_attn
-
     def sa(h):
-        if getattr(mha, "in_proj", None) is not None:  # dynamic INT8's LinearMultiheadAttention
-            qkv = mha.in_proj(h)
-        else:
-            qkv = torch.nn.functional.linear(h, mha.in_proj_weight, mha.in_proj_bias)  # fused [N, 3E]
-        return mha.out_proj(self._attention(qkv, None, None, p, mha.num_heads, None))
+        return _packed_self_attention(self, layer.self_attn, h, p)
 
     def ff(h):
         return layer.linear2(layer.activation(layer.linear1(h)))
@@ -485,6 +479,16 @@ def _torch_layer(self: _Fast, layer, x, p):
         return x + ff(layer.norm2(x))
     x = layer.norm1(x + sa(x))
     return layer.norm2(x + ff(x))
+
+
+def _packed_self_attention(fast: _Fast, mha: nn.Module, x: torch.Tensor, p: _packing.Packing) -> torch.Tensor:
+    """An nn.MultiheadAttention's self-attention on packed tokens [N, E]: fused q|k|v projection,
+    attention per sequence, output projection."""
+    if getattr(mha, "in_proj", None) is not None:  # dynamic INT8's LinearMultiheadAttention
+        qkv = mha.in_proj(x)
+    else:
+        qkv = torch.nn.functional.linear(x, mha.in_proj_weight, mha.in_proj_bias)  # fused [N, 3E]
+    return mha.out_proj(fast._attention(qkv, None, None, p, mha.num_heads, None))
 
 
 def _torch_plan(fast: "_Fast", src: torch.Tensor, key_padding_mask):
@@ -556,13 +560,7 @@ class FastMultiheadAttention(_Fast):
         p = _torch_plan(self, query, key_padding_mask)
         if p.total == 0:
             return query.new_zeros(query.shape), None
-        x = _packing.pack(query, p)
-        if getattr(self, "in_proj", None) is not None:  # dynamic INT8's LinearMultiheadAttention
-            qkv = self.in_proj(x)
-        else:
-            qkv = torch.nn.functional.linear(x, self.in_proj_weight, self.in_proj_bias)
-        out = self.out_proj(self._attention(qkv, None, None, p, self.num_heads, None))
-        return _packing.unpack(out, p), None
+        return _packing.unpack(_packed_self_attention(self, self, _packing.pack(query, p), p), p), None
 
 
 def _mha_reason(mha: nn.Module) -> str | None:
@@ -678,9 +676,7 @@ def _applies(model, cfg: FastTransformerConfig, ctx: Context):
 def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
     if not name:
         return new
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
+    model.set_submodule(name, new)
     return model
 
 

@@ -31,7 +31,7 @@ import torch.utils._pytree as pytree
 
 from .. import backends
 from .. import device as dev
-from ..errors import NotApplicable, SlimError
+from ..errors import NotApplicable, SlimError, first_line
 from ..inputs import Example, as_example
 from .base import Context, TechniqueConfig, Wrapper, register
 from ..workload import eval_mode
@@ -95,7 +95,7 @@ def _validate(cfg) -> None:
 def _applies_common(model, cfg, ctx: Context) -> str | None:
     if ctx.device.type != "cpu":
         return "the PT2E X86InductorQuantizer flow targets x86 CPUs (oneDNN INT8 kernels); not wired for CUDA"
-    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
+    if not dev.is_x86():
         return f"the X86InductorQuantizer's oneDNN INT8 kernels need an x86 CPU, not {platform.machine()}"
     if isinstance(model, torch.jit.ScriptModule):
         return "a TorchScript model cannot be captured by torch.export"
@@ -222,9 +222,7 @@ def _unshare_activations(model: nn.Module, example: Example) -> None:
             h.remove()
     for name, k in counts.items():
         if k > 1:
-            parent_name, _, attr = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, attr, _PerCall(getattr(parent, attr), k))
+            model.set_submodule(name, _PerCall(model.get_submodule(name), k))
 
 
 def export(model: nn.Module, example: Example) -> tuple[torch.fx.GraphModule, bool]:
@@ -247,7 +245,7 @@ def export(model: nn.Module, example: Example) -> tuple[torch.fx.GraphModule, bo
             errors.append(e)
     else:
         e = errors[-1]
-        first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+        first = first_line(e)
         raise NotApplicable(f"torch.export cannot capture this model ({type(e).__name__}: {first[:300]})",
                             "static INT8 needs a graph capture; dynamic INT8 (eager, dynamic_int8) still applies") from e
     _eliminate_dead_code(gm)
@@ -301,7 +299,7 @@ def _prepare(gm: torch.fx.GraphModule, quantizer):
     try:
         return backends.pt2e_prepare(gm, quantizer)
     except (IndexError, NotImplementedError, AssertionError) as e:
-        where = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+        where = first_line(e)
         raise SlimError(f"torchao's X86InductorQuantizer could not annotate this model's graph ({type(e).__name__}: {where[:200]})",
                         "keep the offending modules in float with skip=('name.*',), or use dynamic_int8") from e
 
@@ -325,7 +323,7 @@ def calibrate(prepared: nn.Module, ctx: Context, example: Example, max_samples: 
             try:
                 batch(prepared)
             except Exception as e:  # noqa: BLE001 - the user's data does not fit the captured graph
-                first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+                first = first_line(e)
                 raise SlimError(f"calibration batch {n_batches} ({batch.describe()}) does not run through the model "
                                 f"captured with the example ({example.describe()}): {first[:200]}",
                                 "give calibration inputs shaped like the example inputs") from e

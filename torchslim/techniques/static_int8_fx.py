@@ -28,7 +28,8 @@ import torch
 import torch.nn as nn
 
 from .. import backends
-from ..errors import NotApplicable
+from .. import device as dev
+from ..errors import NotApplicable, first_line
 from ..workload import eval_mode
 from .base import Context, register
 from .static_int8 import NO_CALIBRATION, StaticInt8Config, _needs_reduce_range, _resolve_skip, calibrate
@@ -50,7 +51,7 @@ class StaticInt8FxConfig(StaticInt8Config):
 def _applies(model, cfg: StaticInt8FxConfig, ctx: Context) -> str | None:
     if ctx.device.type != "cpu":
         return "PyTorch's eager INT8 kernels run on CPUs only"
-    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
+    if not dev.is_x86():
         return f"wired for x86 CPUs (fbgemm/oneDNN INT8 kernels), not {platform.machine()}"
     if ctx.calibration is None:
         return NO_CALIBRATION
@@ -82,7 +83,7 @@ def apply_static_int8_fx(model, cfg: StaticInt8FxConfig, ctx: Context):
         prepared = backends.fx_static_prepare(model, tuple(example.args), engine, cfg.observer, cfg.per_channel,
                                               reduce_range, float_modules)
     except Exception as e:  # noqa: BLE001 - symbolic tracing refuses data-dependent control flow etc.
-        raise NotApplicable(f"torch.fx symbolic tracing cannot capture this model ({_first_line(e)})",
+        raise NotApplicable(f"torch.fx symbolic tracing cannot capture this model ({_quote(e)})",
                             "use static_int8 (PT2E: torch.export handles more Python)") from e
     with torch.no_grad():
         seen = calibrate(prepared, ctx, example, cfg.max_samples)
@@ -115,9 +116,7 @@ def _inline_flatten(model: nn.Module) -> None:
     """In place, on the fresh copy optimize() hands us (Flatten holds no weights)."""
     for name, m in list(model.named_modules()):
         if type(m) is nn.Flatten and name:
-            parent_name, _, attr = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, attr, _Flatten(m.start_dim, m.end_dim))
+            model.set_submodule(name, _Flatten(m.start_dim, m.end_dim))
 
 
 def _freeze(converted: nn.Module, example, engine: str) -> torch.jit.ScriptModule:
@@ -127,7 +126,7 @@ def _freeze(converted: nn.Module, example, engine: str) -> torch.jit.ScriptModul
             warnings.simplefilter("ignore")  # tracer warnings about frozen Python-side shape checks
             return torch.jit.freeze(torch.jit.trace(converted, tuple(example.args), check_trace=False, strict=False).eval())
     except Exception as e:  # noqa: BLE001
-        raise NotApplicable(f"TorchScript cannot trace the quantized model ({_first_line(e)})",
+        raise NotApplicable(f"TorchScript cannot trace the quantized model ({_quote(e)})",
                             "use static_int8 (PT2E + Inductor)") from e
 
 
@@ -154,9 +153,8 @@ def _note(d: dict) -> str:
     return s + f"; calibrated on {d['calibration']['samples']} samples ({d['observer']} observer)"
 
 
-def _first_line(e: Exception) -> str:
-    first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "")
-    return f"{type(e).__name__}: {first[:300]}" if first else type(e).__name__
+def _quote(e: Exception) -> str:
+    return f"{type(e).__name__}: {first_line(e)[:300]}"
 
 
 __all__ = ["StaticInt8FxConfig"]

@@ -18,33 +18,27 @@ import torch
 import torch.nn as nn
 
 from .. import backends
+from .. import device as dev
 from ..errors import NotApplicable
 from ..workload import eval_mode
-from .base import Context, TechniqueConfig, register
-from .static_int8 import NO_CALIBRATION, OBSERVERS, _needs_reduce_range, _resolve_skip, _validate, calibrate
+from .base import Context, register
+from .static_int8 import NO_CALIBRATION, StaticInt8Config, _needs_reduce_range, _resolve_skip, calibrate
 
 
 @dataclass(frozen=True)
-class StaticLinearInt8Config(TechniqueConfig):
+class StaticLinearInt8Config(StaticInt8Config):
+    """StaticInt8Config's options (observer, max_samples, skip) applied module by module to
+    nn.Linear layers; weights are always per output channel."""
+
     name = "static_linear_int8"
-    needs_calibration = True
-    observer: str = "histogram"  # activation range observer: "histogram" | "minmax" | "moving_average"
-    max_samples: int = 256  # calibration stops once this many samples (batch rows) have been seen
-    skip: tuple[str, ...] = ()  # fnmatch patterns of module names to keep in floating point
-    per_channel: bool = True  # weights: one scale per output channel (the only layout here)
 
     def __post_init__(self):
-        _validate(self)
+        super().__post_init__()
         if not self.per_channel:
             raise ValueError("static_linear_int8 uses per-channel weights only")
-        if self.observer not in OBSERVERS:
-            raise ValueError(f"unknown observer {self.observer!r}: use one of {', '.join(OBSERVERS)}")
-        if self.max_samples < 1:
-            raise ValueError(f"max_samples must be >= 1, not {self.max_samples}")
 
     def label(self) -> str:
-        return "static-int8-linear" + ("" if self.observer == "histogram" else f"-{self.observer.replace('_', '-')}") \
-            + ("-skip" if self.skip else "")
+        return super().label().replace("static-int8", "static-int8-linear", 1)
 
 
 class StaticInt8Linear(nn.Module):
@@ -86,7 +80,7 @@ class StaticInt8Linear(nn.Module):
 def _applies(model, cfg: StaticLinearInt8Config, ctx: Context) -> str | None:
     if ctx.device.type != "cpu":
         return "oneDNN's INT8 matmul runs on CPUs only"
-    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
+    if not dev.is_x86():
         return f"wired for x86 CPUs (oneDNN VNNI/AMX INT8), not {platform.machine()}"
     if ctx.calibration is None:
         return NO_CALIBRATION
@@ -129,7 +123,7 @@ def apply_static_linear_int8(model, cfg: StaticLinearInt8Config, ctx: Context):
             unused.append(name)  # never ran on the calibration data: no range to use
             continue
         scale, zero_point = observers[name].calculate_qparams()
-        _set(holder, f"0.{name}" if name else "0", StaticInt8Linear(linear, float(scale), int(zero_point)))
+        holder.set_submodule(f"0.{name}" if name else "0", StaticInt8Linear(linear, float(scale), int(zero_point)))
         quantized.append(name or "(model)")
     if not quantized:
         raise NotApplicable("no nn.Linear ran during calibration", "check that the calibration inputs reach the model's Linear layers")
@@ -142,11 +136,6 @@ def apply_static_linear_int8(model, cfg: StaticLinearInt8Config, ctx: Context):
         note += f"; left in float: {', '.join(sorted(float_modules) + unused)[:300]}"
     ctx.notes.append(note)
     return holder[0]
-
-
-def _set(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, attr = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, attr, new)
 
 
 __all__ = ["StaticLinearInt8Config", "StaticInt8Linear"]

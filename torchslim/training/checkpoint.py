@@ -17,7 +17,7 @@ import random
 import torch
 import torch.nn as nn
 
-from ..errors import SlimError
+from ..errors import SlimError, first_line
 from ..fileio import atomic_write
 
 FORMAT = "torchslim.training.checkpoint/1"
@@ -65,7 +65,7 @@ def read(path: str) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - truncated zip, garbage, pickled code: all unreadable here
-        first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+        first = first_line(e)
         raise SlimError(f"checkpoint '{path}' is corrupt or unreadable ({type(e).__name__}: {first[:160]})",
                         "delete it (or pass --restart) to train from the start, or point --out at another folder") from e
     if not isinstance(state, dict) or state.get("format") != FORMAT:
@@ -120,7 +120,7 @@ def restore(state: dict, path: str, *, model: nn.Module, optimizer, scheduler, s
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
     except (RuntimeError, ValueError, KeyError) as e:
-        first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+        first = first_line(e)
         raise SlimError(f"checkpoint '{path}' does not fit this run: {first[:200]}",
                         "resume with the same model and settings, or pass --restart / another --out") from e
     return state["progress"]

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-from ..errors import SlimError
+from ..errors import SlimError, first_line
 
 DATASETS = """dataset specs:
   fashion-mnist     Fashion-MNIST (Debian dataset-fashion-mnist): [N,1,28,28] images, 10 classes
@@ -118,7 +118,7 @@ def check_fits(model: nn.Module, ds: Dataset, name: str = "dataset") -> int:
         with torch.no_grad():
             out = model(x.to(param.device) if param is not None else x)
     except Exception as e:  # noqa: BLE001 - any failure here means data and model disagree
-        first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+        first = first_line(e)
         raise SlimError(f"the model does not accept the {name}'s inputs: a batch shaped {tuple(x.shape)} "
                         f"({str(x.dtype).replace('torch.', '')}) raised {type(e).__name__}: {first[:200]}",
                         "give a dataset whose inputs match what the model takes (or a model for this dataset)") from e

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from .. import backends
-from ..errors import SlimError
+from ..errors import SlimError, first_line
 from ..inputs import Example
 from .data import check_fits, take
 from .distributed import current as current_world
@@ -191,7 +191,7 @@ def prepare(model: nn.Module, example: Example, weight_bits: int = 8) -> torch.f
     try:
         prepared = backends.pt2e_prepare_qat(gm, backends.pt2e_x86_qat_quantizer(weight_bits, _needs_reduce_range()))
     except (IndexError, NotImplementedError, AssertionError, RuntimeError) as e:
-        where = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+        where = first_line(e)
         raise SlimError(f"torchao's X86InductorQuantizer could not prepare this model for QAT ({type(e).__name__}: {where[:200]})",
                         "use PTQ (static_int8) for this model") from e
     backends.pt2e_set_training(prepared, False)
