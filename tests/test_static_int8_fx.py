@@ -19,7 +19,7 @@ from torchslim.recipes import Recipe, apply, candidates
 from torchslim.sensitivity import make_probe, with_float_layers
 from torchslim.techniques import Context
 from torchslim.techniques.base import config_from_dict, handler
-from torchslim.techniques.static_int8 import NO_CALIBRATION
+from torchslim.techniques.static_int8 import NO_CALIBRATION, StaticInt8Config
 from torchslim.techniques.static_int8_fx import StaticInt8FxConfig
 
 pytestmark = pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="x86 INT8 kernels")
@@ -202,3 +202,104 @@ def test_dict_outputs_keep_their_structure():
         ref, out = example(model), example(slim)
     assert set(out) == {"a", "b"}
     assert all(compare(ref[k], out[k]).min_cosine >= 0.99 for k in ref)
+
+
+SR = StaticInt8FxConfig(engine="x86", static_runtime=True)
+
+
+def test_static_runtime_runs_the_same_kernels_bit_for_bit():
+    """Static Runtime only changes who calls the kernels: same outputs as the interpreter, any batch,
+    dict outputs kept; the TorchScript module under it is what gets saved and sized."""
+    from torchslim.techniques.torchscript import StaticRuntime, script_module
+
+    model = tiny_models.cnn()
+    example = Example((randn(4, 3, 16, 16),))
+    calib = batches((4, 3, 16, 16), n=4)
+    ctx = ctx_for(example, calib)
+    slim = apply(copy.deepcopy(model), Recipe((SR,)), ctx)
+    interp = apply(copy.deepcopy(model), Recipe((StaticInt8FxConfig(engine="x86"),)), ctx_for(example, calib))
+    assert isinstance(slim, StaticRuntime) and isinstance(script_module(slim), torch.jit.ScriptModule)
+    assert ctx.details["static_int8_fx"]["engine"] == "x86" and ctx.details["static_int8_fx"]["runtime"] == "static runtime"
+    assert "static runtime" in ctx.notes[-1]
+    other = randn(7, 3, 16, 16, seed=5)
+    with torch.no_grad():
+        for x in (example.args[0], other):
+            assert torch.equal(slim(x), interp(x))
+        assert compare(model(other), slim(other)).min_cosine >= 0.99
+        copied = copy.deepcopy(slim)
+        assert torch.equal(copied(other), slim(other))
+    assert serialized_bytes(slim) == serialized_bytes(interp)
+    heads = TwoHeads().eval()
+    ex2 = Example((randn(4, 3, 8, 8),))
+    out = apply(copy.deepcopy(heads), Recipe((SR,)), ctx_for(ex2, batches((4, 3, 8, 8), n=4)))(ex2.args[0])
+    assert set(out) == {"a", "b"}
+
+
+def test_static_runtime_artifact_and_refusals(tmp_path):
+    model = tiny_models.cnn()
+    example = Example((randn(4, 3, 16, 16),))
+    calib = batches((4, 3, 16, 16), n=4)
+    recipe = Recipe((SR,))
+    slim = apply(copy.deepcopy(model), recipe, ctx_for(example, calib))
+    with torch.no_grad():
+        ref = example(slim)
+    folder = str(tmp_path / "m")
+    artifacts.save(folder, model, recipe, example, spec="tiny_models:cnn", reference_output=ref, calibration=calib,
+                   optimized=slim)
+    with torch.no_grad():
+        assert torch.equal(example(artifacts.load(folder, copy.deepcopy(model))), ref)
+        assert torch.equal(example(torch.jit.load(f"{folder}/{artifacts.TORCHSCRIPT}")), ref)
+    assert SR.label() == "static-int8-ts-x86-sr" and config_from_dict(json.loads(json.dumps(SR.to_dict()))) == SR
+    assert SR.pt2e() == StaticInt8Config() and make_probe(model, SR, ctx_for(example, calib)).layers
+    assert "static-int8-ts-x86-sr" in [r.name for r in candidates(torch.device("cpu"))]
+    with pytest.raises(ValueError, match="unknown engine"):
+        StaticInt8FxConfig(engine="qnnpack-ish")
+    with pytest.raises(ValueError, match="static_runtime"):
+        StaticInt8FxConfig(static_runtime="yes")
+    # oneDNN-packed Linears have no out= variant for Static Runtime: refused, with the engine to use.
+    onednn = StaticInt8FxConfig(engine="onednn", static_runtime=True)
+    if "onednn" in torch.backends.quantized.supported_engines:
+        with pytest.raises(NotApplicable, match="Static Runtime cannot run this model") as e:
+            apply(copy.deepcopy(model), Recipe((onednn,)), ctx_for(example, calib))
+        assert "engine='x86'" in e.value.fix
+
+
+class FlattenTwice(nn.Module):
+    """A flatten with two users and a Linear called twice: neither may be reordered."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 8 * 8, 5)
+
+    def forward(self, x):
+        h = torch.flatten(torch.relu(self.conv(x)), 1)
+        return self.fc(h) + self.fc(h.flip(0)), h
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_channels_last_flatten_gives_the_same_outputs_bit_for_bit(per_channel):
+    """flatten(permute(x)) into a Linear with permuted weight columns: the same integer dot products."""
+    from torchslim import backends
+    from torchslim.techniques.static_int8_fx import _flatten_channels_last, _inline_flatten
+
+    model = tiny_models.cnn()
+    _inline_flatten(model)
+    x = randn(4, 3, 16, 16)
+    engine = backends.fx_static_engine(False)
+    prepared = backends.fx_static_prepare(model, (x,), engine, "minmax", per_channel, False)
+    with torch.no_grad():
+        for ex in batches((4, 3, 16, 16), n=4):
+            ex(prepared)
+        converted = backends.fx_static_convert(prepared, engine)
+        other = randn(3, 3, 16, 16, seed=9)
+        ref, ref_other = converted(x), converted(other)
+        assert _flatten_channels_last(converted, Example((x,)), engine) == 1
+        assert "permute" in converted.code
+        assert torch.equal(converted(x), ref) and torch.equal(converted(other), ref_other)
+    twice = FlattenTwice().eval()
+    ex = Example((randn(2, 3, 8, 8),))
+    slim = apply(copy.deepcopy(twice), Recipe((CFG,)), ctx_for(ex, batches((2, 3, 8, 8), n=4)))
+    assert "aten::permute" not in ops(slim)
+    with torch.no_grad():
+        assert all(compare(a, b).min_cosine >= 0.99 for a, b in zip(ex(twice), ex(slim)))

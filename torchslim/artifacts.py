@@ -16,6 +16,7 @@ import torch.nn as nn
 from . import __version__
 from .errors import SlimError
 from .fidelity import compare, output_tensors
+from .techniques.torchscript import script_module
 from .fileio import atomic_write, write_json
 from .inputs import Example
 from .recipes import Recipe, apply
@@ -34,14 +35,15 @@ def save(folder: str, base_model: nn.Module, recipe: Recipe, example: Example, *
 
     Recipes that calibrate (static quantization) get their calibration inputs saved too, so that
     re-applying the recipe on load reproduces the same scales and the same outputs. When the
-    `optimized` model is a TorchScript module (static-int8-ts, torchscript-freeze), it is also saved
+    `optimized` model is a TorchScript module (static-int8-ts[-sr], torchscript-freeze), it is also saved
     as TORCHSCRIPT: it loads with torch.jit.load (or libtorch's torch::jit::load), no torchslim needed.
     """
     os.makedirs(folder, exist_ok=True)
     torchscript = None
-    if isinstance(optimized, torch.jit.ScriptModule):
+    scripted = script_module(optimized) if optimized is not None else None
+    if scripted is not None:
         torchscript = TORCHSCRIPT
-        atomic_write(os.path.join(folder, TORCHSCRIPT), lambda f: torch.jit.save(optimized, f))
+        atomic_write(os.path.join(folder, TORCHSCRIPT), lambda f: torch.jit.save(scripted, f))
     state = {k: v.detach().cpu() for k, v in base_model.state_dict().items()}
     atomic_write(os.path.join(folder, "weights.pt"), lambda f: torch.save(state, f))
     atomic_write(os.path.join(folder, "example.pt"), lambda f: torch.save(_record(example), f))

@@ -318,12 +318,32 @@ def fx_static_missing() -> str | None:
     return None
 
 
-def fx_static_engine(reduce_range: bool) -> str | None:
-    """The eager INT8 engine for FX static INT8: oneDNN with full 8-bit activations where the CPU
-    has VNNI/AMX (no u8*s8 saturation), else x86 (fbgemm/oneDNN) with 7-bit activations."""
+FX_ENGINES = ("onednn", "x86", "fbgemm")
+
+
+def fx_static_engine(reduce_range: bool, requested: str = "auto") -> str | None:
+    """The eager INT8 engine for FX static INT8. "auto": oneDNN with full 8-bit activations where
+    the CPU has VNNI/AMX (no u8*s8 saturation), else x86 (fbgemm/oneDNN) with 7-bit activations.
+    A named engine is returned only if this torch build has it."""
     engines = torch.backends.quantized.supported_engines
+    if requested != "auto":
+        return requested if requested in engines else None
     order = ("x86", "fbgemm", "onednn") if reduce_range else ("onednn", "x86", "fbgemm")
     return next((e for e in order if e in engines), None)
+
+
+def static_runtime_missing() -> str | None:
+    """None when this torch ships TorchScript's Static Runtime (torch._C.StaticModule), else why not."""
+    if not hasattr(torch._C, "_jit_to_static_module"):
+        return "this torch build has no TorchScript Static Runtime"
+    return None
+
+
+def static_runtime(scripted: torch.jit.ScriptModule):
+    """TorchScript's Static Runtime over a frozen module: the graph is run by a flat list of op
+    calls with planned intermediate buffers, no interpreter frames or guards. Callable as
+    module(*args) -> the module's outputs (dicts and tuples kept)."""
+    return torch._C._jit_to_static_module(scripted._c)
 
 
 def fx_static_prepare(model: nn.Module, example_args: tuple, engine: str, observer: str, per_channel: bool,
@@ -349,6 +369,29 @@ def fx_static_convert(prepared: nn.Module, engine: str) -> nn.Module:
         from torch.ao.quantization.quantize_fx import convert_fx
 
         return convert_fx(prepared)
+
+
+def fx_quantized_linear_types() -> tuple[type, ...]:
+    """The quantized Linear modules convert_fx emits (plain and ReLU-fused)."""
+    import torch.ao.nn.intrinsic.quantized as nniq
+    import torch.ao.nn.quantized as nnq
+
+    return (nnq.Linear, nniq.LinearReLU)
+
+
+def fx_permute_linear_inputs(linear: nn.Module, chw: tuple[int, int, int], engine: str) -> None:
+    """Reorder a quantized Linear's input columns from (C, H, W) to (H, W, C) order, in place,
+    repacking the int8 weight for `engine` with its scales unchanged (they are per output row)."""
+    c, h, w = chw
+    weight = linear.weight()
+    rows = weight.int_repr().reshape(-1, c, h, w).permute(0, 2, 3, 1).reshape(weight.shape[0], -1).contiguous()
+    if weight.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
+        new = torch._make_per_channel_quantized_tensor(rows, weight.q_per_channel_scales(),
+                                                       weight.q_per_channel_zero_points(), weight.q_per_channel_axis())
+    else:
+        new = torch._make_per_tensor_quantized_tensor(rows, weight.q_scale(), weight.q_zero_point())
+    with quantized_engine(engine):
+        linear.set_weight_bias(new, linear.bias())
 
 
 def fx_is_quantized_module(module: nn.Module) -> bool:

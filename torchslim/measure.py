@@ -203,10 +203,13 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def serialized_bytes(model: nn.Module) -> int:
     """Bytes the model's weights take on disk (TorchScript archive or torch.save'd state dict)."""
+    from .techniques.torchscript import script_module
+
     model = unwrap(model)
     buf = io.BytesIO()
-    if isinstance(model, torch.jit.ScriptModule):
-        torch.jit.save(model, buf)
+    scripted = script_module(model)
+    if scripted is not None:
+        torch.jit.save(scripted, buf)
     else:
         torch.save(model.state_dict(), buf)
     return buf.tell()

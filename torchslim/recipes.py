@@ -75,6 +75,9 @@ def candidates(device: torch.device) -> list[Recipe]:
         # The same INT8 math on eager kernels, TorchScript-frozen: wins where per-op overhead rules.
         # Frozen TorchScript records no autograd (int8 weights are constants): no inference_mode wrapper.
         out += [Recipe((StaticInt8FxConfig(),))]
+        if "x86" in torch.backends.quantized.supported_engines:
+            # Linears on fbgemm and the graph on Static Runtime: less per-op cost (the batch-1 win).
+            out += [Recipe((StaticInt8FxConfig(engine="x86", static_runtime=True),))]
     # BetterTransformer-style packing: applies to Transformer encoders only (refuses the rest).
     ft = FastTransformerConfig()
     out += [_im(ft)] + [_im(ft, LowPrecisionConfig(d, "cast")) for d in lows]

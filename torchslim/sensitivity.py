@@ -121,7 +121,7 @@ def make_probe(model: nn.Module, cfg: TechniqueConfig, ctx: Context):
     if isinstance(cfg, StaticInt8FxConfig):
         # The same quantization math (int8 per-channel weights, uint8 calibrated activations, same
         # observer) simulated on the PT2E graph: one calibration ranks every layer.
-        cfg = StaticInt8Config(**dataclasses.asdict(cfg))
+        cfg = cfg.pt2e()
     probe = Pt2eProbe(model, cfg, ctx) if type(cfg) in (StaticInt8Config, Pt2eDynamicInt8Config) else SkipProbe(model, cfg, ctx)
     if not probe.layers:
         raise SlimError(f"{cfg.label()} quantizes no layer of this model", "there is nothing to rank: every Conv/Linear is kept in float")

@@ -12,13 +12,13 @@ from benchmarks.peers import cases
 # The recipes that won or came close on these models in BENCHMARKS.md's per-technique tables
 # (CNNs: static INT8 in both lowerings, BF16+compile, weight-only INT8; MiniLM: fast-transformer+BF16,
 # BF16+compile, static/dynamic INT8; LSTM: dynamic INT8, BF16). Recipes that do not apply here are skipped.
-RECIPES = ("static-int8", "static-int8-ts", "pt2e-dynamic-int8", "dynamic-int8", "bf16-cast", "fast-transformer+bf16-cast",
+RECIPES = ("static-int8", "static-int8-ts", "static-int8-ts-x86-sr", "pt2e-dynamic-int8", "dynamic-int8", "bf16-cast", "fast-transformer+bf16-cast",
            "fast-transformer+static-int8-linear", "bf16-cast+compile", "channels_last+bf16-cast+compile",
            "int8-weight-only+compile", "compile")
 # --quick: per model, the recipes BENCHMARKS.md found best there, at most one that compiles.
 QUICK_RECIPES = {
-    "fashion": ("static-int8-ts", "static-int8", "channels_last+bf16-cast+compile"),
-    "resnet18": ("static-int8-ts", "static-int8", "channels_last+bf16-cast+compile"),
+    "fashion": ("static-int8-ts", "static-int8-ts-x86-sr", "static-int8", "channels_last+bf16-cast+compile"),
+    "resnet18": ("static-int8-ts", "static-int8-ts-x86-sr", "static-int8", "channels_last+bf16-cast+compile"),
     "minilm": ("fast-transformer+bf16-cast", "bf16-cast", "dynamic-int8"),
     "padded": ("fast-transformer+bf16-cast", "bf16-cast", "dynamic-int8"),
     "lstm": ("dynamic-int8", "bf16-cast"),

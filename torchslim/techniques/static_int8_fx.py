@@ -30,8 +30,10 @@ import torch.nn as nn
 from .. import backends
 from .. import device as dev
 from ..errors import NotApplicable, first_line
+from ..fidelity import output_tensors
 from ..workload import eval_mode
 from .base import Context, register
+from .torchscript import StaticRuntime
 from .static_int8 import NO_CALIBRATION, StaticInt8Config, _needs_reduce_range, _resolve_skip, calibrate
 
 _LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -40,12 +42,34 @@ _LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 @dataclass(frozen=True)
 class StaticInt8FxConfig(StaticInt8Config):
     """StaticInt8Config's options (observer, per_channel, max_samples, skip), lowered to eager INT8
-    kernels and TorchScript instead of Inductor."""
+    kernels and TorchScript instead of Inductor, plus:
+
+    engine: "auto" (oneDNN on VNNI/AMX CPUs, else x86), or "onednn" | "x86" | "fbgemm". Under "x86"
+        the convolutions still run on oneDNN but the Linears on fbgemm, which is faster at batch 1
+        and slower at large batches (see BENCHMARKS.md).
+    static_runtime: run the frozen graph with TorchScript's Static Runtime instead of its
+        interpreter (less per-op overhead: the batch-1 win). It needs Linears packed by fbgemm or
+        x86 (Static Runtime's quantized::linear calls an out= variant oneDNN's packing lacks)."""
 
     name = "static_int8_fx"
+    engine: str = "auto"
+    static_runtime: bool = False
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.engine not in ("auto", *backends.FX_ENGINES):
+            raise ValueError(f"unknown engine {self.engine!r}: use auto, {', '.join(backends.FX_ENGINES)}")
+        if not isinstance(self.static_runtime, bool):
+            raise ValueError(f"static_runtime must be true or false, not {self.static_runtime!r}")
 
     def label(self) -> str:
-        return super().label().replace("static-int8", "static-int8-ts", 1)
+        return super().label().replace("static-int8", "static-int8-ts", 1) \
+            + ("" if self.engine == "auto" else f"-{self.engine}") + ("-sr" if self.static_runtime else "")
+
+    def pt2e(self) -> StaticInt8Config:
+        """The PT2E config with the same quantization math (sensitivity ranks layers on it)."""
+        return StaticInt8Config(observer=self.observer, per_channel=self.per_channel,
+                                max_samples=self.max_samples, skip=self.skip)
 
 
 def _applies(model, cfg: StaticInt8FxConfig, ctx: Context) -> str | None:
@@ -65,8 +89,12 @@ def _applies(model, cfg: StaticInt8FxConfig, ctx: Context) -> str | None:
         return "FX graph-mode quantization traces positional tensor inputs only; this model takes keyword inputs"
     if not any(isinstance(m, _LAYERS) for m in model.modules()):
         return "no Linear/Conv layers to quantize"
-    if backends.fx_static_engine(_needs_reduce_range()) is None:
-        return "this torch build has no fbgemm/oneDNN quantized engine"
+    if backends.fx_static_engine(_needs_reduce_range(), cfg.engine) is None:
+        if cfg.engine == "auto":
+            return "this torch build has no fbgemm/oneDNN quantized engine"
+        return f"this torch build has no '{cfg.engine}' quantized engine (it has: {', '.join(torch.backends.quantized.supported_engines)})"
+    if cfg.static_runtime and backends.static_runtime_missing():
+        return backends.static_runtime_missing()
     return backends.fx_static_missing()
 
 
@@ -76,7 +104,7 @@ def apply_static_int8_fx(model, cfg: StaticInt8FxConfig, ctx: Context):
     example = ctx.example.to(ctx.device)
     float_modules = _resolve_skip(model, cfg.skip)
     reduce_range = _needs_reduce_range()
-    engine = backends.fx_static_engine(reduce_range)
+    engine = backends.fx_static_engine(reduce_range, cfg.engine)
     layers = {n: type(m).__name__ for n, m in model.named_modules() if isinstance(m, _LAYERS)}
     _inline_flatten(model)
     try:
@@ -89,15 +117,17 @@ def apply_static_int8_fx(model, cfg: StaticInt8FxConfig, ctx: Context):
         seen = calibrate(prepared, ctx, example, cfg.max_samples)
         converted = backends.fx_static_convert(prepared, engine)
     details = _summarize(converted, layers, float_modules)
+    details["flatten_channels_last"] = _flatten_channels_last(converted, example, engine)
     details.update(observer=cfg.observer, per_channel=cfg.per_channel, activations="static (calibrated)",
                    calibration=seen, engine=engine, reduce_range=reduce_range)
     if not sum(details["quantized"].values()):
         raise NotApplicable("FX graph-mode quantization quantized none of the model's Conv/Linear layers",
                             "use static_int8 (PT2E) or dynamic_int8")
     scripted = _freeze(converted, example, engine)
+    details["runtime"] = "static runtime" if cfg.static_runtime else "TorchScript interpreter"
     ctx.details["static_int8_fx"] = details
     ctx.notes.append(_note(details))
-    return scripted
+    return _static_runtime(scripted, example) if cfg.static_runtime else scripted
 
 
 class _Flatten(nn.Module):
@@ -119,6 +149,50 @@ def _inline_flatten(model: nn.Module) -> None:
             model.set_submodule(name, _Flatten(m.start_dim, m.end_dim))
 
 
+def _flatten_channels_last(gm: torch.fx.GraphModule, example, engine: str) -> int:
+    """Flatten quantized conv activations in their memory order. The INT8 convs and pools keep
+    activations channels-last, so torch.flatten(x, 1) into a quantized Linear copies them into NCHW
+    order (~4 us of a ~120 us call at batch 1). Flattening x.permute(0, 2, 3, 1) is a view instead,
+    and the Linear's weight columns are permuted to match: the same integer dot products, so the
+    same outputs bit for bit. Returns how many flattens were rewritten."""
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    linears = backends.fx_quantized_linear_types()
+    mods = dict(gm.named_modules())
+    calls = Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
+    todo = []
+    for n in gm.graph.nodes:
+        if not (n.op == "call_function" and n.target is torch.flatten and len(n.users) == 1):
+            continue
+        (user,) = n.users
+        start = n.args[1] if len(n.args) > 1 else n.kwargs.get("start_dim", 0)
+        end = n.args[2] if len(n.args) > 2 else n.kwargs.get("end_dim", -1)
+        if (start, end) != (1, -1) or user.op != "call_module" or calls[user.target] != 1 \
+                or user.args[:1] != (n,) or type(mods.get(user.target)) not in linears:
+            continue
+        todo.append((n, mods[user.target]))
+    if not todo:
+        return 0
+    with torch.no_grad():
+        ShapeProp(gm).propagate(*example.args)
+    done = 0
+    for n, linear in todo:
+        src = n.args[0] if n.args else n.kwargs["input"]
+        meta = src.meta.get("tensor_meta") if isinstance(src, torch.fx.Node) else None
+        if meta is None or len(meta.shape) != 4 or meta.dtype not in (torch.quint8, torch.qint8):
+            continue
+        _, c, h, w = meta.shape
+        if linear.in_features != c * h * w:
+            continue
+        with gm.graph.inserting_before(n):
+            permuted = gm.graph.call_method("permute", (src, 0, 2, 3, 1))
+        n.args, n.kwargs = (permuted, 1), {}
+        backends.fx_permute_linear_inputs(linear, (c, h, w), engine)
+        done += 1
+    gm.recompile()
+    return done
+
+
 def _freeze(converted: nn.Module, example, engine: str) -> torch.jit.ScriptModule:
     """Trace the converted model and freeze it: weights become constants, no Python per call."""
     try:
@@ -128,6 +202,24 @@ def _freeze(converted: nn.Module, example, engine: str) -> torch.jit.ScriptModul
     except Exception as e:  # noqa: BLE001
         raise NotApplicable(f"TorchScript cannot trace the quantized model ({_quote(e)})",
                             "use static_int8 (PT2E + Inductor)") from e
+
+
+def _static_runtime(scripted: torch.jit.ScriptModule, example) -> StaticRuntime:
+    """Wrap in Static Runtime, and check on the example that it runs and gives the interpreter's
+    outputs bit for bit (it runs the same kernels)."""
+    try:
+        wrapped = StaticRuntime(scripted)
+        with torch.no_grad():
+            got, want = wrapped(*example.args), scripted(*example.args)
+    except Exception as e:  # noqa: BLE001
+        hint = ("pack the Linears for fbgemm: engine='x86'" if "apply_out" in str(e)
+                else "use the TorchScript interpreter: static_runtime=False")
+        raise NotApplicable(f"TorchScript's Static Runtime cannot run this model ({_quote(e)})", hint) from e
+    pairs = list(zip(output_tensors(got), output_tensors(want)))
+    if not pairs or not all(torch.equal(a, b) for a, b in pairs):
+        raise NotApplicable("Static Runtime's outputs differ from the TorchScript interpreter's on the example",
+                            "use the TorchScript interpreter: static_runtime=False")
+    return wrapped
 
 
 def _summarize(converted: nn.Module, layers: dict[str, str], float_modules: tuple[str, ...]) -> dict:
@@ -147,7 +239,8 @@ def _summarize(converted: nn.Module, layers: dict[str, str], float_modules: tupl
 
 def _note(d: dict) -> str:
     parts = [f"{d['quantized'].get(k, 0)}/{n} {k}" for k, n in sorted(d["total"].items())]
-    s = "quantized " + ", ".join(parts) + f" on {d['engine']} eager INT8 kernels (torch.ao FX, TorchScript-frozen; legacy upstream)"
+    s = "quantized " + ", ".join(parts) + f" on {d['engine']} eager INT8 kernels (torch.ao FX, TorchScript-frozen, " \
+        f"{d['runtime']}; legacy upstream)"
     if d["left_in_float"]:
         s += "; left in float: " + ", ".join(d["left_in_float"][:6]) + (" ..." if len(d["left_in_float"]) > 6 else "")
     return s + f"; calibrated on {d['calibration']['samples']} samples ({d['observer']} observer)"

@@ -5,11 +5,14 @@ kept because it needs no compiler toolchain at load time and some serving stacks
 """
 from __future__ import annotations
 
+import copy
 import warnings
 from dataclasses import dataclass
 
 import torch
+import torch.nn as nn
 
+from .. import backends
 from .base import Context, TechniqueConfig, register
 
 
@@ -54,3 +57,38 @@ def apply_torchscript(model, cfg: TorchScriptConfig, ctx: Context):
         if cfg.optimize_for_inference:
             scripted = torch.jit.optimize_for_inference(scripted)
     return scripted
+
+
+class StaticRuntime(nn.Module):
+    """A frozen TorchScript module run by TorchScript's Static Runtime (see backends.static_runtime).
+
+    `inner` is the ScriptModule itself: it is what gets saved (torch.jit.save; torch.jit.load and
+    libtorch serve it with the standard interpreter, libtorch also has torch::jit::StaticModule).
+    One runtime per module and calls hold the GIL, so concurrent Python threads take turns."""
+
+    def __init__(self, inner: torch.jit.ScriptModule):
+        super().__init__()
+        self.inner = inner
+        self._runtime = backends.static_runtime(inner)
+
+    def forward(self, *args):
+        return self._runtime(*args)
+
+    def __deepcopy__(self, memo):
+        return StaticRuntime(copy.deepcopy(self.inner, memo))
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_runtime", None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._runtime = backends.static_runtime(self.inner)
+
+
+def script_module(model: nn.Module) -> torch.jit.ScriptModule | None:
+    """The TorchScript module a recipe produced (itself, or under StaticRuntime), else None."""
+    if isinstance(model, StaticRuntime):
+        model = model.inner
+    return model if isinstance(model, torch.jit.ScriptModule) else None
