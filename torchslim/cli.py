@@ -111,7 +111,11 @@ def cmd_optimize(args) -> int:
         print(format_table(run.to_dict()))
         print(f"\nwrote {folder}/results.json, {folder}/report.html" + (f", {run.artifact}/ and {folder}/reproduce.py" if run.artifact else ""))
         if run.artifact and os.path.isfile(os.path.join(run.artifact, artifacts.TORCHSCRIPT)):
-            print(f"serve without torchslim: torch.jit.load('{os.path.join(run.artifact, artifacts.TORCHSCRIPT)}')")
+            path = os.path.join(run.artifact, artifacts.TORCHSCRIPT)
+            print(f"serve without torchslim: torch.jit.load('{path}')")
+            if run.chosen.endswith("-sr"):
+                print("  measured on TorchScript's Static Runtime: in Python torch._C._jit_to_static_module(m._c), "
+                      "in C++ torch::jit::StaticModule (torch.jit.load alone runs the interpreter, a few % slower at batch 1)")
         if not run.chosen:
             print("no recipe beat the baseline under the thresholds; nothing was saved", file=sys.stderr)
     return status

@@ -11,7 +11,7 @@ WHY: dict[str, str] = {
     # C++ session runs the whole graph in ~0.1 ms; PyTorch pays Python dispatch per op (eager) or the
     # Inductor wrapper's Python per call (compiled), which is most of torchslim's 0.4-0.5 ms.
     "fashion-b1/ort-fp32": "per-call overhead, not kernels: ORT's C++ executor vs PyTorch's Python dispatch/Inductor wrapper on a 0.7 ms model (AOTInductor or Inductor's cpp_wrapper is the lead)",
-    "fashion-b1/ort-int8-static-qdq": "fixed cost per op: the INT8 kernels take ~0.09 ms in both (oneDNN verbose), ORT's C++ executor and MLAS add less per op than PyTorch's quantized ops called from TorchScript (~6 us each) plus the slow first conv (1 input channel, non-zero input zero point: ~30 us)",
+    "fashion-b1/ort-int8-static-qdq": "fixed cost per op: the INT8 kernels take ~0.05 ms in torchslim's call (oneDNN verbose); even on Static Runtime each PyTorch quantized conv costs 15-26 us against 5-16 us of kernel (oneDNN descriptors, scales and outputs set up per call), and the first conv (1 input channel, non-zero input zero point) is the slowest; ORT's MLAS kernels and C++ executor carry less per op",
     "fashion-b1/openvino-default": "OpenVINO's compiled graph (C++ runtime, fused conv+BN+ReLU in BF16 on AMX) vs Python-driven Inductor code",
     "fashion-b1/openvino-fp32": "C++ runtime overhead vs Python dispatch; kernels are oneDNN in both",
     "fashion-b1/openvino-nncf-int8": "INT8 convs with fused post-ops in a C++ runtime; torchslim's static-int8 costs ~0.3 ms inside the compiled graph's oneDNN qconv calls at these tiny shapes (profile), not Python",
