@@ -74,3 +74,27 @@ def test_user_inputs_and_task_metric(tmp_path):
     run = json.loads((out / "results.json").read_text())
     assert run["workload"]["metric"] == "agreement" and run["workload"]["example"].startswith("(16, 64)")
     assert run["recipes"][0]["metrics"]["agreement"] == 100.0
+
+
+@pytest.mark.skipif(not __import__("torchslim.device", fromlist=["is_x86"]).is_x86(), reason="x86 INT8 kernels")
+def test_static_int8_run_serves_and_reproduces(tmp_path):
+    """A static-INT8 TorchScript run: the CLI names how to serve it, and reproduce.py runs as written
+    (both ways: reload the saved model, and rebuild it calibrating on the same --calib-data)."""
+    import torch
+
+    calib = tmp_path / "calib.pt"
+    torch.save(torch.randn(32, 3, 16, 16, generator=torch.Generator().manual_seed(0)), calib)
+    out = tmp_path / "run"
+    p = cli("optimize", "--model", "tiny_models:cnn", "--input-shape", "1x3x16x16", "--calib-data", str(calib),
+            "--recipes", "static-int8-ts-x86-sr", "--min-cosine", "0.9", "--rounds", "3", "--out", str(out), "--no-progress")
+    assert p.returncode == 0, p.stderr
+    results = json.loads((out / "results.json").read_text())
+    if results["chosen"] is None:
+        pytest.skip("INT8 was not faster than FP32 on this busy machine: nothing saved")
+    assert "torch.jit.load(" in p.stdout and "torch::jit::StaticModule" in p.stdout
+    script = (out / "reproduce.py").read_text()
+    assert f"calibration={str(calib)!r}" in script and "'static_runtime': True" in script
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, HERE])}
+    r = subprocess.run([sys.executable, str(out / "reproduce.py")], capture_output=True, text=True, timeout=600,
+                       env=env, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]

@@ -108,6 +108,10 @@ def test_monitor_refuses_a_model_without_calibrated_ranges():
     with pytest.raises(SlimError, match="TorchScript model") as e:
         DriftMonitor(ts)
     assert "--recipes static-int8" in e.value.fix
+    sr = apply(model, Recipe((StaticInt8FxConfig(engine="x86", static_runtime=True),)),
+               Context(device=torch.device("cpu"), example=ex, calibration=lambda: [ex]))
+    with pytest.raises(SlimError, match="TorchScript model"):
+        DriftMonitor(sr)
 
 
 def test_recalibrate_cli_recovers_the_shifted_accuracy(setup, tmp_path, capsys):

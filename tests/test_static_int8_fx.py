@@ -303,3 +303,25 @@ def test_channels_last_flatten_gives_the_same_outputs_bit_for_bit(per_channel):
     assert "aten::permute" not in ops(slim)
     with torch.no_grad():
         assert all(compare(a, b).min_cosine >= 0.99 for a, b in zip(ex(twice), ex(slim)))
+
+
+def test_public_apply_takes_calibration_batches():
+    """torchslim.apply(..., calibration=): a DataLoader of inputs, a list, a function; bad input is one clear error."""
+    import torchslim
+
+    model = tiny_models.cnn()
+    x = randn(4, 3, 16, 16)
+    data = torch.utils.data.DataLoader(randn(32, 3, 16, 16, seed=3), batch_size=4)
+    recipe = Recipe((CFG,))
+    with torch.no_grad():
+        a = torchslim.apply(copy.deepcopy(model), recipe, x, calibration=data)(x)
+        b = torchslim.apply(copy.deepcopy(model), recipe, x, calibration=lambda: list(data))(x)
+    assert torch.equal(a, b) and compare(model(x), a).min_cosine >= 0.99
+    with pytest.raises(NotApplicable, match="needs calibration data"):
+        torchslim.apply(copy.deepcopy(model), recipe, x)
+    with pytest.raises(SlimError, match="empty"):
+        torchslim.apply(copy.deepcopy(model), recipe, x, calibration=[])
+    with pytest.raises(SlimError, match="not iterable"):
+        torchslim.apply(copy.deepcopy(model), recipe, x, calibration=3)
+    with pytest.raises(SlimError):
+        torchslim.apply(copy.deepcopy(model), recipe, x, calibration=[randn(4, 3, 8)])

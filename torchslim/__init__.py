@@ -21,16 +21,26 @@ from .optimize import OptimizeConfig, optimize
 from .artifacts import load, save
 
 
-def apply(model, recipe: Recipe, example, device: str = "cpu"):
-    """Apply `recipe` to `model` (in place where the technique allows; pass a copy to keep the original)."""
+def apply(model, recipe: Recipe, example, device: str = "cpu", calibration=None):
+    """Apply `recipe` to `model` (in place where the technique allows; pass a copy to keep the original).
+
+    `calibration` feeds the static-quantization steps: an iterable of input batches (a DataLoader or
+    list yielding tensors, tuples or dicts shaped like `example`), a function returning one, or a
+    `--calib-data` spec (a .pt file or file.py:fn)."""
     import torch
 
+    from .calibration import from_batches, from_spec
     from .inputs import as_example
     from .recipes import apply as _apply
     from .techniques import Context
 
     dev = torch.device(device)
-    return _apply(model, recipe, Context(device=dev, example=as_example(example).to(dev)))
+    example = as_example(example).to(dev)
+    if isinstance(calibration, str):
+        calibration = from_spec(calibration, example)
+    elif calibration is not None:
+        calibration = from_batches(calibration, example)
+    return _apply(model, recipe, Context(device=dev, example=example, calibration=calibration))
 
 
 __all__ = [

@@ -35,6 +35,21 @@ def from_spec(spec: str, example: Example, samples: int = DEFAULT_SAMPLES) -> Ca
     return lambda: batches
 
 
+def from_batches(batches, example: Example, samples: int = DEFAULT_SAMPLES) -> Callable[[], list[Example]]:
+    """The Python API's calibration: an iterable of batches (tensors, tuples, dicts or Examples),
+    or a function returning one, checked against `example` and capped at `samples`."""
+    made = batches() if callable(batches) else batches
+    if not isinstance(made, Iterable):
+        raise SlimError(f"calibration data of type {type(made).__name__} is not iterable",
+                        "give a DataLoader or list of input batches shaped like the example")
+    out = cap((as_example(b) for b in made), samples)
+    for b in out:
+        check_batch(b, example)
+    if not out:
+        raise SlimError("the calibration data is empty", "give at least one batch of real inputs")
+    return lambda: out
+
+
 def split(data: Example, batch: int) -> list[Example]:
     """Cut an Example holding N samples along dimension 0 into Examples of `batch` samples (the rest dropped)."""
     tensors = data.tensors()

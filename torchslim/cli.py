@@ -136,6 +136,7 @@ def workload_from_args(args, spec: str):
         from .calibration import from_spec
 
         workload.calibration = from_spec(args.calib_data, workload.example, args.calib_samples)
+        workload.source["calib_data"] = args.calib_data
     return workload
 
 

@@ -84,7 +84,8 @@ def optimize(workload: Workload, config: OptimizeConfig = OptimizeConfig(), prog
         run = RunResult(
             workload={"name": workload.name, "spec": workload.spec, "example": workload.example.describe(),
                       "batch_size": workload.example.batch_size, "metric": workload.metric, "metric_unit": workload.metric_unit,
-                      "input_shape": workload.source.get("input_shape"), "dtype": workload.source.get("dtype")},
+                      "input_shape": workload.source.get("input_shape"), "dtype": workload.source.get("dtype"),
+                      "calib_data": workload.source.get("calib_data")},
             machine={**dev.describe(device), **measure.thread_info()},
             config=asdict(config), recipes=[],
             created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

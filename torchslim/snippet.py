@@ -1,7 +1,9 @@
 """The short Python program that reproduces a run's chosen model."""
 from __future__ import annotations
 
-import json
+import pprint
+
+from .techniques import config_from_dict
 
 
 def snippet(run) -> str:
@@ -11,9 +13,14 @@ def snippet(run) -> str:
         return ""
     spec = run.workload.get("spec")
     src = run.config.get("out")
-    steps = json.dumps(chosen.steps, indent=4)
+    steps = pprint.pformat(chosen.steps, indent=4, sort_dicts=False)  # Python literals (True, not true)
     load_line = (f"workload = torchslim.load_model({spec!r}{_shape_args(run)})" if spec
                  else "workload = torchslim.Workload(model=MyModel(), example=...)  # your model and inputs")
+    calib = ""
+    if any(config_from_dict(s).needs_calibration for s in chosen.steps):
+        # static quantization calibrates: on the --calib-data it was given, else on the workload's own data
+        given = run.workload.get("calib_data")
+        calib = f", calibration={given!r}" if given else ", calibration=workload.calibration"
     return f'''"""Reproduce torchslim's chosen recipe '{chosen.name}' ({chosen.speedup:.2f}x vs FP32 eager here)."""
 import torch
 import torchslim
@@ -24,7 +31,7 @@ model = torchslim.load({(src + "/model") if src else "OUT/model"!r})
 # 2) Or rebuild it from the original model:
 {load_line}
 recipe = torchslim.Recipe.from_list({steps})
-model = torchslim.apply(workload.model.eval(), recipe, workload.example)
+model = torchslim.apply(workload.model.eval(), recipe, workload.example{calib})
 
 with torch.no_grad():
     out = workload.example(model)  # call it like the original model

@@ -38,7 +38,8 @@ from ..workload import eval_mode
 from .compile import Compiled
 
 OBSERVERS = backends.PT2E_OBSERVERS
-NO_CALIBRATION = "needs calibration data: pass --calib-data or give the workload a calibration function"
+NO_CALIBRATION = ("needs calibration data: pass --calib-data (CLI), calibration= (torchslim.apply) or give the "
+                  "workload a calibration function")
 
 _WEIGHTED_OPS = {  # aten op -> the layer type it comes from
     "aten.conv1d.default": "Conv1d", "aten.conv2d.default": "Conv2d", "aten.conv3d.default": "Conv3d",
