@@ -174,3 +174,31 @@ def test_recalibrate_bad_input(setup, tmp_path, capsys):
     artifacts.save(plain, setup["wl"].model, Recipe((CompileConfig(),)), setup["wl"].example, spec=setup["wl"].spec)
     assert main(["recalibrate", plain, "--data", str(wrong)]) == 2
     assert "no calibrated ranges to refresh" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("cfg", [StaticInt8FxConfig(), StaticInt8FxConfig(engine="x86", static_runtime=True)],
+                         ids=["ts", "ts-x86-sr"])
+def test_recalibrate_a_torchscript_int8_model(tmp_path, cfg):
+    """static-int8-ts keeps its ranges inside fused TorchScript ops: recalibration still refreshes them
+    (fidelity on the shifted data recovers) and says saturation is not observable, instead of failing."""
+    import tiny_models
+
+    model = tiny_models.cnn()
+    gen = torch.Generator().manual_seed(0)
+    old = [Example((torch.randn(4, 3, 16, 16, generator=gen),)) for _ in range(4)]
+    new = [torch.randn(4, 3, 16, 16, generator=gen) * 3 + 1 for _ in range(4)]  # a shifted, wider input
+    recipe = Recipe((cfg,))
+    ctx = Context(device=torch.device("cpu"), example=old[0], calibration=lambda: old)
+    slim = apply(copy.deepcopy(model), recipe, ctx)
+    folder, out = str(tmp_path / "m"), str(tmp_path / "m2")
+    with torch.no_grad():
+        artifacts.save(folder, model, recipe, old[0], spec="tiny_models:cnn", reference_output=old[0](slim),
+                       calibration=old, optimized=slim)
+    report = recalibrate(folder, new, out, model=copy.deepcopy(model), progress=False)
+    before, after = report["before"], report["after"]
+    assert after["sqnr_db"] > before["sqnr_db"] + 3 and after["min_cosine"] > before["min_cosine"], report
+    assert after["max_saturation"] is None and "TorchScript" in after["saturation_unavailable"]
+    assert os.path.isfile(os.path.join(out, artifacts.TORCHSCRIPT))
+    with torch.no_grad():
+        assert torch.equal(Example((new[0],))(artifacts.load(out, copy.deepcopy(model))),
+                           Example((new[0],))(torch.jit.load(os.path.join(out, artifacts.TORCHSCRIPT))))

@@ -305,12 +305,17 @@ def _judge(model: nn.Module, float_model: nn.Module, batches: list[Example], eva
         outs = [b(model) for b in batches]
     fid = compare(refs, outs)
     tops = [compare(r, o).top1_agreement for r, o in zip(refs, outs)]
-    layers = DriftMonitor(model, every=1, compile=False).observe(batches[:2])  # eager: no second compilation
-    worst = max(layers, key=lambda r: r["saturated"])
     d = {"sqnr_db": fid.sqnr_db, "min_cosine": fid.min_cosine,
          "top1_agreement": None if None in tops else sum(tops) / len(tops),
-         "max_saturation": worst["saturated"], "most_saturated_layer": worst["layer"],
-         "saturation": {r["layer"]: r["saturated"] for r in layers}}
+         "max_saturation": None, "most_saturated_layer": None, "saturation": {}}
+    try:
+        layers = DriftMonitor(model, every=1, compile=False).observe(batches[:2])  # eager: no second compilation
+    except SlimError as e:  # static-int8-ts: the ranges live inside TorchScript's fused INT8 ops
+        d["saturation_unavailable"] = e.what
+    else:
+        worst = max(layers, key=lambda r: r["saturated"])
+        d.update(max_saturation=worst["saturated"], most_saturated_layer=worst["layer"],
+                 saturation={r["layer"]: r["saturated"] for r in layers})
     if evaluate is not None:
         with torch.no_grad():
             d["metric"] = float(evaluate(model)[metric])

@@ -460,6 +460,12 @@ def _fallback_html(run: dict) -> str:
 
 # -- recalibration ------------------------------------------------------------------------------
 
+def _saturation(d: dict) -> str:
+    if d.get("max_saturation") is None:
+        return "n/a (not observable in TorchScript INT8 ops)" if d.get("saturation_unavailable") else "-"
+    return f"{100 * d['max_saturation']:.2f}% ({d.get('most_saturated_layer') or '-'})"
+
+
 def format_recalibration(rep: dict) -> str:
     """Before/after, one row each: fidelity vs FP32 and saturation on the new data, and the metric."""
     metric = rep.get("metric")
@@ -468,7 +474,7 @@ def format_recalibration(rep: dict) -> str:
     for key, label in (("before", "old data"), ("after", "new data")):
         d = rep.get(key) or {}
         row = [label, _fixed(d.get("sqnr_db"), 1), _fixed(d.get("min_cosine"), 4), _fixed(d.get("top1_agreement"), 4),
-               f"{100 * d.get('max_saturation', 0):.2f}% ({d.get('most_saturated_layer', '-')})"]
+               _saturation(d)]
         rows.append(row + ([_fixed(d.get("metric"), 2)] if metric else []))
     widths = [max(len(c) for c in col) for col in zip(cols, *rows)]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
