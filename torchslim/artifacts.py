@@ -40,7 +40,7 @@ def save(folder: str, base_model: nn.Module, recipe: Recipe, example: Example, *
     """
     os.makedirs(folder, exist_ok=True)
     torchscript = None
-    scripted = script_module(optimized) if optimized is not None else None
+    scripted = script_module(optimized)
     if scripted is not None:
         torchscript = TORCHSCRIPT
         atomic_write(os.path.join(folder, TORCHSCRIPT), lambda f: torch.jit.save(scripted, f))

@@ -27,27 +27,28 @@ def from_spec(spec: str, example: Example, samples: int = DEFAULT_SAMPLES) -> Ca
         batches = [as_example(b) for b in (made if isinstance(made, Iterable) else [made])]
     else:
         raise SlimError(f"calibration data '{spec}' does not exist", "give a .pt file of inputs, or file.py:fn returning batches")
-    batches = cap(batches, samples)
-    for b in batches:
-        check_batch(b, example)
-    if not batches:
-        raise SlimError(f"calibration data '{spec}' is empty", "give at least one batch of real inputs")
-    return lambda: batches
+    return _checked(batches, example, samples, f"calibration data '{spec}'")
 
 
-def from_batches(batches, example: Example, samples: int = DEFAULT_SAMPLES) -> Callable[[], list[Example]]:
+def from_batches(batches, example: Example, samples: float = DEFAULT_SAMPLES,
+                 what: str = "the calibration data") -> Callable[[], list[Example]]:
     """The Python API's calibration: an iterable of batches (tensors, tuples, dicts or Examples),
     or a function returning one, checked against `example` and capped at `samples`."""
     made = batches() if callable(batches) else batches
     if not isinstance(made, Iterable):
         raise SlimError(f"calibration data of type {type(made).__name__} is not iterable",
                         "give a DataLoader or list of input batches shaped like the example")
-    out = cap((as_example(b) for b in made), samples)
-    for b in out:
+    return _checked((as_example(b) for b in made), example, samples, what)
+
+
+def _checked(batches: Iterable[Example], example: Example, samples: float, what: str) -> Callable[[], list[Example]]:
+    """The first `samples` samples of `batches`, each checked against `example`; none is an error."""
+    batches = cap(batches, samples)
+    for b in batches:
         check_batch(b, example)
-    if not out:
-        raise SlimError("the calibration data is empty", "give at least one batch of real inputs")
-    return lambda: out
+    if not batches:
+        raise SlimError(f"{what} is empty", "give at least one batch of real inputs")
+    return lambda: batches
 
 
 def split(data: Example, batch: int) -> list[Example]:

@@ -225,7 +225,7 @@ def recalibrate(folder: str, data, out: str | None = None, *, evaluate=None, met
     top-1 agreement), their saturation on it, and the task metric if `evaluate` is given (else the
     one the model's spec provides, if any)."""
     from . import artifacts
-    from .calibration import check_batch, from_spec
+    from .calibration import from_batches, from_spec
     from .recipes import Recipe, apply
     from .techniques import Context
 
@@ -240,12 +240,8 @@ def recalibrate(folder: str, data, out: str | None = None, *, evaluate=None, met
     n = samples or max(getattr(s, "max_samples", 256) for s in static)
     if isinstance(data, str):
         batches = from_spec(data, example, n)()
-    else:
-        batches = [as_example(b) for b in data]
-        if not batches:
-            raise SlimError("the new calibration data is empty", "give at least one batch of real inputs")
-        for b in batches:
-            check_batch(b, example)
+    else:  # every batch given, as before: `samples` caps only the spec form
+        batches = from_batches(data, example, math.inf, what="the new calibration data")()
     float_model, wl_evaluate, wl_metric = _float_model(folder, manifest, model)
     source = "the given evaluate function"
     if evaluate is None and wl_evaluate is not None:
