@@ -63,7 +63,7 @@ def _command_modules():
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_glue_negative_values(sys.argv[1:] if argv is None else list(argv)))
     try:
         return COMMANDS[args.command](args)
     except SlimError as e:
@@ -79,9 +79,30 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - last resort: one line, not a traceback
         if args.debug:
             traceback.print_exc()
+        if isinstance(e, MemoryError) or "can't allocate memory" in str(e):
+            print(f"torchslim: error: out of memory: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+            print("  what to do: use a smaller batch or size in --input-shape", file=sys.stderr)
+            return 2
         print(f"torchslim: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", file=sys.stderr)
         print("  what to do: re-run with --debug and report the traceback", file=sys.stderr)
         return 1
+
+
+def _glue_negative_values(argv: list[str]) -> list[str]:
+    """`--input-shape -2x3` -> `--input-shape=-2x3`: argparse takes a value that starts with '-' and
+    is not a plain number for an option and fails with "expected one argument"; glued, the value
+    reaches its own check and gets a clear error."""
+    out, i = [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a.startswith("--") and "=" not in a and i + 1 < len(argv) and len(argv[i + 1]) > 1 \
+                and argv[i + 1][0] == "-" and argv[i + 1][1].isdigit():
+            out.append(f"{a}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(a)
+        i += 1
+    return out
 
 
 def cmd_optimize(args) -> int:

@@ -33,10 +33,15 @@ def cuda_available() -> bool:
 def resolve(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if cuda_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not cuda_available():
-        from .errors import SlimError
+    from .errors import SlimError
 
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise SlimError(f"unknown device '{device}'", "use --device cpu, cuda, cuda:N or auto") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise SlimError(f"--device {device} is not supported: torchslim runs on CPUs and NVIDIA GPUs", "use --device cpu, cuda or auto")
+    if dev.type == "cuda" and not cuda_available():
         raise SlimError("--device cuda was asked for but no CUDA GPU is visible", "use --device cpu")
     return dev
 

@@ -62,6 +62,7 @@ class Fidelity:
     max_abs_err: float
     top1_agreement: float | None
     finite: bool
+    exact_match: float | None = None  # integer outputs (labels, token ids): the fraction of equal elements
 
     def to_dict(self) -> dict:
         return {k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in asdict(self).items()}
@@ -73,7 +74,7 @@ def compare(ref_out: Any, out: Any) -> Fidelity:
     if len(refs) != len(outs) or any(r.shape != o.shape for r, o in zip(refs, outs)):
         raise ValueError(f"output structure changed: {[tuple(r.shape) for r in refs]} vs {[tuple(o.shape) for o in outs]}")
     if not refs:
-        raise ValueError("the model returned no floating-point tensor to compare")
+        return _compare_exact(ref_out, out)
     outs = [o.detach().float().cpu() for o in outs]
     refs = [r.detach().float().cpu() for r in refs]
     finite = all(bool(torch.isfinite(o).all()) for o in outs)
@@ -87,3 +88,29 @@ def compare(ref_out: Any, out: Any) -> Fidelity:
         top1_agreement=top1_agreement(refs[0], outs[0]),
         finite=finite,
     )
+
+
+def _integer_tensors(out: Any) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict) or hasattr(out, "to_tuple"):
+        out = list(out.values()) if isinstance(out, dict) else list(out.to_tuple())
+    if isinstance(out, (list, tuple)):
+        return [t for o in out for t in _integer_tensors(o)]
+    return []
+
+
+def _compare_exact(ref_out: Any, out: Any) -> Fidelity:
+    """Outputs with no floating-point tensor (class labels, token ids, masks): compared exactly.
+    cosine and min_cosine are 1.0 when every element matches, else the fraction that does."""
+    refs, outs = _integer_tensors(ref_out), _integer_tensors(out)
+    if not refs:
+        raise ValueError(f"the model returned no tensor to compare (got {type(ref_out).__name__})")
+    if len(refs) != len(outs) or any(r.shape != o.shape for r, o in zip(refs, outs)):
+        raise ValueError(f"output structure changed: {[tuple(r.shape) for r in refs]} vs {[tuple(o.shape) for o in outs]}")
+    same = sum(int((r.cpu() == o.cpu()).sum()) for r, o in zip(refs, outs))
+    total = sum(r.numel() for r in refs)
+    match = same / total if total else 1.0
+    err = max(float((r.cpu().double() - o.cpu().double()).abs().max()) if r.numel() else 0.0 for r, o in zip(refs, outs))
+    return Fidelity(sqnr_db=math.inf if match == 1.0 else 0.0, cosine=match, min_cosine=match,
+                    max_abs_err=err, top1_agreement=None, finite=True, exact_match=match)

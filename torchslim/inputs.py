@@ -1,6 +1,8 @@
 """Example inputs: what a model is called with, and how to make them from a shape spec."""
 from __future__ import annotations
 
+import math
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -81,6 +83,8 @@ def parse_shapes(spec: str) -> list[tuple[int, ...]]:
     for part in re.split(r"[,;\s]+", spec.strip()):
         if not part:
             continue
+        if re.fullmatch(r"-?\d+(x-?\d+)*", part) and "-" in part:
+            raise SlimError(f"input shape '{part}' has a negative dimension", "every dimension must be at least 1, e.g. 8x3x224x224")
         if not re.fullmatch(r"\d+(x\d+)*", part):
             raise SlimError(f"cannot read input shape '{part}'", "write it like 8x3x224x224 (one per input, comma-separated)")
         dims = tuple(int(d) for d in part.split("x"))
@@ -105,6 +109,7 @@ def random_example(shapes: list[tuple[int, ...]], dtypes: list[torch.dtype], hig
         dtypes = dtypes * len(shapes)
     if len(dtypes) != len(shapes):
         raise SlimError(f"{len(shapes)} input shapes but {len(dtypes)} dtypes", "give one --dtype, or one per input")
+    _check_allocatable(shapes, dtypes)
     gen = torch.Generator().manual_seed(seed)
     args = []
     for shape, dtype in zip(shapes, dtypes):
@@ -115,3 +120,28 @@ def random_example(shapes: list[tuple[int, ...]], dtypes: list[torch.dtype], hig
         else:
             args.append(torch.randint(0, high, shape, generator=gen, dtype=dtype))
     return Example(tuple(args))
+
+
+def _check_allocatable(shapes: list[tuple[int, ...]], dtypes: list[torch.dtype]) -> None:
+    """Refuse example inputs larger than the memory this machine has free, before allocating them."""
+    need = sum(math.prod(s) * torch.empty((), dtype=d).element_size() for s, d in zip(shapes, dtypes))
+    free = _available_bytes()
+    if free is not None and need > free:
+        shown = "; ".join("x".join(map(str, s)) for s in shapes)
+        raise SlimError(f"--input-shape {shown} needs {need / 2**30:.1f} GiB for the inputs alone, "
+                        f"more than the {free / 2**30:.1f} GiB of memory available", "use a smaller batch or size in --input-shape")
+
+
+def _available_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (Linux), else free physical pages; None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None

@@ -135,6 +135,9 @@ def _load_file(path: str, trust_pickle: bool) -> Workload:
     name = os.path.splitext(os.path.basename(path))[0]
     if path.endswith(".py"):
         raise SlimError(f"'{path}' is a Python file but no factory was named", f"write it as {path}:factory")
+    if _is_gguf(path):
+        raise SlimError(f"'{path}' is a GGUF file: a llama.cpp language model, not a PyTorch module",
+                        f"optimize it as a text-generation model: torchslim optimize --task text-generation --model {path}")
     kind = _archive_kind(path)
     if kind == "export":
         try:
@@ -153,6 +156,11 @@ def _load_file(path: str, trust_pickle: bool) -> Workload:
             raise SlimError(f"cannot load TorchScript file '{path}': {e}", "re-save it with torch.jit.save") from e
         return Workload(model=model, example=None, name=name, source={"format": "torchscript"})
     return _load_pickle(path, name, trust_pickle)
+
+
+def _is_gguf(path: str) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"GGUF"
 
 
 def _archive_kind(path: str) -> str | None:

@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from . import artifacts, measure
+from . import artifacts, measure, validation
 from . import device as dev
 from .errors import NotApplicable, SlimError
 from .fidelity import compare
@@ -64,6 +64,8 @@ class OptimizeConfig:
             raise SlimError("--max-drop must be >= 0", "e.g. --max-drop 1.0 allows one point of accuracy")
         if not 0 < self.min_cosine <= 1:
             raise SlimError("--min-cosine must be in (0, 1]", "e.g. --min-cosine 0.99")
+        if self.threads is not None and self.threads < 1:
+            raise SlimError(f"--threads must be >= 1, not {self.threads}", f"e.g. --threads {os.cpu_count() or 1} (this machine's cores), or leave it out")
         if self.rounds < 1:
             raise SlimError("--rounds must be >= 1", "the default is 15")
         if self.fallback_retries < 1 or (self.fallback_max_layers is not None and self.fallback_max_layers < 1):
@@ -117,6 +119,7 @@ def _search(workload: Workload, config: OptimizeConfig, device: torch.device, ru
     except Exception as e:  # noqa: BLE001 - user model
         raise _forward_error(e, workload, config) from e
     base.size_bytes = measure.serialized_bytes(base_model)
+    validation.check_baseline(ref_out, workload.example)
     base.fidelity = compare(ref_out, ref_out).to_dict()
     base_metric = None
     if workload.evaluate is not None:
@@ -184,7 +187,7 @@ def _search(workload: Workload, config: OptimizeConfig, device: torch.device, ru
 def _try(recipe: Recipe, workload: Workload, example, device, ref_out, base_metric, config: OptimizeConfig):
     """Apply and validate one recipe on a fresh copy. Returns (result, model or None)."""
     res = RecipeResult(name=recipe.name, steps=recipe.to_list())
-    ctx = Context(device=device, example=example, calibration=workload.calibration)
+    ctx = Context(device=device, example=example, calibration=validation.for_recipes(workload))
     try:
         t0 = time.perf_counter()
         model = apply(eval_mode(copy.deepcopy(workload.model).to(device)), recipe, ctx)
@@ -207,6 +210,8 @@ def _try(recipe: Recipe, workload: Workload, example, device, ref_out, base_metr
         res.status, res.reason, res.notes = "failed", _reason(e, config.debug), ctx.notes
         return res, None
     res.status, res.reason = _validate(res, fid, workload, config)
+    if res.status == "ok":
+        res.status, res.reason = validation.check(res, model, workload, example, config)
     return res, model
 
 
@@ -281,6 +286,8 @@ def _predict(model: nn.Module, workload: Workload, example, ref_out, base_metric
 def _validate(res: RecipeResult, fid, workload: Workload, config: OptimizeConfig) -> tuple[str, str]:
     if not fid.finite:
         return "rejected", "outputs contain NaN or Inf"
+    if fid.exact_match is not None and fid.exact_match < 1.0:
+        return "rejected", f"integer outputs changed: {fid.exact_match:.2%} of the elements match the baseline's"
     if fid.min_cosine < config.min_cosine:
         return "rejected", f"outputs drifted: min cosine {fid.min_cosine:.4f} < {config.min_cosine}"
     if res.metric_drop is not None and res.metric_drop > config.max_drop:

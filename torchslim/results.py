@@ -23,6 +23,7 @@ class RecipeResult:
     fidelity: dict | None = None  # fidelity.Fidelity.to_dict() vs the baseline's outputs on the example
     metrics: dict | None = None  # the task metric(s) from the workload's evaluate()
     metric_drop: float | None = None  # baseline primary metric - this one (positive = worse)
+    validation: dict | None = None  # validation.check: held-out inputs and other shapes, one entry per check
     fallback: dict | None = None  # a retry with the most sensitive layers in float: which, why, the trials
 
     def to_dict(self) -> dict[str, Any]:
