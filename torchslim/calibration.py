@@ -12,22 +12,60 @@ from .inputs import Example, as_example
 DEFAULT_SAMPLES = 256
 
 
-def from_spec(spec: str, example: Example, samples: int = DEFAULT_SAMPLES) -> Callable[[], list[Example]]:
-    """`--calib-data`: a .pt file of inputs ([N, ...] tensor, tuple/list of such, or dict of such),
-    or file.py:fn / package.module:fn returning an iterable of batches. Returns a calibration function."""
-    if os.path.isfile(spec) and not spec.endswith(".py"):
+def from_spec(spec: str, example: Example, samples: int = DEFAULT_SAMPLES, model_spec: str | None = None) -> Callable[[], list[Example]]:
+    """`--calib-data`, any of:
+      inputs.pt          a torch.save'd [N, ...] tensor, tuple/list of such, or dict of such
+      arrays.npy/.npz    NumPy arrays (.npz: named like the keyword inputs, or in order); [N,H,W,C] images are preprocessed
+      DIR[?mean=..&std=..]  a folder of images (JPEG/PNG need Pillow; .npy images always work), resized and
+                         centre-cropped to the example's HxW, normalised (ImageNet mean/std by default)
+      texts.txt/.jsonl   one text per line (JSONL: {"text": ...}), for hf: models: tokenized with the model
+                         folder's tokenizer to the example's sequence length
+      DIR (datasets)     a folder written by datasets' save_to_disk (input_ids, text, image or numeric columns)
+      file.py:fn         a function returning batches, a torch Dataset or a DataLoader ((inputs, label) items keep the inputs)
+    Returns a calibration function of batches shaped like `example`."""
+    from . import calibration_sources as src
+
+    path, opts = src.split_options(spec)
+    what = f"calibration data '{spec}'"
+    if src.is_saved_dataset(path):
+        batches = split(src.saved_dataset(path, example, opts, samples, model_spec), example.batch_size)
+    elif os.path.isdir(path):
+        batches = split(src.image_folder(path, example, opts, samples), example.batch_size)
+    elif os.path.isfile(path) and path.endswith((".npy", ".npz")):
+        batches = split(src.numpy_file(path, example, opts), example.batch_size)
+    elif os.path.isfile(path) and path.endswith((".txt", ".jsonl")):
+        batches = split(src.tokenize(src.read_texts(path, samples), example, model_spec, what), example.batch_size)
+    elif os.path.isfile(path) and not path.endswith(".py"):
         from .loading import read_safely
 
-        data = read_safely(spec, "calibration data", "save the inputs with torch.save(tensor_or_tuple_or_dict, path)")
+        data = read_safely(path, "calibration data", "save the inputs with torch.save(tensor_or_tuple_or_dict, path)")
         batches = split(as_example(data), example.batch_size)
     elif ":" in spec:
         from .loading import _load_factory_fn
 
         made = _load_factory_fn(spec)()
-        batches = [as_example(b) for b in (made if isinstance(made, Iterable) else [made])]
+        made = made if isinstance(made, Iterable) or hasattr(made, "__getitem__") else [made]
+        batches = rebatch((as_example(b) for b in src.loader_batches(made, example)), example, samples)
     else:
-        raise SlimError(f"calibration data '{spec}' does not exist", "give a .pt file of inputs, or file.py:fn returning batches")
-    return _checked(batches, example, samples, f"calibration data '{spec}'")
+        raise SlimError(f"calibration data '{spec}' does not exist",
+                        "give a .pt/.npy/.npz file, a folder of images, a .txt/.jsonl of texts (hf: models), a datasets folder, or file.py:fn")
+    if not batches:
+        raise SlimError(f"{what} holds fewer samples than the example's batch size ({example.batch_size})", "give at least one full batch")
+    return _checked(batches, example, samples, what)
+
+
+def rebatch(batches: Iterable[Example], example: Example, samples: float) -> list[Example]:
+    """Batches of the example's batch size: as given when they already are, else concatenated and
+    cut anew (a DataLoader of batch 32 for a model served at batch 8)."""
+    got = cap(batches, samples)
+    if all(b.batch_size == example.batch_size for b in got):
+        return got
+    try:
+        parts = list(zip(*(b.tensors() for b in got)))
+        whole = iter([torch.cat(p) for p in parts])
+        return split(got[0].map(lambda t: next(whole)), example.batch_size)
+    except (RuntimeError, StopIteration):
+        return got  # mismatched shapes: check_batch names them
 
 
 def from_batches(batches, example: Example, samples: float = DEFAULT_SAMPLES,

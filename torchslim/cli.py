@@ -27,7 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
                                   "(the first key is the metric --max-drop applies to); higher is better")
     o.add_argument("--weights", help="state dict to load into the model (loaded with weights_only=True)")
     o.add_argument("--trust-pickle", action="store_true", help="allow loading pickled modules (runs code from the file!)")
-    o.add_argument("--calib-data", help="calibration inputs for static INT8: a .pt file ([N,...] tensor, tuple or dict of them) or file.py:fn returning batches")
+    o.add_argument("--calib-data", help="calibration inputs for static INT8: a .pt/.npy/.npz file of [N,...] inputs, a folder of images "
+                        "(DIR or DIR?mean=R,G,B&std=R,G,B; ImageNet mean/std by default), a .txt/.jsonl of texts (hf: models), "
+                        "a datasets save_to_disk folder, or file.py:fn returning batches, a Dataset or a DataLoader")
     o.add_argument("--calib-samples", type=int, default=256, help="calibration samples to use (default 256)")
     o.add_argument("--out", default=None, help=f"output folder (default: {DEMO_OUT})")
     o.add_argument("--objective", default="latency", choices=["latency", "throughput", "size", "memory"])
@@ -156,7 +158,7 @@ def workload_from_args(args, spec: str):
     if args.calib_data:
         from .calibration import from_spec
 
-        workload.calibration = from_spec(args.calib_data, workload.example, args.calib_samples)
+        workload.calibration = from_spec(args.calib_data, workload.example, args.calib_samples, model_spec=workload.spec)
         workload.source["calib_data"] = args.calib_data
     return workload
 

@@ -23,6 +23,7 @@ import torch.nn as nn
 
 from . import artifacts, measure, validation
 from . import device as dev
+from .calibration_sources import missing_hint
 from .errors import NotApplicable, SlimError
 from .fidelity import compare
 from .fileio import write_json, write_text
@@ -201,7 +202,7 @@ def _try(recipe: Recipe, workload: Workload, example, device, ref_out, base_metr
             res.metrics = _evaluate(workload, model)
             res.metric_drop = base_metric - res.metrics[workload.metric]
     except NotApplicable as e:
-        res.status, res.reason, res.notes = "skipped", f"not applicable: {e.what}", ctx.notes
+        res.status, res.reason, res.notes = "skipped", f"not applicable: {missing_hint(e.what, workload)}", ctx.notes
         return res, None
     except (torch.OutOfMemoryError, MemoryError) as e:
         res.status, res.reason = "failed", f"out of memory ({type(e).__name__}): try a smaller batch in --input-shape"
