@@ -77,3 +77,46 @@ def broken_factory():
 
 def not_a_model():
     return 42
+
+
+class BakesBatch(nn.Module):
+    """Correct in eager at any batch; traced, `int(x.shape[0])` becomes a constant (the example's batch)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(16, 8)
+
+    def forward(self, x):
+        return self.lin(x) * torch.ones(int(x.shape[0]), 1)
+
+
+class IntOutputs(nn.Module):
+    """Returns class labels only (an integer tensor)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(16, 8)
+
+    def forward(self, x):
+        return self.lin(x).argmax(-1)
+
+
+class NaNOutputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(16, 8)
+
+    def forward(self, x):
+        return self.lin(x) / 0.0 * 0.0
+
+
+def bakes_batch():
+    return _seeded(BakesBatch), torch.randn(4, 16)
+
+
+def int_outputs():
+    return _seeded(IntOutputs), torch.randn(4, 16)
+
+
+def nan_outputs():
+    return _seeded(NaNOutputs), torch.randn(4, 16)

@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from . import artifacts, measure, validation
+from . import artifacts, measure, resume, validation
 from . import device as dev
 from .calibration_sources import missing_hint
 from .errors import NotApplicable, SlimError
@@ -83,7 +83,7 @@ def _run(model: nn.Module, example) -> Callable[[], object]:
 def optimize(workload: Workload, config: OptimizeConfig = OptimizeConfig(), progress: bool = True) -> RunResult:
     """Try, validate, measure and rank recipes for `workload`; write outputs under config.out."""
     device = dev.resolve(config.device)
-    with measure.num_threads(config.threads):
+    with measure.num_threads(config.threads), resume.session(config, workload):
         run = RunResult(
             workload={"name": workload.name, "spec": workload.spec, "example": workload.example.describe(),
                       "batch_size": workload.example.batch_size, "metric": workload.metric, "metric_unit": workload.metric_unit,
@@ -187,6 +187,8 @@ def _search(workload: Workload, config: OptimizeConfig, device: torch.device, ru
 
 def _try(recipe: Recipe, workload: Workload, example, device, ref_out, base_metric, config: OptimizeConfig):
     """Apply and validate one recipe on a fresh copy. Returns (result, model or None)."""
+    if (settled := resume.reused(recipe.name)) is not None:
+        return settled, None
     res = RecipeResult(name=recipe.name, steps=recipe.to_list())
     ctx = Context(device=device, example=example, calibration=validation.for_recipes(workload))
     try:

@@ -1,0 +1,56 @@
+"""Validation beyond the example: a recipe that only works at the example's shape is caught, and
+held-out calibration batches are not calibrated on."""
+import json
+import os
+
+import torch
+
+import tiny_models
+from torchslim import validation
+from torchslim.calibration import from_batches
+from torchslim.inputs import Example
+from torchslim.optimize import OptimizeConfig, optimize
+from torchslim.workload import Workload
+
+
+def _row(run, name):
+    return next(r for r in run.recipes if r.name == name)
+
+
+def test_traced_model_that_baked_the_batch_in_is_rejected(tmp_path):
+    model, x = tiny_models.bakes_batch()
+    run = optimize(Workload(model, Example((x,)), name="bakes"),
+                   OptimizeConfig(recipes=("inference-mode", "torchscript-freeze"), rounds=1, out=str(tmp_path)), progress=False)
+    traced, eager = _row(run, "torchscript-freeze"), _row(run, "inference-mode")
+    # On the example batch the trace is exact; at batch 1 it returns 4 rows instead of 1.
+    assert traced.fidelity["min_cosine"] > 0.9999
+    assert traced.status == "rejected" and "batch 1" in traced.reason, traced.reason
+    assert traced.validation["shapes"] == "example shape only"
+    # The eager recipe passes every check, at batch 1 too.
+    checks = {c["check"]: c for c in eager.validation["checks"]}
+    assert checks["batch 1"]["result"] == "ok" and checks["batch 1"]["min_cosine"] > 0.9999
+    saved = json.load(open(os.path.join(tmp_path, "results.json")))
+    assert any(r["validation"] for r in saved["recipes"] if r["name"] == "torchscript-freeze")
+
+
+def test_held_out_calibration_batches_are_not_calibrated_on():
+    model = tiny_models.cnn()
+    x = torch.randn(2, 3, 16, 16)
+    batches = [torch.randn(2, 3, 16, 16) for _ in range(8)]
+    wl = Workload(model, Example((x,)), calibration=from_batches(batches, Example((x,))))
+    kept = list(validation.for_recipes(wl)())
+    held, _ = validation._split(wl)
+    assert len(kept) == 6 and len(held) == 2
+    assert not any(torch.equal(h.args[0], k.args[0]) for h in held for k in kept)
+    names = [c[0] for c in validation._checks(wl, wl.example)]
+    assert names[:2] == ["held-out calibration batch 1/2", "held-out calibration batch 2/2"] and "batch 1" in names
+
+
+def test_token_inputs_get_a_shorter_sequence_check_and_stay_in_vocabulary():
+    ids = torch.randint(5, 50, (2, 16))
+    ex = Example((ids, torch.ones_like(ids)))
+    wl = Workload(torch.nn.Identity(), ex)
+    checks = {n: i for n, _, i in validation._checks(wl, ex)}
+    assert checks["sequence length 8"].args[0].shape == (2, 8)
+    gen = next(i for n, i in checks.items() if n.startswith("generated"))
+    assert int(gen.args[0].min()) >= 5 and int(gen.args[0].max()) < 50 and bool((gen.args[1] == 1).all())

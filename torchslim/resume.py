@@ -1,0 +1,127 @@
+"""Interrupted and concurrent runs on one --out folder.
+
+`session(config, workload)` wraps a whole `optimize` run:
+- it takes an exclusive lock on OUT/.torchslim.lock (fcntl.flock, released by the kernel even after
+  kill -9), so a second run on the same folder stops at once with the first one's process id
+  instead of interleaving its writes with it; an --out that is a file or cannot be written is a
+  clear error here, before any work;
+- it reads OUT/results.json when an earlier run of the same model, inputs, options, torch version
+  and machine stopped before timing (killed, interrupted, out of memory): the rows it had already
+  settled as failed, skipped or rejected are reused as they are (`reused(name)`, a note in each),
+  and the recipes that had passed are applied again, since a model cannot be timed from a file.
+A finished results.json is never reused: rerunning a finished run measures again.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import datetime
+import json
+import os
+import sys
+
+import torch
+
+from .errors import SlimError
+
+LOCK_NAME = ".torchslim.lock"
+REUSABLE = ("failed", "skipped", "rejected")
+_IGNORED_OPTIONS = ("out", "debug", "save_model")
+_previous: contextvars.ContextVar[dict | None] = contextvars.ContextVar("torchslim_resume", default=None)
+
+
+@contextlib.contextmanager
+def session(config, workload):
+    out = config.out
+    if not out:
+        yield
+        return
+    fd = _lock(out)
+    token = _previous.set(_load(out, config, workload))
+    try:
+        yield
+    finally:
+        _previous.reset(token)
+        _unlock(fd)
+
+
+def reused(name: str):
+    """The row the interrupted run settled for recipe `name` (a RecipeResult), or None."""
+    prev = _previous.get()
+    if not prev or name not in prev["rows"]:
+        return None
+    from .results import RecipeResult
+
+    fields = {f.name for f in dataclasses.fields(RecipeResult)}
+    row = RecipeResult(**{k: v for k, v in prev["rows"][name].items() if k in fields})
+    row.notes = list(row.notes or []) + [f"reused from the interrupted run of {prev['created']} ({prev['path']}): not applied again"]
+    return row
+
+
+def _lock(out: str) -> int:
+    import fcntl
+
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise SlimError(f"--out '{out}' is an existing file, not a folder", "give a folder path (it is created if missing)")
+    path = os.path.join(out, LOCK_NAME)
+    try:
+        os.makedirs(out, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise SlimError(f"cannot write to --out '{out}': {e.strerror}", "give a folder you can write to") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "unknown"
+        os.close(fd)
+        raise SlimError(f"another torchslim run is writing to --out '{out}' (process {holder})",
+                        "wait for it to finish, or give this run another --out") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}, started {_now()}\n".encode(), 0)
+    return fd
+
+
+def _unlock(fd: int) -> None:
+    import fcntl
+
+    try:
+        os.ftruncate(fd, 0)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _options(config) -> dict:
+    d = json.loads(json.dumps(dataclasses.asdict(config), default=list))
+    return {k: v for k, v in d.items() if k not in _IGNORED_OPTIONS}
+
+
+def _load(out: str, config, workload) -> dict | None:
+    """The reusable rows of an unfinished earlier run of the same job in `out`, or None."""
+    path = os.path.join(out, "results.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            d = json.load(f)
+        recipes, w = d["recipes"], d["workload"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not recipes or (recipes[0].get("timing") or {}).get("median_ms") is not None:
+        return None  # empty, or it reached the timing phase: a finished run is measured again
+    same = (workload.spec is not None and w.get("spec") == workload.spec and w.get("example") == workload.example.describe()
+            and w.get("calib_data") == workload.source.get("calib_data")
+            and {k: v for k, v in (d.get("config") or {}).items() if k not in _IGNORED_OPTIONS} == _options(config)
+            and (d.get("machine") or {}).get("torch") == torch.__version__
+            and (d.get("machine") or {}).get("cpu_count") == os.cpu_count())
+    if not same:
+        return None
+    rows = {r["name"]: r for r in recipes[1:] if r.get("status") in REUSABLE and r.get("name")}
+    if not rows:
+        return None
+    print(f"torchslim: resuming the unfinished run of {d.get('created', '?')} in {out}: reusing {len(rows)} row(s) it had "
+          f"settled ({', '.join(rows)}); recipes that had passed are applied again to be timed", file=sys.stderr)
+    return {"rows": rows, "created": d.get("created", "?"), "path": path}
