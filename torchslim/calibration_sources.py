@@ -220,19 +220,18 @@ def saved_dataset(path: str, example: Example, opts: dict, samples: int, model_s
     ds = ds.select(range(min(samples, len(ds))))
     cols, feats = ds.column_names, ds.features
     what = f"dataset '{path}'"
+    table = ds.with_format("torch")[:]  # {column: tensor (or list)}; column access differs across datasets versions
     if "input_ids" in cols:
-        ds.set_format("torch")
-        parts = [ds["input_ids"]] + ([ds["attention_mask"]] if "attention_mask" in cols else [])
+        parts = [table["input_ids"]] + ([table["attention_mask"]] if "attention_mask" in cols else [])
         return Example(tuple(_like(p, w) for p, w in zip(parts, example.tensors())))
     text = next((c for c in cols if getattr(feats[c], "dtype", None) in ("string", "large_string")), None)
     image = next((c for c in cols if type(feats[c]).__name__ == "Image"), None)
     if image is not None:
-        return Example((torch.stack([preprocess(_pil_tensor(im), image_shape(example), *_norm(example, opts)) for im in ds[image]]),))
+        return Example((torch.stack([preprocess(_pil_tensor(im), image_shape(example), *_norm(example, opts)) for im in ds[:][image]]),))
     if text is not None:
-        return tokenize(list(ds[text]), example, model_spec, what)
-    ds.set_format("torch")
+        return tokenize(list(ds[:][text]), example, model_spec, what)
     want = example.tensors()
-    arrays = [ds[c] for c in cols if isinstance(ds[c], torch.Tensor)][:len(want)]
+    arrays = [table[c] for c in cols if isinstance(table[c], torch.Tensor)][:len(want)]
     if not arrays:
         raise SlimError(f"{what} has no input_ids, text, image or numeric column ({cols})", "save the model's inputs as columns")
     if len(want) == 1 and want[0].dim() == 4 and tuple(arrays[0].shape[1:]) != tuple(want[0].shape[1:]):
