@@ -1,0 +1,65 @@
+"""Architecture sweep (issue 16, item 6): `optimize` on tiny transformers configs with random weights
+and custom modules (tests/sweep_models.py), one table row per model: the chosen recipe, its speedup
+(interleaved against FP32 eager in the same process), and the rows that failed or were rejected, why.
+
+    PYTHONPATH=. python benchmarks/sweep.py [--recipes a,b,c] [--rounds N] [--threads N] [--only bert,vit]
+
+Random weights: speedups say how torchslim's recipes behave on the architecture, not on a trained
+model's accuracy. Tiny models are dominated by per-op overhead, so ratios differ from full-size ones.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
+
+RECIPES = ("inference-mode,torchscript-freeze,dynamic-int8,pt2e-dynamic-int8,bf16-autocast,fast-transformer,"
+           "fast-transformer+dynamic-int8,compile")
+
+
+def run_one(name: str, recipes: tuple[str, ...], rounds: int, threads: int | None, out: str) -> dict:
+    import sweep_models
+
+    from torchslim.inputs import Example
+    from torchslim.optimize import OptimizeConfig, optimize
+    from torchslim.workload import Workload
+
+    model, ex = sweep_models.MODELS[name]()
+    t0 = time.perf_counter()
+    run = optimize(Workload(model, Example(tuple(ex)), name=name),
+                   OptimizeConfig(recipes=recipes, rounds=rounds, threads=threads, target_round_ms=20.0, out=out, save_model=False),
+                   progress=False)
+    chosen = next((r for r in run.recipes if r.status == "chosen"), None)
+    bad = [f"{r.name}: {r.reason.splitlines()[0][:110]}" for r in run.recipes if r.status in ("failed", "rejected")]
+    return {"model": name, "chosen": chosen.name if chosen else "none", "speedup": chosen.speedup if chosen else None,
+            "rows": len(run.recipes) - 1, "failed": sum(r.status == "failed" for r in run.recipes),
+            "rejected": sum(r.status == "rejected" for r in run.recipes), "why": bad, "seconds": time.perf_counter() - t0,
+            "run": run}
+
+
+def main() -> None:
+    import sweep_models
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--recipes", default=RECIPES)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--only", default=None)
+    a = p.parse_args()
+    names = a.only.split(",") if a.only else list(sweep_models.MODELS)
+    print("| model | chosen | speedup | rows (failed / rejected) | failed or rejected, why | s |\n|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in names:
+            r = run_one(n, tuple(a.recipes.split(",")), a.rounds, a.threads, os.path.join(tmp, n))
+            why = "; ".join(r["why"]).replace("|", "/") or "-"
+            sp = f"{r['speedup']:.2f}x" if r["speedup"] else "-"
+            print(f"| {n} | {r['chosen']} | {sp} | {r['rows']} ({r['failed']} / {r['rejected']}) | {why} | {r['seconds']:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

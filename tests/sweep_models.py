@@ -1,0 +1,188 @@
+"""Architectures nobody tuned torchslim for (issue 16, item 6): tiny transformers configs with random
+weights and custom modules with awkward forwards. Each factory returns (model, example inputs).
+Shared by tests/test_sweep.py and benchmarks/sweep.py; nothing is downloaded."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+SEQ, BATCH = 16, 2
+
+
+class FirstOutput(nn.Module):
+    """Calls a transformers model with keyword inputs and returns its first output tensor."""
+
+    def __init__(self, model: nn.Module, *names: str):
+        super().__init__()
+        self.model, self.names = model, names
+
+    def forward(self, *inputs):
+        out = self.model(**dict(zip(self.names, inputs)))
+        return out[0] if not isinstance(out, torch.Tensor) else out
+
+
+def _text(cls_name: str, config_name: str, vocab: int = 100, **cfg):
+    import transformers
+
+    torch.manual_seed(0)
+    config = getattr(transformers, config_name)(vocab_size=vocab, **cfg)
+    model = getattr(transformers, cls_name)(config).eval()
+    ids = torch.randint(3, vocab, (BATCH, SEQ), generator=torch.Generator().manual_seed(0))
+    return FirstOutput(model, "input_ids", "attention_mask"), (ids, torch.ones_like(ids))
+
+
+def _vision(cls_name: str, config_name: str, **cfg):
+    import transformers
+
+    torch.manual_seed(0)
+    model = getattr(transformers, cls_name)(getattr(transformers, config_name)(**cfg)).eval()
+    return FirstOutput(model, "pixel_values"), (torch.randn(BATCH, 3, 32, 32, generator=torch.Generator().manual_seed(0)),)
+
+
+H = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+HF = {
+    "bert": lambda: _text("BertModel", "BertConfig", **H),
+    "roberta": lambda: _text("RobertaModel", "RobertaConfig", **H),
+    "distilbert": lambda: _text("DistilBertModel", "DistilBertConfig", dim=32, n_layers=2, n_heads=2, hidden_dim=64),
+    "albert": lambda: _text("AlbertModel", "AlbertConfig", embedding_size=16, **H),
+    "deberta-v2": lambda: _text("DebertaV2Model", "DebertaV2Config", **H),
+    "electra": lambda: _text("ElectraModel", "ElectraConfig", embedding_size=16, **H),
+    "gpt2": lambda: _text("GPT2Model", "GPT2Config", n_embd=32, n_layer=2, n_head=2, n_positions=64, use_cache=False,
+                          bos_token_id=1, eos_token_id=2),
+    "llama": lambda: _text("LlamaModel", "LlamaConfig", num_key_value_heads=1, use_cache=False, **H),
+    "qwen2": lambda: _text("Qwen2Model", "Qwen2Config", num_key_value_heads=1, use_cache=False, **H),
+    "t5-encoder": lambda: _text("T5EncoderModel", "T5Config", d_model=32, d_kv=16, d_ff=64, num_layers=2, num_heads=2),
+    "vit": lambda: _vision("ViTModel", "ViTConfig", image_size=32, patch_size=8, **H),
+    "swin": lambda: _vision("SwinModel", "SwinConfig", image_size=32, patch_size=4, embed_dim=16, depths=[1, 1],
+                            num_heads=[1, 2], window_size=4),
+    "convnext": lambda: _vision("ConvNextModel", "ConvNextConfig", num_stages=2, hidden_sizes=[16, 32], depths=[1, 1]),
+    "whisper-encoder": lambda: _whisper(),
+    "wav2vec2": lambda: _wav2vec2(),
+}
+
+
+def _whisper():
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.WhisperConfig(d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64,
+                                     decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=64,
+                                     num_mel_bins=16, max_source_positions=16, vocab_size=100,
+                                     pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1)
+    enc = transformers.WhisperModel(cfg).get_encoder().eval()
+    return FirstOutput(enc, "input_features"), (torch.randn(BATCH, 16, 32, generator=torch.Generator().manual_seed(0)),)
+
+
+def _wav2vec2():
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.Wav2Vec2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                                      conv_dim=(16, 16), conv_stride=(5, 2), conv_kernel=(10, 3),
+                                      num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=2, vocab_size=32)
+    model = transformers.Wav2Vec2Model(cfg).eval()
+    return FirstOutput(model, "input_values"), (torch.randn(BATCH, 400, generator=torch.Generator().manual_seed(0)),)
+
+
+# -- custom modules ----------------------------------------------------------------------------
+
+class DictOut(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(32, 16), nn.Linear(32, 4)
+
+    def forward(self, x):
+        return {"features": self.a(x), "logits": self.b(x)}
+
+
+class ListOut(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(32, 16), nn.Linear(16, 8)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        return [h, self.b(h)]
+
+
+class TwoInputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.img = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.tab = nn.Linear(10, 8)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, image, table):
+        return self.head(torch.cat([self.img(image), self.tab(table)], 1))
+
+
+class Buffers(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("mean", torch.linspace(-1, 1, 32))
+        self.register_buffer("scale", torch.linspace(0.5, 2, 32))
+        self.lin = nn.Linear(32, 8)
+
+    def forward(self, x):
+        return self.lin((x - self.mean) * self.scale)
+
+
+class SharedWeights(nn.Module):
+    """One Linear used twice, and an output layer tied to the embedding."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(50, 32)
+        self.block = nn.Linear(32, 32)
+        self.out = nn.Linear(32, 50, bias=False)
+        self.out.weight = self.emb.weight
+
+    def forward(self, ids):
+        h = self.emb(ids)
+        h = torch.tanh(self.block(torch.tanh(self.block(h))))
+        return self.out(h)
+
+
+class NoGradInside(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin, self.norm = nn.Linear(32, 32), nn.Linear(32, 8)
+
+    def forward(self, x):
+        with torch.no_grad():
+            stats = x.abs().mean(-1, keepdim=True) + 1
+        return self.norm(torch.relu(self.lin(x)) / stats)
+
+
+class ShapeControlFlow(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.small, self.big = nn.Linear(32, 8), nn.Linear(32, 8)
+
+    def forward(self, x):
+        if x.shape[-1] != 32:
+            raise ValueError("needs 32 features")
+        h = self.big(x) if x.shape[0] > 1 else self.small(x)
+        return h.softmax(-1) if x.dim() == 2 else h
+
+
+def _custom(cls, *shapes, ints: bool = False):
+    def make():
+        torch.manual_seed(0)
+        g = torch.Generator().manual_seed(0)
+        ex = tuple(torch.randint(0, 50, s, generator=g) if ints else torch.randn(*s, generator=g) for s in shapes)
+        return cls().eval(), ex
+    return make
+
+
+CUSTOM = {
+    "dict-outputs": _custom(DictOut, (4, 32)),
+    "list-outputs": _custom(ListOut, (4, 32)),
+    "two-inputs": _custom(TwoInputs, (4, 3, 16, 16), (4, 10)),
+    "buffers": _custom(Buffers, (4, 32)),
+    "shared-weights": _custom(SharedWeights, (4, 12), ints=True),
+    "no-grad-in-forward": _custom(NoGradInside, (4, 32)),
+    "shape-control-flow": _custom(ShapeControlFlow, (4, 32)),
+}
+
+MODELS = {**HF, **CUSTOM}
