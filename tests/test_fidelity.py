@@ -40,5 +40,12 @@ def test_compare_walks_nested_outputs_and_flags_non_finite():
 def test_compare_refuses_changed_structure():
     with pytest.raises(ValueError, match="structure"):
         F.compare(torch.ones(2, 3), torch.ones(3, 2))
-    with pytest.raises(ValueError, match="no floating-point"):
-        F.compare(torch.arange(3), torch.arange(3))
+    with pytest.raises(ValueError, match="no tensor"):
+        F.compare("label", "label")
+
+
+def test_integer_outputs_are_compared_exactly():
+    same = F.compare(torch.arange(4), torch.arange(4))
+    assert same.exact_match == 1.0 and same.min_cosine == 1.0 and same.finite
+    one_off = F.compare(torch.tensor([1, 2, 3, 4]), torch.tensor([1, 2, 3, 5]))
+    assert one_off.exact_match == 0.75 and one_off.min_cosine == 0.75 and one_off.max_abs_err == 1.0

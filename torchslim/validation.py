@@ -15,8 +15,8 @@ Each check costs one baseline call (cached per workload) and one candidate call,
 compiled recipe that call is the recompilation for the new shape, recorded as `first_call_ms`.
 Compiled models are checked with automatic dynamic shapes off, so the new shape gets its own static
 graph and the example's graph, the one that is timed, stays as it was; a compiled recipe whose
-first compile took longer than SHAPE_CHECK_BUDGET_MS is marked "not checked" instead of paying that
-again. A recipe with wrong outputs on held-out inputs, or that raises or drifts at another shape,
+first compile took longer than SHAPE_CHECK_BUDGET_MS is marked "not checked" with the expected
+recompile time instead of paying it again. A recipe with wrong outputs on held-out inputs, or that raises or drifts at another shape,
 is rejected with the check named; everything is recorded in the row's `validation` field.
 """
 from __future__ import annotations
@@ -31,7 +31,10 @@ from .errors import SlimError
 from .fidelity import compare, output_tensors
 from .inputs import Example
 
-SHAPE_CHECK_BUDGET_MS = 20_000.0  # a compiled recipe whose first compile took longer is not recompiled for other shapes
+# A compiled recipe whose first call (the compile) took longer is not recompiled for other shapes:
+# a recompile costs about as much as the first compile, and compiled graphs are guarded (a new
+# shape recompiles, it does not run a wrong graph), so the check is worth seconds, not minutes.
+SHAPE_CHECK_BUDGET_MS = 5_000.0
 MAX_HELD_OUT_BATCHES = 2
 _CACHE = "_torchslim_validation"
 
@@ -144,7 +147,8 @@ def check(res, model: nn.Module, workload, example: Example, config) -> tuple[st
         row = {"check": name, "kind": kind, "inputs": inputs.describe()}
         rows.append(row)
         if kind == "shape" and compiled and (res.first_call_ms or 0) > SHAPE_CHECK_BUDGET_MS:
-            row["result"] = f"not checked: recompiling would take about {res.first_call_ms / 1000:.0f} s"
+            row["result"] = (f"not checked: torch.compile recompiles for a new shape, about as long as its first compile "
+                             f"({res.first_call_ms / 1000:.0f} s here)")
             continue
         try:
             ref = _reference(workload, name, inputs)
