@@ -35,8 +35,13 @@ def run_one(name: str, recipes: tuple[str, ...], rounds: int, threads: int | Non
                    OptimizeConfig(recipes=recipes, rounds=rounds, threads=threads, target_round_ms=20.0, out=out, save_model=False),
                    progress=False)
     chosen = next((r for r in run.recipes if r.status == "chosen"), None)
-    bad = [f"{r.name}: {r.reason.splitlines()[0][:110]}" for r in run.recipes if r.status in ("failed", "rejected")]
+    slower = [r.name for r in run.recipes if r.status == "rejected" and r.reason.startswith("slower")]
+    bad = [f"{r.name}: {r.reason.splitlines()[0][:110]}" for r in run.recipes
+           if r.status == "failed" or (r.status == "rejected" and r.name not in slower)]
+    bad += [f"slower than the baseline: {', '.join(slower)}"] if slower else []
+    base = run.recipes[0].timing or {}
     return {"model": name, "chosen": chosen.name if chosen else "none", "speedup": chosen.speedup if chosen else None,
+            "baseline": f"{base.get('median_ms', float('nan')):.2f} [{(base.get('ci95_ms') or [0, 0])[0]:.2f}-{(base.get('ci95_ms') or [0, 0])[1]:.2f}]",
             "rows": len(run.recipes) - 1, "failed": sum(r.status == "failed" for r in run.recipes),
             "rejected": sum(r.status == "rejected" for r in run.recipes), "why": bad, "seconds": time.perf_counter() - t0,
             "run": run}
@@ -52,13 +57,15 @@ def main() -> None:
     p.add_argument("--only", default=None)
     a = p.parse_args()
     names = a.only.split(",") if a.only else list(sweep_models.MODELS)
-    print("| model | chosen | speedup | rows (failed / rejected) | failed or rejected, why | s |\n|---|---|---|---|---|---|")
+    print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print("| model | chosen | speedup | baseline ms [95% CI] | rows (failed / rejected) | failed or rejected, why | s |\n|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for n in names:
             r = run_one(n, tuple(a.recipes.split(",")), a.rounds, a.threads, os.path.join(tmp, n))
             why = "; ".join(r["why"]).replace("|", "/") or "-"
             sp = f"{r['speedup']:.2f}x" if r["speedup"] else "-"
-            print(f"| {n} | {r['chosen']} | {sp} | {r['rows']} ({r['failed']} / {r['rejected']}) | {why} | {r['seconds']:.0f} |", flush=True)
+            print(f"| {n} | {r['chosen']} | {sp} | {r['baseline']} | {r['rows']} ({r['failed']} / {r['rejected']}) | {why} | {r['seconds']:.0f} |", flush=True)
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

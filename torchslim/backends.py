@@ -141,7 +141,28 @@ def pt2e_prepare(graph_module, quantizer):
     with quiet():
         from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
+        annotate = quantizer.annotate
+        quantizer.annotate = lambda model: _floats_only(annotate(model))
         return prepare_pt2e(graph_module, quantizer)
+
+
+def _floats_only(model):
+    """Drop quantization annotations on integer tensors: X86InductorQuantizer annotates binary ops
+    without looking at dtypes, so integer arithmetic (RoBERTa's position ids: cumsum(mask) * mask)
+    got an activation observer and failed ("Expecting input to have dtype torch.float32/16/b16")."""
+    def is_int(node) -> bool:
+        val = getattr(node, "meta", {}).get("val")
+        return isinstance(val, torch.Tensor) and not val.is_floating_point()
+
+    for node in model.graph.nodes:
+        ann = node.meta.get("quantization_annotation")
+        if ann is None:
+            continue
+        for inp in [i for i in ann.input_qspec_map if is_int(i)]:
+            del ann.input_qspec_map[inp]
+        if is_int(node):
+            ann.output_qspec = None
+    return model
 
 
 def pt2e_convert(prepared):
