@@ -97,3 +97,13 @@ def test_text_lines_and_jsonl_are_tokenized_to_the_example_length(tmp_path):
         assert b.args[0].shape == (2, 12) and b.args[0].dtype == torch.int64
         assert int(b.args[1][0].sum()) < 12 and int(b.args[1][1].sum()) == 12  # short text padded, long one truncated
         assert int(b.args[0][0, 0]) == 101  # [CLS] from the model's own vocabulary
+
+
+def test_without_calibration_the_skip_says_what_to_pass(tmp_path):
+    from torchslim.optimize import OptimizeConfig, optimize
+    from torchslim.workload import Workload
+
+    run = optimize(Workload(tiny_models.cnn(), EX, name="cnn"), OptimizeConfig(recipes=("static-int8-ts",), rounds=1), progress=False)
+    row = run.recipes[1]
+    assert row.status == "skipped"
+    assert "--calib-data DIR" in row.reason and "convolutional" in row.reason, row.reason

@@ -35,3 +35,32 @@ def test_optimize_completes_and_every_row_is_a_result(name, tmp_path):
         assert r["speedup"] > 1.0
     else:
         assert "none" in format_table(run.to_dict()).lower()
+
+
+def test_pt2e_leaves_integer_arithmetic_unobserved():
+    """RoBERTa builds position ids as cumsum(mask) * mask: the X86 quantizer annotated that integer
+    mul and PT2E failed; now only the float Linear gets observers, and the prepared model runs."""
+    import torch
+
+    from torchslim import backends
+
+    if backends.pt2e_missing():
+        pytest.skip(backends.pt2e_missing())
+
+    class PositionIds(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pos = torch.nn.Embedding(40, 16)
+            self.lin = torch.nn.Linear(16, 16)
+
+        def forward(self, mask):
+            ids = (torch.cumsum(mask, dim=1).type_as(mask) * mask).long()
+            return self.lin(self.pos(ids))
+
+    mask = torch.ones(2, 8, dtype=torch.int32)
+    gm = torch.export.export(PositionIds().eval(), (mask,)).module()
+    prepared = backends.pt2e_prepare(gm, backends.pt2e_x86_quantizer(is_dynamic=True))
+    with torch.no_grad():
+        assert prepared(mask).shape == (2, 8, 16)
+    observed = [n for n in prepared.graph.nodes if n.op == "call_module" and "activation_post_process" in n.target]
+    assert observed and all(n.args[0].meta["val"].is_floating_point() for n in observed if "val" in n.args[0].meta)
