@@ -54,3 +54,17 @@ def test_token_inputs_get_a_shorter_sequence_check_and_stay_in_vocabulary():
     assert checks["sequence length 8"].args[0].shape == (2, 8)
     gen = next(i for n, i in checks.items() if n.startswith("generated"))
     assert int(gen.args[0].min()) >= 5 and int(gen.args[0].max()) < 50 and bool((gen.args[1] == 1).all())
+
+
+def test_shape_rejection_is_not_retried_with_layers_in_float(tmp_path):
+    """Control flow on the batch size: traced or exported, the batch>1 branch is baked in; the batch-1
+    check rejects it, and the quantization fallback is not tried (float layers cannot fix that)."""
+    import sweep_models
+
+    model, ex = sweep_models.MODELS["shape-control-flow"]()
+    run = optimize(Workload(model, Example(ex), name="flow"),
+                   OptimizeConfig(recipes=("torchscript-freeze", "dynamic-int8"), rounds=1), progress=False)
+    traced = _row(run, "torchscript-freeze")
+    assert traced.status == "rejected" and traced.reason.startswith("batch 1: min cosine"), traced.reason
+    assert traced.validation["rejected_by"] == "shape"
+    assert _row(run, "dynamic-int8").validation["rejected_by"] is None  # eager: follows the branch at batch 1

@@ -232,6 +232,9 @@ def _fallback(recipe: Recipe, rejected: RecipeResult, workload: Workload, exampl
     i = quantization_step(recipe.steps)
     step = recipe.steps[i]
     info: dict = {"from": recipe.name, "why": rejected.reason}
+    if validation.rejected_at_other_shape(rejected):
+        rejected.fallback = {**info, "result": "not retried: rejected at another input shape, which layers in float do not change"}
+        return None, None
     try:
         ctx = Context(device=device, example=example, calibration=workload.calibration)
         prefix = apply(eval_mode(copy.deepcopy(workload.model).to(device)), Recipe(recipe.steps[:i]), ctx)

@@ -137,7 +137,7 @@ def check(res, model: nn.Module, workload, example: Example, config) -> tuple[st
     """Run the checks on a recipe that passed on the example; record them in `res.validation`.
     Returns the row's (status, reason): unchanged ('ok', '') or ('rejected', why)."""
     compiled = _compiled(model)
-    rows, verdict = [], ("ok", "")
+    rows, verdict, rejected_by = [], ("ok", ""), None
     try:
         checks = _checks(workload, example)
     except Exception as e:  # noqa: BLE001 - inputs this module cannot vary: say so, keep the example's verdict
@@ -164,6 +164,7 @@ def check(res, model: nn.Module, workload, example: Example, config) -> tuple[st
         except Exception as e:  # noqa: BLE001 - the recipe's failure at this shape is the finding
             row["result"] = f"failed: {type(e).__name__}: {_first(e)}"
             if verdict[0] == "ok":
+                rejected_by = kind
                 verdict = ("rejected", f"{name} ({inputs.describe()}) raised {type(e).__name__}: works only at the example's shape"
                            if kind == "shape" else f"{name} raised {type(e).__name__}: {_first(e)}")
             continue
@@ -173,13 +174,14 @@ def check(res, model: nn.Module, workload, example: Example, config) -> tuple[st
         bad = (not fid.finite) or fid.min_cosine < config.min_cosine
         row["result"] = "failed" if bad else "ok"
         if bad and verdict[0] == "ok":
+            rejected_by = kind
             what = "NaN/Inf outputs" if not fid.finite else f"min cosine {fid.min_cosine:.4f} < {config.min_cosine}"
             verdict = ("rejected", f"{name}: {what}" + (" (the recipe baked the example's shape in)" if kind == "shape" else " (held-out inputs)"))
     shapes = [r for r in rows if r["kind"] == "shape"]
     support = ("example shape only" if any(r["result"].startswith("failed") for r in shapes)
                else "not checked" if shapes and all(r["result"].startswith("not checked") for r in shapes)
                else "other shapes checked" if shapes else "example shape only (inputs have no shared batch dimension)")
-    res.validation = {"checks": rows, "shapes": support}
+    res.validation = {"checks": rows, "shapes": support, "rejected_by": rejected_by}
     slow = [r for r in shapes if r.get("first_call_ms", 0) > 1000]
     if compiled and slow:
         res.notes = res.notes + [f"recompiles for each new input shape: {slow[0]['first_call_ms'] / 1000:.1f} s at {slow[0]['check']} "
@@ -189,3 +191,9 @@ def check(res, model: nn.Module, workload, example: Example, config) -> tuple[st
 
 def _first(e: BaseException) -> str:
     return next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)[:200]
+
+
+def rejected_at_other_shape(res) -> bool:
+    """True when validation rejected the row at another input shape: keeping layers in float (the
+    quantization fallback) cannot fix a shape baked in by tracing or export."""
+    return (res.validation or {}).get("rejected_by") == "shape"
