@@ -16,7 +16,8 @@ compiled recipe that call is the recompilation for the new shape, recorded as `f
 Compiled models are checked with automatic dynamic shapes off, so the new shape gets its own static
 graph and the example's graph, the one that is timed, stays as it was; a compiled recipe whose
 first compile took longer than SHAPE_CHECK_BUDGET_MS is marked "not checked" with the expected
-recompile time instead of paying it again. A recipe with wrong outputs on held-out inputs, or that raises or drifts at another shape,
+recompile time instead of paying it again, unless a step captured the graph without guards
+(torch.export/PT2E, tracing): those bake shapes in silently and are always checked. A recipe with wrong outputs on held-out inputs, or that raises or drifts at another shape,
 is rejected with the check named; everything is recorded in the row's `validation` field.
 """
 from __future__ import annotations
@@ -35,6 +36,11 @@ from .inputs import Example
 # a recompile costs about as much as the first compile, and compiled graphs are guarded (a new
 # shape recompiles, it does not run a wrong graph), so the check is worth seconds, not minutes.
 SHAPE_CHECK_BUDGET_MS = 5_000.0
+# Techniques whose only graph capture is torch.compile's (guarded: a new shape recompiles). The budget
+# above applies only to recipes made of these; a recipe with any other step (torch.export/PT2E,
+# tracing, another engine's export) can bake a shape in without a guard and is always checked.
+GUARDED = frozenset({"compile", "ao_int8_dynamic", "ao_float8", "weight_only", "low_precision", "channels_last",
+                     "inference_mode", "dynamic_int8", "fast_transformer", "static_linear_int8"})
 MAX_HELD_OUT_BATCHES = 2
 _CACHE = "_torchslim_validation"
 
@@ -137,6 +143,7 @@ def check(res, model: nn.Module, workload, example: Example, config) -> tuple[st
     """Run the checks on a recipe that passed on the example; record them in `res.validation`.
     Returns the row's (status, reason): unchanged ('ok', '') or ('rejected', why)."""
     compiled = _compiled(model)
+    guarded = compiled and all(step.get("technique") in GUARDED for step in res.steps)
     rows, verdict, rejected_by = [], ("ok", ""), None
     try:
         checks = _checks(workload, example)
@@ -146,7 +153,7 @@ def check(res, model: nn.Module, workload, example: Example, config) -> tuple[st
     for name, kind, inputs in checks:
         row = {"check": name, "kind": kind, "inputs": inputs.describe()}
         rows.append(row)
-        if kind == "shape" and compiled and (res.first_call_ms or 0) > SHAPE_CHECK_BUDGET_MS:
+        if kind == "shape" and guarded and (res.first_call_ms or 0) > SHAPE_CHECK_BUDGET_MS:
             row["result"] = (f"not checked: torch.compile recompiles for a new shape, about as long as its first compile "
                              f"({res.first_call_ms / 1000:.0f} s here)")
             continue
