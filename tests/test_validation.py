@@ -58,12 +58,20 @@ def test_token_inputs_get_a_shorter_sequence_check_and_stay_in_vocabulary():
 
 def test_shape_rejection_is_not_retried_with_layers_in_float(tmp_path):
     """Control flow on the batch size: traced or exported, the batch>1 branch is baked in; the batch-1
-    check rejects it, and the quantization fallback is not tried (float layers cannot fix that)."""
+    check rejects it (PT2E too, however long its compile took), and the quantization fallback is not
+    tried (float layers cannot fix that)."""
     import sweep_models
 
+    from torchslim import backends
+
     model, ex = sweep_models.MODELS["shape-control-flow"]()
+    pt2e = () if backends.pt2e_missing() else ("pt2e-dynamic-int8",)
     run = optimize(Workload(model, Example(ex), name="flow"),
-                   OptimizeConfig(recipes=("torchscript-freeze", "dynamic-int8"), rounds=1), progress=False)
+                   OptimizeConfig(recipes=("torchscript-freeze", "dynamic-int8") + pt2e, rounds=1), progress=False)
+    for name in pt2e:
+        row = _row(run, name)
+        assert row.status == "rejected" and row.validation["rejected_by"] == "shape", row.reason
+        assert "not retried" in row.fallback["result"] and len(run.recipes) == 4
     traced = _row(run, "torchscript-freeze")
     assert traced.status == "rejected" and traced.reason.startswith("batch 1: min cosine"), traced.reason
     assert traced.validation["rejected_by"] == "shape"
