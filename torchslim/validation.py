@@ -178,11 +178,12 @@ def check(res, model: nn.Module, workload, example: Example, config) -> tuple[st
         row.update(min_cosine=fid.min_cosine, sqnr_db=fid.to_dict()["sqnr_db"], finite=fid.finite)
         if fid.exact_match is not None:
             row["exact_match"] = fid.exact_match
-        bad = (not fid.finite) or fid.min_cosine < config.min_cosine
+        bad = (not fid.finite) or fid.min_cosine < config.min_cosine or (fid.exact_match is not None and fid.exact_match < 1.0)
         row["result"] = "failed" if bad else "ok"
         if bad and verdict[0] == "ok":
             rejected_by = kind
-            what = "NaN/Inf outputs" if not fid.finite else f"min cosine {fid.min_cosine:.4f} < {config.min_cosine}"
+            what = ("NaN/Inf outputs" if not fid.finite else f"{fid.exact_match:.2%} of the integer outputs match"
+                    if fid.exact_match is not None else f"min cosine {fid.min_cosine:.4f} < {config.min_cosine}")
             verdict = ("rejected", f"{name}: {what}" + (" (the recipe baked the example's shape in)" if kind == "shape" else " (held-out inputs)"))
     shapes = [r for r in rows if r["kind"] == "shape"]
     support = ("example shape only" if any(r["result"].startswith("failed") for r in shapes)
