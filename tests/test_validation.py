@@ -56,7 +56,7 @@ def test_token_inputs_get_a_shorter_sequence_check_and_stay_in_vocabulary():
     assert int(gen.args[0].min()) >= 5 and int(gen.args[0].max()) < 50 and bool((gen.args[1] == 1).all())
 
 
-def test_shape_rejection_is_not_retried_with_layers_in_float(tmp_path):
+def test_shape_rejection_is_not_retried_with_layers_in_float(tmp_path, monkeypatch):
     """Control flow on the batch size: traced or exported, the batch>1 branch is baked in; the batch-1
     check rejects it (PT2E too, however long its compile took), and the quantization fallback is not
     tried (float layers cannot fix that)."""
@@ -64,6 +64,7 @@ def test_shape_rejection_is_not_retried_with_layers_in_float(tmp_path):
 
     from torchslim import backends
 
+    monkeypatch.setattr(validation, "SHAPE_CHECK_BUDGET_MS", 0.0)  # as if every compile were slow: checks run compilation off
     model, ex = sweep_models.MODELS["shape-control-flow"]()
     pt2e = () if backends.pt2e_missing() else ("pt2e-dynamic-int8",)
     run = optimize(Workload(model, Example(ex), name="flow"),
@@ -71,6 +72,7 @@ def test_shape_rejection_is_not_retried_with_layers_in_float(tmp_path):
     for name in pt2e:
         row = _row(run, name)
         assert row.status == "rejected" and row.validation["rejected_by"] == "shape", row.reason
+        assert "force_eager" in next(c for c in row.validation["checks"] if c["check"] == "batch 1")["mode"]
         assert "not retried" in row.fallback["result"] and len(run.recipes) == 4
     traced = _row(run, "torchscript-freeze")
     assert traced.status == "rejected" and traced.reason.startswith("batch 1: min cosine"), traced.reason
