@@ -36,7 +36,7 @@ from .inputs import Example
 # (a recompile costs about as much): its shape checks run the same graph with compilation off
 # (torch.compiler.set_stance("force_eager")): one eager call, which still catches a shape baked in
 # by torch.export/PT2E or tracing before the compile; torch.compile itself guards on shapes.
-SHAPE_CHECK_BUDGET_MS = 5_000.0
+SHAPE_CHECK_BUDGET_MS = 1_000.0
 MAX_HELD_OUT_BATCHES = 2
 _CACHE = "_torchslim_validation"
 
