@@ -50,7 +50,8 @@ def from_spec(spec: str, example: Example, samples: int = DEFAULT_SAMPLES, model
         raise SlimError(f"calibration data '{spec}' does not exist",
                         "give a .pt/.npy/.npz file, a folder of images, a .txt/.jsonl of texts (hf: models), a datasets folder, or file.py:fn")
     if not batches:
-        raise SlimError(f"{what} holds fewer samples than the example's batch size ({example.batch_size})", "give at least one full batch")
+        raise SlimError(f"{what} is empty: it holds no full batch of {example.batch_size} samples (the example's batch size)",
+                        "give at least one full batch of real inputs")
     return _checked(batches, example, samples, what)
 
 
