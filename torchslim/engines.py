@@ -52,6 +52,7 @@ class EngineModule(nn.Module):
             self.register_buffer(f"file{i}", torch.frombuffer(bytearray(data), dtype=torch.uint8), persistent=True)
         self.meta = dict(meta, engine=self.engine, files=self.names)
         self._out_spec = pytree.treespec_loads(meta["out_spec"])
+        self._consts = {i: v for i, v in meta.get("out_consts", [])}
         self._runner = self._build()
 
     def file(self, name: str) -> bytes:
@@ -65,7 +66,13 @@ class EngineModule(nn.Module):
 
     def forward(self, *args, **kwargs):
         flat = [t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
-        return pytree.tree_unflatten(self._run(flat), self._out_spec)
+        outs = self._run(flat)
+        if len(outs) != self._out_spec.num_leaves - len(self._consts):
+            raise RuntimeError(f"the {self.engine} graph returns {len(outs)} tensor(s), the model "
+                               f"{self._out_spec.num_leaves - len(self._consts)}")
+        it = iter(outs)
+        leaves = [self._consts[i] if i in self._consts else next(it) for i in range(self._out_spec.num_leaves)]
+        return pytree.tree_unflatten(leaves, self._out_spec)
 
     def train(self, mode: bool = True):
         self.training = mode  # an engine graph is inference-only
@@ -81,11 +88,16 @@ class EngineModule(nn.Module):
         self._runner = self._build()
 
 
-def out_spec(model: nn.Module, example) -> str:
-    """The serialized pytree spec of the model's outputs on `example` (dict/tuple/tensor)."""
+def out_spec(model: nn.Module, example) -> dict:
+    """How to rebuild the model's outputs from the engine's output tensors: the serialized pytree
+    spec (dict/tuple/tensor) and the non-tensor leaves as constants (exporters drop them)."""
     with torch.no_grad():
         out = example(model)
-    return pytree.treespec_dumps(pytree.tree_structure(out))
+    leaves, spec = pytree.tree_flatten(out)
+    consts = [[i, v] for i, v in enumerate(leaves) if not isinstance(v, torch.Tensor)]
+    if any(not isinstance(v, (int, float, str, bool, type(None))) for _, v in consts):
+        raise RuntimeError("the model returns non-tensor values an engine cannot reproduce")
+    return {"out_spec": pytree.treespec_dumps(spec), "out_consts": consts}
 
 
 def find(model: nn.Module | None) -> EngineModule | None:
@@ -166,3 +178,14 @@ def engine_candidates(device: torch.device) -> list:
     out += [Recipe((OrtConfig(),)), Recipe((OrtConfig(quantize="dynamic"),)), Recipe((OrtStaticInt8Config(),))]
     out += [Recipe((OpenVinoConfig(),)), Recipe((OpenVinoConfig(precision="fp32"),)), Recipe((OpenVinoInt8Config(),))]
     return out
+
+
+def deploy_line(folder: str) -> str:
+    """What the CLI tells the user to deploy for an engine recipe's saved model."""
+    with open(os.path.join(folder, META), encoding="utf-8") as f:
+        meta = json.load(f)
+    path = os.path.join(folder, meta["files"][0])
+    how = {"aoti": f"torch._inductor.aoti_load_package('{path}') (C++: torch::inductor::AOTIModelPackageLoader)",
+           "onnxruntime": f"onnxruntime.InferenceSession('{path}') with the session options in {os.path.join(folder, META)}",
+           "openvino": f"openvino.Core().compile_model('{path}', 'CPU', config) with the config in {os.path.join(folder, META)}"}
+    return f"deploy {path}: serve it without torchslim with {how.get(meta['engine'], meta['engine'])} (see reproduce.py)"

@@ -75,7 +75,7 @@ def _applies(model, cfg: AotiConfig, ctx: Context):
 
 @register(AotiConfig, applies=_applies)
 def apply_aoti(model, cfg: AotiConfig, ctx: Context):
-    out_spec = engines.out_spec(model, ctx.example)
+    out_spec = engines.out_spec(model, ctx.example)  # kept for the record: the package has its own
     inner = model.inner if isinstance(model, Compiled) else model  # compile ahead of time what torch.compile would
     if cfg.dtype == "bf16":
         from .low_precision import CastIO
@@ -92,5 +92,5 @@ def apply_aoti(model, cfg: AotiConfig, ctx: Context):
                 data = f.read()
     ctx.notes.append("AOTInductor package (torch.export + aoti_compile_and_package, weights frozen)"
                      + (" of the PT2E INT8 graph" if isinstance(model, Compiled) else ""))
-    return AotiModule({"model.pt2": data}, {"out_spec": out_spec, "threads": torch.get_num_threads(),
+    return AotiModule({"model.pt2": data}, {**out_spec, "threads": torch.get_num_threads(),
                                             "torch": torch.__version__, "dtype": cfg.dtype})

@@ -152,7 +152,7 @@ def _build(model, cfg, ctx: Context) -> OpenVinoModule:
         for name in ("model.xml", "model.bin"):
             with open(os.path.join(tmp, name), "rb") as f:
                 files[name] = f.read()
-    meta = {"config": config, "threads": config["INFERENCE_NUM_THREADS"], "out_spec": engines.out_spec(model, ctx.example),
+    meta = {"config": config, "threads": config["INFERENCE_NUM_THREADS"], **engines.out_spec(model, ctx.example),
             "notes": notes}
     module = OpenVinoModule(files, meta)
     runs = module.runs_in()

@@ -17,6 +17,7 @@ import contextlib
 import io
 import logging
 import os
+import re
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -119,7 +120,8 @@ def export_onnx(model: torch.nn.Module, example, path: str) -> str:
                                   external_data=False, **({"verbose": False} if dynamo else {}))
             return "dynamo" if dynamo else "torchscript"
         except Exception as e:  # noqa: BLE001 - try the other exporter
-            errors.append(f"{'dynamo' if dynamo else 'torchscript'} exporter: {first_line(e)[:200]}")
+            msg = re.sub(r"\x1b\[[0-9;]*m", "", first_line(e))  # the exporter colours its messages
+            errors.append(f"{'dynamo' if dynamo else 'torchscript'} exporter: {msg[:200]}")
     raise RuntimeError("ONNX export failed: " + "; ".join(errors))
 
 
@@ -236,7 +238,7 @@ def _build(model, cfg, ctx: Context) -> OrtModule:
             data = f.read()
     meta = {"exporter": exporter, "threads": torch.get_num_threads(), "inter_op_threads": 1,
             "graph_optimization_level": "ORT_ENABLE_ALL", "execution_mode": "ORT_SEQUENTIAL",
-            "config_entries": SPIN_OFF, "out_spec": engines.out_spec(model, ctx.example), "notes": notes}
+            "config_entries": SPIN_OFF, **engines.out_spec(model, ctx.example), "notes": notes}
     ctx.notes.extend(notes + [f"ONNX Runtime, {meta['threads']} intra-op thread(s), spinning off"])
     return OrtModule({"model.onnx": data}, meta)
 
