@@ -3,14 +3,14 @@
 optimize() times engine recipes (ONNX Runtime, OpenVINO, AOTInductor) round-robin with PyTorch in
 one process, with no pause between turns. That is only honest if no engine's idle worker threads
 are still busy while PyTorch is timed (and the reverse). One process, the Fashion-MNIST CNN at
-batch 1 (the case where per-call overhead shows most), 2 threads; alternating A/B blocks:
+batch 1 (the case where per-call overhead shows most; --model lstm: the peer suite's LSTM), 2 threads; A/B(/C) blocks:
 
   A: measure.interleaved({eager, eager copy})                       (PyTorch alone)
   B: measure.interleaved({eager, eager copy, ort, openvino})          (torchslim's engine settings)
   C: measure.interleaved({eager, eager copy, ort with spinning on})  (--with-spinning: ORT's default)
 
-and the ratio of eager's median in B to A, per block pair. With ORT's spinning on (its default),
-B's eager rows are expected to suffer; with torchslim's settings (spinning off) they must not.
+and the ratio of eager's median in B (and C) to A, per block pair. With ORT's spinning on (its default),
+C's eager rows are expected to suffer; with torchslim's settings (B: spinning off) they must not.
 
     PYTHONPATH=. python benchmarks/engines_ab.py [--pairs 4] [--with-spinning]
 """
@@ -40,14 +40,26 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--pairs", type=int, default=4)
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--model", choices=("fashion", "lstm"), default="fashion",
+                   help="fashion: the Fashion-MNIST CNN (trained and cached on first use); lstm: benchmarks/models.py's LSTM")
     p.add_argument("--with-spinning", action="store_true", help="also time B with an ORT session that spins (ORT's default)")
     args = p.parse_args(argv)
     torch.set_num_threads(2)
-    from torchslim.examples import fashion_mnist
+    if args.model == "fashion":
+        from torchslim.examples import fashion_mnist
 
-    wl = fashion_mnist.workload(1)
+        wl = fashion_mnist.workload(1)
+    else:
+        import os
+
+        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        from benchmarks import models
+        from torchslim import Example, Workload
+
+        model, x = models.lstm(1)
+        wl = Workload(model=model, example=Example((x,)))
     ex = wl.example
-    ctx = Context(device=torch.device("cpu"), example=ex, calibration=wl.calibration)
+    ctx = Context(device=torch.device("cpu"), example=ex)
     eager, eager2 = wl.model.eval(), copy.deepcopy(wl.model).eval()
     engines = {"ort": apply(copy.deepcopy(wl.model), Recipe((OrtConfig(),)), ctx),
                "openvino": apply(copy.deepcopy(wl.model), Recipe((OpenVinoConfig(),)), ctx)}
