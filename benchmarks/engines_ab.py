@@ -40,11 +40,12 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--pairs", type=int, default=4)
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--threads", type=int, default=2, help="torch and engine threads (default 2)")
     p.add_argument("--model", choices=("fashion", "lstm"), default="fashion",
                    help="fashion: the Fashion-MNIST CNN (trained and cached on first use); lstm: benchmarks/models.py's LSTM")
     p.add_argument("--with-spinning", action="store_true", help="also time B with an ORT session that spins (ORT's default)")
     args = p.parse_args(argv)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)  # the engines read torch's count when they are built
     if args.model == "fashion":
         from torchslim.examples import fashion_mnist
 
