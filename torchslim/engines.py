@@ -53,6 +53,7 @@ class EngineModule(nn.Module):
         self.meta = dict(meta, engine=self.engine, files=self.names)
         self._out_spec = pytree.treespec_loads(meta["out_spec"])
         self._consts = {i: v for i, v in meta.get("out_consts", [])}
+        self._single = self._out_spec.is_leaf() and not self._consts
         self._runner = self._build()
 
     def file(self, name: str) -> bytes:
@@ -65,8 +66,15 @@ class EngineModule(nn.Module):
         raise NotImplementedError
 
     def forward(self, *args, **kwargs):
-        flat = [t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        # fast path (the common call: positional tensors in, one tensor out) keeps the per-call cost
+        # of the wrapper to a few microseconds; pytree otherwise
+        if not kwargs and all(type(a) is torch.Tensor for a in args):
+            flat = args
+        else:
+            flat = [t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
         outs = self._run(flat)
+        if self._single and len(outs) == 1:
+            return outs[0]
         if len(outs) != self._out_spec.num_leaves - len(self._consts):
             raise RuntimeError(f"the {self.engine} graph returns {len(outs)} tensor(s), the model "
                                f"{self._out_spec.num_leaves - len(self._consts)}")

@@ -21,7 +21,7 @@ from .. import engines
 from ..calibration import DEFAULT_SAMPLES, cap
 from ..errors import first_line
 from .base import Context, TechniqueConfig, register
-from .ort import applies_engine, export_onnx, has_attention, quiet
+from .ort import _numpy, applies_engine, export_onnx, has_attention, quiet
 from .static_int8 import NO_CALIBRATION
 
 PRECISIONS = ("default", "fp32")
@@ -68,7 +68,7 @@ class OpenVinoModule(engines.EngineModule):
         return self._compiled.create_infer_request()
 
     def _run(self, flat):
-        out = self._runner.infer([t.detach().cpu().numpy() for t in flat], share_inputs=True)
+        out = self._runner.infer([_numpy(t) for t in flat], share_inputs=True)
         return [torch.from_numpy(out[o]) for o in self._compiled.outputs]
 
     def runs_in(self) -> str:

@@ -89,8 +89,13 @@ class OrtModule(engines.EngineModule):
     def _run(self, flat):
         if len(flat) != len(self._inputs):
             raise RuntimeError(f"the ONNX graph takes {len(self._inputs)} inputs ({', '.join(self._inputs)}), got {len(flat)} tensors")
-        outs = self._runner.run(None, {n: t.detach().cpu().numpy() for n, t in zip(self._inputs, flat)})
-        return [torch.from_numpy(np.asarray(o)) for o in outs]
+        outs = self._runner.run(None, {n: _numpy(t) for n, t in zip(self._inputs, flat)})
+        return [torch.from_numpy(o) if isinstance(o, np.ndarray) else torch.as_tensor(o) for o in outs]
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    """The tensor's data as numpy, without a copy where it is a plain CPU tensor."""
+    return t.numpy() if not t.requires_grad and t.device.type == "cpu" else t.detach().cpu().numpy()
 
 
 # -- export -------------------------------------------------------------------------------------
