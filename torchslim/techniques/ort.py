@@ -84,13 +84,14 @@ class OrtModule(engines.EngineModule):
             so.add_session_config_entry(k, v)
         sess = ort.InferenceSession(self.file(self.names[0]), so, providers=["CPUExecutionProvider"])
         self._inputs = [i.name for i in sess.get_inputs()]
+        self._outputs = [o.name for o in sess.get_outputs()]  # named once: run(None) looks them up per call
         return sess
 
     def _run(self, flat):
         if len(flat) != len(self._inputs):
             raise RuntimeError(f"the ONNX graph takes {len(self._inputs)} inputs ({', '.join(self._inputs)}), got {len(flat)} tensors")
-        outs = self._runner.run(None, {n: _numpy(t) for n, t in zip(self._inputs, flat)})
-        return [torch.from_numpy(o) if isinstance(o, np.ndarray) else torch.as_tensor(o) for o in outs]
+        outs = self._runner.run(self._outputs, dict(zip(self._inputs, map(_numpy, flat))))
+        return [torch.from_numpy(o) if type(o) is np.ndarray else torch.as_tensor(o) for o in outs]
 
 
 def _numpy(t: torch.Tensor) -> np.ndarray:
