@@ -45,7 +45,10 @@ def render(path: str) -> str:
         if slim and peers:
             best = min(peers, key=lambda r: r["timing"]["median_ms"])
             ratio = best["timing"]["median_ms"] / slim["timing"]["median_ms"]
-            out.append(f"\nIn the peer suite's process: torchslim ({chosen}) {slim['timing']['median_ms']:.3f} ms, "
+            held = (slim.get("fidelity") or {}).get("min_cosine", 0)
+            out.append(f"\nIn the peer suite's process (held-out batches): torchslim ({chosen}) min cosine {held:.5f}"
+                       + (" **(< 0.99: broken on held-out data although it passed on the search's example)**" if held < 0.99 else "")
+                       + f", {slim['timing']['median_ms']:.3f} ms, "
                        f"{slim.get('vs_fp32', 0):.2f}x over FP32 eager; best peer with min cosine >= 0.99: {best['method']} "
                        f"{best['timing']['median_ms']:.3f} ms ({best.get('vs_fp32', 0):.2f}x); torchslim / best peer = **{ratio:.2f}** "
                        "(>= 1: torchslim as fast or faster).")
