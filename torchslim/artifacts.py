@@ -13,7 +13,7 @@ import os
 import torch
 import torch.nn as nn
 
-from . import __version__
+from . import __version__, engines
 from .errors import SlimError
 from .fidelity import compare, output_tensors
 from .techniques.torchscript import script_module
@@ -37,8 +37,11 @@ def save(folder: str, base_model: nn.Module, recipe: Recipe, example: Example, *
     re-applying the recipe on load reproduces the same scales and the same outputs. When the
     `optimized` model is a TorchScript module (static-int8-ts[-sr], torchscript-freeze), it is also saved
     as TORCHSCRIPT: it loads with torch.jit.load (or libtorch's torch::jit::load), no torchslim needed.
+    An engine recipe's model (engines.py) is saved as its engine's file(s) + engine.json; load()
+    serves that file.
     """
     os.makedirs(folder, exist_ok=True)
+    engine = engines.save(folder, optimized) if engines.find(optimized) is not None else None
     torchscript = None
     scripted = script_module(optimized)
     if scripted is not None:
@@ -63,6 +66,7 @@ def save(folder: str, base_model: nn.Module, recipe: Recipe, example: Example, *
         "recipe": recipe.to_list(),
         "recipe_name": recipe.name,
         "torchscript": torchscript,
+        "engine": engine,  # the engine file to deploy (model.onnx, model.xml/.bin, model.pt2), or None
     })
     return folder
 
@@ -88,6 +92,13 @@ def load(folder: str, model: nn.Module | None = None, *, device: str = "cpu", ve
     from .loading import load_model
 
     manifest = read_manifest(folder)
+    if manifest.get("engine"):  # an engine recipe: its saved file is the model (no architecture needed)
+        optimized = engines.load(folder)
+        if verify and os.path.isfile(os.path.join(folder, "reference.pt")):
+            ex = torch.load(os.path.join(folder, "example.pt"), map_location="cpu", weights_only=True)
+            _verify(optimized, _example(ex), torch.load(os.path.join(folder, "reference.pt"), weights_only=True),
+                    manifest["recipe_name"])
+        return optimized
     if model is None:
         if not manifest.get("spec"):
             raise SlimError("this model was optimized from an in-memory module, so its architecture is not recorded",

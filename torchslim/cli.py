@@ -139,6 +139,10 @@ def cmd_optimize(args) -> int:
             if run.chosen.endswith("-sr"):
                 print("  measured on TorchScript's Static Runtime: in Python torch._C._jit_to_static_module(m._c), "
                       "in C++ torch::jit::StaticModule (torch.jit.load alone runs the interpreter, a few % slower at batch 1)")
+        if run.artifact and os.path.isfile(os.path.join(run.artifact, "engine.json")):
+            from .engines import deploy_line
+
+            print(deploy_line(run.artifact))
         if not run.chosen:
             print("no recipe beat the baseline under the thresholds; nothing was saved", file=sys.stderr)
     return status

@@ -99,6 +99,9 @@ def candidates(device: torch.device) -> list[Recipe]:
     if "bf16" in lows:
         out += [_im(WeightOnlyConfig(bits=8), comp)]
     out += [_im(WeightOnlyConfig(bits=4, group_size=128))]
+    from .engines import engine_candidates
+
+    out += engine_candidates(device)  # AOTInductor, ONNX Runtime, OpenVINO (engines.py)
     return out
 
 

@@ -35,7 +35,23 @@ model = torchslim.apply(workload.model.eval(), recipe, workload.example{calib})
 
 with torch.no_grad():
     out = workload.example(model)  # call it like the original model
-'''
+''' + _serve_without_torchslim(run)
+
+
+def _serve_without_torchslim(run) -> str:
+    """For an engine recipe: the few lines that serve its saved file with the engine alone."""
+    import json
+    import os
+
+    meta_path = os.path.join(run.artifact, "engine.json") if getattr(run, "artifact", None) else None
+    if not meta_path or not os.path.isfile(meta_path):
+        return ""
+    from .engines import serving_lines
+
+    with open(meta_path, encoding="utf-8") as f:
+        meta = json.load(f)
+    return ("\n# 3) Or serve the saved engine file without torchslim (example_args: the model's input tensors):\n"
+            "example_args = workload.example.args\n" + serving_lines(meta, run.artifact))
 
 
 def _shape_args(run) -> str:

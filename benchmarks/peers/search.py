@@ -15,13 +15,18 @@ from benchmarks.peers import cases
 RECIPES = ("static-int8", "static-int8-ts", "static-int8-ts-x86-sr", "pt2e-dynamic-int8", "dynamic-int8", "bf16-cast", "fast-transformer+bf16-cast",
            "fast-transformer+static-int8-linear", "bf16-cast+compile", "channels_last+bf16-cast+compile",
            "int8-weight-only+compile", "compile")
-# --quick: per model, the recipes BENCHMARKS.md found best there, at most one that compiles.
+# The engine recipes (torchslim/engines.py): torchslim's row is whatever optimize chose, an engine's included.
+ENGINE_RECIPES = ("aoti", "aoti+bf16", "static-int8+aoti", "ort", "ort-int8-dynamic", "ort-int8-static",
+                  "openvino", "openvino-fp32", "openvino-int8")
+RECIPES += ENGINE_RECIPES
+# --quick: per model, the recipes BENCHMARKS.md found best there (at most one torch.compile), plus the
+# engine recipes whose engine won that model as a peer.
 QUICK_RECIPES = {
-    "fashion": ("static-int8-ts", "static-int8-ts-x86-sr", "static-int8", "channels_last+bf16-cast+compile"),
-    "resnet18": ("static-int8-ts", "static-int8-ts-x86-sr", "static-int8", "channels_last+bf16-cast+compile"),
-    "minilm": ("fast-transformer+bf16-cast", "bf16-cast", "dynamic-int8"),
-    "padded": ("fast-transformer+bf16-cast", "bf16-cast", "dynamic-int8"),
-    "lstm": ("dynamic-int8", "bf16-cast"),
+    "fashion": ("static-int8-ts", "static-int8-ts-x86-sr", "static-int8", "channels_last+bf16-cast+compile", "ort-int8-static", "aoti"),
+    "resnet18": ("static-int8-ts", "static-int8-ts-x86-sr", "static-int8", "channels_last+bf16-cast+compile", "openvino-int8"),
+    "minilm": ("fast-transformer+bf16-cast", "bf16-cast", "dynamic-int8", "openvino", "openvino-int8"),
+    "padded": ("fast-transformer+bf16-cast", "bf16-cast", "dynamic-int8", "openvino"),
+    "lstm": ("dynamic-int8", "bf16-cast", "openvino", "openvino-int8"),
 }
 
 

@@ -104,12 +104,16 @@ def torchslim_chosen(bundle, env: Env) -> Prepared:
     model = apply(_fresh(bundle), Recipe.from_list(found["steps"]), ctx)
     prepared = torch_prepared(model, [f"recipe {found['chosen']}"])
     prepared.precision = recipe_precision(found["chosen"])
+    if prepared.precision == "fp32" and getattr(model, "meta", {}).get("runs_in") == "bf16":
+        prepared.precision = "bf16"  # an OpenVINO recipe at its default precision, on a CPU with BF16
+    if getattr(model, "engine", ""):  # an engine recipe: the table says which engine torchslim chose
+        prepared.notes.append(f"engine {model.engine} (chosen by optimize among its recipes)")
     return prepared
 
 
 def recipe_precision(name: str) -> str:
     """The arithmetic a torchslim recipe runs its heavy layers in, from its name."""
-    if "static-int8" in name:
+    if "static-int8" in name or "int8-static" in name or name == "openvino-int8":
         return "int8-static"
     if "dynamic-int8" in name or "int8-dynamic" in name:
         return "int8-dynamic"

@@ -1,9 +1,10 @@
 """Techniques: import each module so it registers its config and handler."""
 from . import (  # noqa: F401
-    ao_dynamic, ao_float8, channels_last, compile, dynamic_int8, fast_transformer, inference_mode, low_precision, static_int8, static_int8_fx, static_linear_int8, torchscript, weight_only,
+    ao_dynamic, ao_float8, aoti, channels_last, compile, dynamic_int8, fast_transformer, inference_mode, low_precision, openvino, ort, static_int8, static_int8_fx, static_linear_int8, torchscript, weight_only,
 )
 from .ao_dynamic import AoInt8DynamicConfig
 from .ao_float8 import AoFloat8Config
+from .aoti import AotiConfig
 from .base import CONFIGS, Context, TechniqueConfig, config_from_dict, handler
 from .channels_last import ChannelsLastConfig
 from .compile import CompileConfig
@@ -11,6 +12,8 @@ from .dynamic_int8 import DynamicInt8Config
 from .fast_transformer import FastTransformerConfig
 from .inference_mode import InferenceModeConfig
 from .low_precision import LowPrecisionConfig
+from .openvino import OpenVinoConfig, OpenVinoInt8Config
+from .ort import OrtConfig, OrtStaticInt8Config
 from .static_int8 import Pt2eDynamicInt8Config, StaticInt8Config
 from .static_int8_fx import StaticInt8FxConfig
 from .static_linear_int8 import StaticLinearInt8Config
@@ -22,4 +25,5 @@ __all__ = [
     "ChannelsLastConfig", "CompileConfig", "DynamicInt8Config", "InferenceModeConfig",
     "LowPrecisionConfig", "TorchScriptConfig", "StaticInt8Config", "StaticInt8FxConfig", "StaticLinearInt8Config", "Pt2eDynamicInt8Config",
     "AoInt8DynamicConfig", "AoFloat8Config", "WeightOnlyConfig", "FastTransformerConfig",
+    "AotiConfig", "OrtConfig", "OrtStaticInt8Config", "OpenVinoConfig", "OpenVinoInt8Config",
 ]

@@ -1,0 +1,191 @@
+"""Engine recipes (AOTInductor, ONNX Runtime, OpenVINO) on tiny real models: fidelity, output
+structure, save/load round trips, rejection of a broken engine result, and the AOTInductor package
+served in a fresh process without torchslim. Skipped where the engine's extra is not installed."""
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn as nn
+
+import torchslim
+from torchslim import artifacts, engines
+from torchslim.fidelity import compare
+from torchslim.inputs import Example
+from torchslim.recipes import Recipe, apply
+from torchslim.techniques import (
+    AotiConfig, Context, OpenVinoConfig, OpenVinoInt8Config, OrtConfig, OrtStaticInt8Config,
+)
+
+from tiny_models import lstm
+
+needs_ort = pytest.mark.skipif(engines.missing("onnxruntime", "onnx") is not None, reason="install torchslim[onnxruntime]")
+needs_ov = pytest.mark.skipif(engines.missing("openvino", "nncf") is not None, reason="install torchslim[openvino]")
+
+
+class TinyEncoder(nn.Module):
+    """A 2-layer Transformer encoder returning a dict (the engines must give the same structure back)."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(32, 4, 64, batch_first=True), 2)
+        self.head = nn.Linear(32, 4)
+
+    def forward(self, x):
+        h = self.enc(x)
+        return {"hidden": h, "logits": self.head(h[:, 0])}
+
+
+class SmallCNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                                 nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, 10))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def _case(name):
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(1)
+    model, shape = {"cnn": (SmallCNN, (2, 3, 12, 12)), "encoder": (TinyEncoder, (2, 10, 32)), "lstm": (lstm, (2, 8, 32))}[name]
+    model = model().eval()
+    example = Example((torch.randn(shape, generator=gen),))
+    batches = [Example((torch.randn(shape, generator=gen),)) for _ in range(8)]
+    return model, example, (lambda: batches)
+
+
+def _apply(model, cfg, example, calibration):
+    ctx = Context(device=torch.device("cpu"), example=example, calibration=calibration)
+    return apply(copy.deepcopy(model), Recipe((cfg,)), ctx), ctx
+
+
+# (config, smallest per-sample cosine): FP32 is exact up to float reordering, OpenVINO's default may
+# run in BF16; static INT8 of a random-weight model is held to SQNR >= 20 dB and cosine >= 0.98.
+ENGINE_RECIPES = [
+    pytest.param(OrtConfig(), 0.99999, marks=needs_ort, id="ort"),
+    pytest.param(OrtStaticInt8Config(), 0.98, marks=needs_ort, id="ort-int8-static"),
+    pytest.param(OpenVinoConfig(), 0.999, marks=needs_ov, id="openvino"),
+    pytest.param(OpenVinoInt8Config(), 0.98, marks=needs_ov, id="openvino-int8"),
+]
+
+
+@pytest.mark.parametrize("name", ["cnn", "encoder", "lstm"])
+@pytest.mark.parametrize("cfg,min_cos", ENGINE_RECIPES)
+def test_engine_recipe_keeps_outputs_and_structure(name, cfg, min_cos):
+    model, example, calib = _case(name)
+    slim, ctx = _apply(model, cfg, example, calib)
+    with torch.no_grad():
+        ref, out = example(model), example(slim)
+    assert type(out) is type(ref) and (not isinstance(ref, dict) or list(out) == list(ref))
+    fid = compare(ref, out)
+    assert fid.finite and fid.min_cosine >= min_cos and fid.sqnr_db >= 20, (cfg.label(), fid)
+    assert isinstance(slim, engines.EngineModule) and any("thread" in n for n in ctx.notes)
+
+
+@needs_ort
+def test_ort_dynamic_int8_and_threads_and_spinning():
+    model, example, calib = _case("encoder")
+    torch.set_num_threads(1)
+    try:
+        slim, _ = _apply(model, OrtConfig(quantize="dynamic"), example, None)
+    finally:
+        torch.set_num_threads(2)
+    assert slim.meta["threads"] == 1 and slim.meta["config_entries"]["session.intra_op.allow_spinning"] == "0"
+    with torch.no_grad():
+        assert compare(example(model), example(slim)).min_cosine >= 0.99
+
+
+@needs_ov
+def test_openvino_fp32_runs_in_fp32_with_torchslims_threads():
+    model, example, _ = _case("lstm")
+    cfg = OpenVinoConfig(precision="fp32")
+    ctx = Context(device=torch.device("cpu"), example=example)
+    from torchslim.techniques.base import handler
+
+    reason = handler(cfg).applies(model, cfg, ctx)
+    if reason:  # a CPU without BF16: the default already is FP32, and this recipe says so
+        assert "already is FP32" in reason
+        return
+    slim, _ = _apply(model, cfg, example, None)
+    assert slim.meta["runs_in"] == "f32" and slim.meta["config"]["INFERENCE_NUM_THREADS"] == torch.get_num_threads()
+    with torch.no_grad():
+        assert compare(example(model), example(slim)).min_cosine >= 0.99999
+
+
+@pytest.mark.parametrize("cfg", [pytest.param(OrtStaticInt8Config(), marks=needs_ort, id="ort-int8-static"),
+                                 pytest.param(OpenVinoConfig(), marks=needs_ov, id="openvino")])
+def test_saved_engine_file_reloads_with_identical_outputs(tmp_path, cfg):
+    model, example, calib = _case("encoder")
+    slim, _ = _apply(model, cfg, example, calib)
+    with torch.no_grad():
+        out = example(slim)
+    folder = str(tmp_path / "model")
+    artifacts.save(folder, model, Recipe((cfg,)), example, spec=None, reference_output=out, optimized=slim)
+    manifest = artifacts.read_manifest(folder)
+    assert manifest["engine"]["files"][0] in os.listdir(folder) and os.path.isfile(os.path.join(folder, "engine.json"))
+    again = torchslim.load(folder)  # no architecture needed: the engine file is the model
+    with torch.no_grad():
+        out2 = example(again)
+    assert all(torch.equal(out[k], out2[k]) for k in out)
+
+
+@needs_ort
+def test_broken_engine_result_is_rejected_and_failures_are_rows(tmp_path):
+    """Static INT8 calibrated on inputs 1000x too small clips every activation: optimize must
+    reject it on fidelity; a model ONNX cannot export is a failed row, not a crash."""
+    model, example, _ = _case("cnn")
+    tiny = [example.map(lambda t: t * 1e-3)] * 4
+    wl = torchslim.Workload(model=model, example=example, calibration=lambda: tiny)
+    run = torchslim.optimize(wl, torchslim.OptimizeConfig(recipes=("ort-int8-static", "ort"), rounds=1, threads=2), progress=False)
+    by = {r.name: r for r in run.recipes}
+    assert by["ort-int8-static"].status == "rejected" and "drifted" in by["ort-int8-static"].reason
+    assert by["ort"].status in ("ok", "chosen", "rejected") and by["ort"].fidelity["min_cosine"] > 0.9999
+
+    class Unexportable(nn.Module):
+        def forward(self, x):
+            return torch.linalg.svdvals(x)  # no ONNX op (either exporter) computes it
+
+    wl = torchslim.Workload(model=Unexportable(), example=Example((torch.randn(2, 3, 3),)))
+    run = torchslim.optimize(wl, torchslim.OptimizeConfig(recipes=("ort",), rounds=1), progress=False)
+    assert run.recipes[1].status == "failed" and "ONNX export failed" in run.recipes[1].reason
+
+
+def test_absent_engine_is_a_skip_that_names_the_extra():
+    assert engines.missing("torch") is None
+    assert engines.missing("no_such_engine_xyz") == "install torchslim[no_such_engine_xyz] (no no_such_engine_xyz here)"
+    assert engines.missing("openvino") in (None, "install torchslim[openvino] (no openvino here)")
+
+
+@pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")), reason="AOTInductor needs a C++ compiler")
+def test_aoti_package_serves_in_a_fresh_process_without_torchslim(tmp_path):
+    model, example, _ = _case("cnn")
+    slim, _ = _apply(model, AotiConfig(), example, None)
+    with torch.no_grad():
+        ref, out = example(model), example(slim)
+    assert compare(ref, out).min_cosine >= 0.9999
+    folder = str(tmp_path / "model")
+    artifacts.save(folder, model, Recipe((AotiConfig(),)), example, spec=None, reference_output=out, optimized=slim)
+    with torch.no_grad():
+        assert torch.equal(example(torchslim.load(folder)), out)
+    torch.save(example.args[0], tmp_path / "x.pt")
+    code = textwrap.dedent(f"""
+        import sys, torch
+        model = torch._inductor.aoti_load_package({os.path.join(folder, "model.pt2")!r})
+        with torch.no_grad():
+            y = model(torch.load({str(tmp_path / "x.pt")!r}))
+        torch.save(y, {str(tmp_path / "y.pt")!r})
+        print(any(m.startswith("torchslim") for m in sys.modules))
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(tmp_path), env=env, timeout=300)
+    assert got.returncode == 0, got.stderr[-2000:]
+    assert got.stdout.strip() == "False"
+    assert torch.equal(torch.load(tmp_path / "y.pt"), out)
