@@ -88,6 +88,10 @@ def load(folder: str, model: nn.Module | None = None, *, device: str = "cpu", ve
     from .loading import load_model
 
     manifest = read_manifest(folder)
+    if manifest.get("task") == "text-generation":
+        from .generation.artifacts import load as load_generation
+
+        return load_generation(folder, device=device, verify=verify)
     if model is None:
         if not manifest.get("spec"):
             raise SlimError("this model was optimized from an in-memory module, so its architecture is not recorded",

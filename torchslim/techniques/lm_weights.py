@@ -1,0 +1,116 @@
+"""The weights of a causal LM for generation: BF16, and torchao weight-only INT8/INT4 (or dynamic
+INT8) on every nn.Linear, the LM head included (it is the largest matmul of a small LM).
+
+The model stays a Hugging Face model (generate(), save_pretrained() work): token ids go in, logits
+come out in the weights' dtype. Kernels reached on CPU (checked with the profiler, see
+BENCHMARKS.md "Text generation"):
+- int4: torchao's Int4OpaqueTensor (prototype Int4WeightOnlyConfig for CPU) -> aten._weight_int4pack_mm_for_cpu,
+  eager and compiled; BF16 activations (its FP32 path is 25-70x slower).
+- int8: torchao Int8WeightOnlyConfig -> aten._weight_int8pack_mm under torch.compile with BF16 activations.
+- int8-dynamic: per-token INT8 activations x INT8 weights; pays off compiled, for prefill and larger batches.
+Decode at batch 1 is bound by the bytes of weights read per token: INT4 reads ~1/8 of FP32.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from .. import backends
+from .. import device as dev
+from .base import Context, TechniqueConfig, register
+
+DTYPES = ("fp32", "bf16")
+QUANTS = ("none", "int8", "int4", "int8-dynamic")
+INT4_GROUPS = (32, 64, 128)
+
+
+@dataclass(frozen=True)
+class LMWeightsConfig(TechniqueConfig):
+    """dtype: the compute dtype ('fp32' or 'bf16'). quant: 'none', 'int8' (weight-only, per channel),
+    'int4' (weight-only, asymmetric groups of `group_size`), 'int8-dynamic'. lm_head: quantize the
+    output projection too (untying it from the embedding, which stays in `dtype`)."""
+
+    name = "lm_weights"
+    dtype: str = "bf16"
+    quant: str = "none"
+    group_size: int = 32
+    lm_head: bool = True
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.quant not in QUANTS:
+            raise ValueError(f"quant must be one of {QUANTS}, got {self.quant!r}")
+        if self.group_size not in INT4_GROUPS:
+            raise ValueError(f"group_size must be one of {INT4_GROUPS}, got {self.group_size!r}")
+        if self.quant in ("int4", "int8") and self.dtype != "bf16":
+            raise ValueError(f"weight-only {self.quant} runs with BF16 activations (the CPU kernels' fast path): use dtype='bf16'")
+
+    def label(self) -> str:
+        if self.quant == "none":
+            return self.dtype
+        q = {"int4": f"int4-g{self.group_size}", "int8": "int8", "int8-dynamic": "int8-dyn"}[self.quant]
+        return q + ("-wo" if self.quant in ("int4", "int8") else "") + (f"-{self.dtype}" if self.dtype != "fp32" else "") \
+            + ("" if self.lm_head else "-nohead")
+
+
+def is_causal_lm(model: nn.Module) -> bool:
+    cfg = getattr(model, "config", None)
+    return hasattr(model, "generate") and cfg is not None and not getattr(cfg, "is_encoder_decoder", False)
+
+
+def _linears(model: nn.Module, cfg: LMWeightsConfig) -> list[str]:
+    out = []
+    for name, m in model.named_modules():
+        if not isinstance(m, nn.Linear) or backends.is_torchao_tensor(m.weight):
+            continue
+        if name.endswith("lm_head") and not cfg.lm_head:
+            continue
+        if cfg.quant == "int4" and (m.in_features % cfg.group_size or m.out_features % 16):
+            continue
+        out.append(name)
+    return out
+
+
+def _applies(model, cfg: LMWeightsConfig, ctx: Context):
+    if not is_causal_lm(model):
+        return "not a Hugging Face causal LM (needs .generate and .config)"
+    if any(p.dtype not in (torch.float32,) for p in model.parameters() if p.is_floating_point()):
+        return "the weights are no longer FP32 (apply lm_weights first)"
+    if cfg.dtype == "bf16" and not dev.supports_bf16(ctx.device):
+        return f"no fast BF16 on this {ctx.device.type} (needs AVX512-BF16/AMX or an Ampere+ GPU)"
+    if cfg.quant != "none":
+        why = backends.torchao_importable()
+        if why:
+            return why
+    if cfg.quant == "int4" and ctx.device.type == "cpu" and not backends.int4_cpu_kernel_ok():
+        return "aten._weight_int4pack_mm_for_cpu is missing or failed its check here"
+    if cfg.quant != "none" and not _linears(model, cfg):
+        return "no nn.Linear fits the kernel's shape rules"
+    return None
+
+
+@register(LMWeightsConfig, applies=_applies)
+def apply_lm_weights(model, cfg: LMWeightsConfig, ctx: Context):
+    names = set(_linears(model, cfg)) if cfg.quant != "none" else set()
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None and cfg.quant != "none" and any(n.endswith("lm_head") for n in names):
+        # tied to the embedding: give the head its own weight so only the head is quantized
+        head.weight = nn.Parameter(head.weight.detach().clone())
+        model.config.tie_word_embeddings = False
+        ctx.notes.append("lm_head untied from the embedding (quantized; the embedding table stays float)")
+    if cfg.dtype == "bf16":
+        model = model.to(torch.bfloat16)
+    flt = (lambda m, fqn: fqn in names) if names else None
+    if cfg.quant == "int4":
+        backends.ao_int4_weight_only(model, flt, cfg.group_size, hqq=False, device=ctx.device)
+    elif cfg.quant == "int8":
+        backends.ao_int8_weight_only(model, flt, None)
+    elif cfg.quant == "int8-dynamic":
+        backends.ao_int8_dynamic(model, flt)
+    if names:
+        ctx.notes.append(f"{cfg.label()}: {len(names)} Linear layers quantized")
+    ctx.details["lm_weights"] = {"quantized": sorted(names), "dtype": cfg.dtype, "quant": cfg.quant}
+    return model
