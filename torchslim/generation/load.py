@@ -85,7 +85,7 @@ def load_causal_lm(spec: str, task: str | None = None) -> CausalLM:
         raise SlimError(f"'{spec}' is not a causal LM spec", "give hf:DIR (a Hugging Face causal-LM folder) or a .gguf file")
     arch = _architectures(folder)
     causal = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in arch)
-    if not causal and task != "text-generation":
+    if not causal and (arch or task != "text-generation"):  # --task forces only where config.json names no architecture
         raise SlimError(f"'{spec}' is not a causal language model (architectures: {', '.join(arch) or 'none'})",
                         "text generation needs a *ForCausalLM model; for other models drop --task text-generation")
     tokenizer = _tokenizer(folder, spec)
