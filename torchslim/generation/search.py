@@ -81,21 +81,28 @@ class GenRecipeResult(RecipeResult):
     large_batch: dict | None = None  # the same at the larger batch size
 
 
-def candidates(device: torch.device) -> list[tuple[Recipe, str]]:
-    """(recipe, the part it targets), cheapest first. Inapplicable ones are skipped with the reason."""
+def candidates(device: torch.device, extended: bool = False) -> list[tuple[Recipe, str]]:
+    """(recipe, the part it targets), cheapest first. Inapplicable ones are skipped with the reason.
+    Each compiled recipe costs a first call of minutes on a small CPU, so the default list keeps
+    the ones that won somewhere in our trials (BENCHMARKS.md "Text generation"); `extended` adds
+    the rest (FP32 compiled, INT8 dynamic activations with a compiled prefill), also by name."""
     dec, eager = LMDecodeConfig(), LMDecodeConfig(compile=False)
-    out = [(Recipe((eager,)), "decode"), (Recipe((dec,)), "decode")]
+    out = [(Recipe((eager,)), "decode")]
     if dev.supports_bf16(device):
-        out += [(Recipe((LMWeightsConfig("bf16"), dec)), "both"),
+        out += [(Recipe((LMWeightsConfig("bf16", "int4"), eager)), "decode"),
+                (Recipe((LMWeightsConfig("bf16"), dec)), "both"),
                 (Recipe((LMWeightsConfig("bf16", "int8"), dec)), "decode"),
-                (Recipe((LMWeightsConfig("bf16", "int4"), eager)), "decode"),
-                (Recipe((LMWeightsConfig("bf16", "int4"), dec)), "decode")]
-    out += [(Recipe((LMWeightsConfig("fp32", "int8-dynamic"), LMDecodeConfig(compile_prefill=True))), "prefill")]
+                (Recipe((LMWeightsConfig("bf16", "int4"), dec)), "decode"),
+                (Recipe((LMWeightsConfig("bf16", "da8w4"), dec)), "both")]  # skipped where torchao lacks the kernel
+    if extended or not dev.supports_bf16(device):
+        out += [(Recipe((dec,)), "decode")]
+    if extended:
+        out += [(Recipe((LMWeightsConfig("fp32", "int8-dynamic"), LMDecodeConfig(compile_prefill=True))), "prefill")]
     return out
 
 
 def by_name(names: list[str], device: torch.device) -> list[tuple[Recipe, str]]:
-    known = {r.name: (r, t) for r, t in candidates(device)}
+    known = {r.name: (r, t) for r, t in candidates(device, extended=True)}
     missing = [n for n in names if n not in known]
     if missing:
         raise SlimError(f"unknown or unavailable generation recipe(s) {missing}", f"available here: {', '.join(known)}")

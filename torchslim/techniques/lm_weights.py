@@ -8,6 +8,9 @@ BENCHMARKS.md "Text generation"):
   eager and compiled; BF16 activations (its FP32 path is 25-70x slower).
 - int8: torchao Int8WeightOnlyConfig -> aten._weight_int8pack_mm under torch.compile with BF16 activations.
 - int8-dynamic: per-token INT8 activations x INT8 weights; pays off compiled, for prefill and larger batches.
+- da8w4: torchao's prototype Int8DynamicActivationInt4WeightConfig (INT8 activations x INT4 weights on
+  AMX) -> torchao::da8w4_linear_cpu, a kernel in torchao's own C++ extension: the PyPI wheel of
+  torchao 0.18 does not ship it for CPU, so applies() says so and the recipe is skipped.
 Decode at batch 1 is bound by the bytes of weights read per token: INT4 reads ~1/8 of FP32.
 """
 from __future__ import annotations
@@ -22,7 +25,7 @@ from .. import device as dev
 from .base import Context, TechniqueConfig, register
 
 DTYPES = ("fp32", "bf16")
-QUANTS = ("none", "int8", "int4", "int8-dynamic")
+QUANTS = ("none", "int8", "int4", "int8-dynamic", "da8w4")
 INT4_GROUPS = (32, 64, 128)
 
 
@@ -45,13 +48,14 @@ class LMWeightsConfig(TechniqueConfig):
             raise ValueError(f"quant must be one of {QUANTS}, got {self.quant!r}")
         if self.group_size not in INT4_GROUPS:
             raise ValueError(f"group_size must be one of {INT4_GROUPS}, got {self.group_size!r}")
-        if self.quant in ("int4", "int8") and self.dtype != "bf16":
+        if self.quant in ("int4", "int8", "da8w4") and self.dtype != "bf16":
             raise ValueError(f"weight-only {self.quant} runs with BF16 activations (the CPU kernels' fast path): use dtype='bf16'")
 
     def label(self) -> str:
         if self.quant == "none":
             return self.dtype
-        q = {"int4": f"int4-g{self.group_size}", "int8": "int8", "int8-dynamic": "int8-dyn"}[self.quant]
+        q = {"int4": f"int4-g{self.group_size}", "int8": "int8", "int8-dynamic": "int8-dyn",
+             "da8w4": f"da8w4-g{self.group_size}"}[self.quant]
         return q + ("-wo" if self.quant in ("int4", "int8") else "") + (f"-{self.dtype}" if self.dtype != "fp32" else "") \
             + ("" if self.lm_head else "-nohead")
 
@@ -61,6 +65,20 @@ def is_causal_lm(model: nn.Module) -> bool:
     return hasattr(model, "generate") and cfg is not None and not getattr(cfg, "is_encoder_decoder", False)
 
 
+def da8w4_missing() -> str | None:
+    """None where torchao's DA8W4 CPU kernel is built and the CPU has AMX-INT8, else why not."""
+    if "amx_int8" not in dev.cpu_flags():
+        return "DA8W4 needs a CPU with AMX-INT8"
+    why = backends.torchao_importable()
+    if why:
+        return why
+    import torch
+
+    if "CPU" not in torch._C._dispatch_dump("torchao::da8w4_linear_cpu"):
+        return "torchao's da8w4_linear_cpu kernel is not built in this torchao (its PyPI wheel has no CPU extension)"
+    return None
+
+
 def _linears(model: nn.Module, cfg: LMWeightsConfig) -> list[str]:
     out = []
     for name, m in model.named_modules():
@@ -68,7 +86,7 @@ def _linears(model: nn.Module, cfg: LMWeightsConfig) -> list[str]:
             continue
         if name.endswith("lm_head") and not cfg.lm_head:
             continue
-        if cfg.quant == "int4" and (m.in_features % cfg.group_size or m.out_features % 16):
+        if cfg.quant in ("int4", "da8w4") and (m.in_features % cfg.group_size or m.out_features % 16):
             continue
         out.append(name)
     return out
@@ -87,6 +105,10 @@ def _applies(model, cfg: LMWeightsConfig, ctx: Context):
             return why
     if cfg.quant == "int4" and ctx.device.type == "cpu" and not backends.int4_cpu_kernel_ok():
         return "aten._weight_int4pack_mm_for_cpu is missing or failed its check here"
+    if cfg.quant == "da8w4":
+        why = da8w4_missing()
+        if why:
+            return why
     if cfg.quant != "none" and not _linears(model, cfg):
         return "no nn.Linear fits the kernel's shape rules"
     return None
@@ -110,6 +132,12 @@ def apply_lm_weights(model, cfg: LMWeightsConfig, ctx: Context):
         backends.ao_int8_weight_only(model, flt, None)
     elif cfg.quant == "int8-dynamic":
         backends.ao_int8_dynamic(model, flt)
+    elif cfg.quant == "da8w4":
+        with backends.quiet():
+            from torchao.prototype.quantization.int4.inference_workflow import Int8DynamicActivationInt4WeightConfig
+            from torchao.quantization import quantize_
+
+            quantize_(model, Int8DynamicActivationInt4WeightConfig(group_size=cfg.group_size), filter_fn=flt)
     if names:
         ctx.notes.append(f"{cfg.label()}: {len(names)} Linear layers quantized")
     ctx.details["lm_weights"] = {"quantized": sorted(names), "dtype": cfg.dtype, "quant": cfg.quant}
