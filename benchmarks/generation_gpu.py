@@ -29,6 +29,9 @@ TINY = dict(SMOLLM2, vocab_size=512, hidden_size=64, intermediate_size=128, num_
             num_key_value_heads=2, max_position_embeddings=512)
 
 
+KW = "past_key_values"  # forward()'s KV-cache argument: renamed 'cache' in transformers 5.2x (set in main)
+
+
 def load(tiny: bool):
     """(model FP32, source description)."""
     import transformers
@@ -84,7 +87,7 @@ class Fast:
 
     @staticmethod
     def _step_impl(model, tok, cache, pos):
-        return model(input_ids=tok, cache=cache, cache_position=pos, use_cache=True).logits[:, -1].argmax(-1, keepdim=True)
+        return model(input_ids=tok, **{KW: cache}, cache_position=pos, use_cache=True).logits[:, -1].argmax(-1, keepdim=True)
 
     def _step(self, tok, cache, pos):
         return self._step_impl(self.model, tok, cache, pos)
@@ -98,7 +101,7 @@ class Fast:
             self.cache.reset()
         sync(dev)
         t0 = time.perf_counter()
-        logits = self.model(input_ids=ids, cache=self.cache, cache_position=torch.arange(L, device=dev), use_cache=True,
+        logits = self.model(input_ids=ids, **{KW: self.cache}, cache_position=torch.arange(L, device=dev), use_cache=True,
                             logits_to_keep=1).logits[:, -1]
         tok = logits.argmax(-1, keepdim=True)
         sync(dev)
@@ -150,6 +153,10 @@ def main(argv=None):
     dev = torch.device(args.device)
     base, source = load(args.tiny)
     base = base.to(dev)
+    global KW
+    import inspect
+
+    KW = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
     cap = torch.cuda.get_device_capability(dev) if dev.type == "cuda" else (0, 0)
     ao = importlib.util.find_spec("torchao") is not None
     cases = [("fp32 eager generate()", torch.float32, None, None), ("bf16 eager generate()", torch.bfloat16, None, None),
@@ -164,6 +171,8 @@ def main(argv=None):
             if cap >= (8, 9):
                 cases += [("fp8 dyn-act/weight (row) bf16 + CUDA graphs", torch.bfloat16, "fp8", "reduce-overhead")]
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    if not ao:
+        print("# torchao is not installed here: the INT8/INT4 weight-only and FP8 rows are left out")
     print(f"# generation on {name}, torch {torch.__version__}, model: {source}, prompt {args.prompt_len}, "
           f"{args.new_tokens} new tokens, greedy\n")
     print("| case | batch | TTFT ms | decode ms/tok | decode tok/s | x fp32 eager | token agreement vs fp32 | first call s |")

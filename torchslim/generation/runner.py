@@ -133,14 +133,15 @@ class GreedyLM(nn.Module):
         b, n = input_ids.shape
         cache = self._cache(b, n + new_tokens)
         t0 = time.perf_counter()
-        logits = self._prefill(self.inner, input_ids, cache, torch.arange(n, device=input_ids.device))
+        kw = cache_kwarg(self.inner)
+        logits = self._prefill(self.inner, input_ids, cache, torch.arange(n, device=input_ids.device), kw)
         tok = logits.argmax(-1, keepdim=True)
         t_prev = time.perf_counter()
         ttft = (t_prev - t0) * 1000.0
         out, steps = [tok], []
         pos = torch.tensor([n], device=input_ids.device)
         for i in range(1, new_tokens):
-            tok = self._decode(self.inner, tok, cache, pos)
+            tok = self._decode(self.inner, tok, cache, pos, kw)
             pos += 1
             now = time.perf_counter()
             steps.append((now - t_prev) * 1000.0)
@@ -149,14 +150,21 @@ class GreedyLM(nn.Module):
         return GenTrace(tokens=torch.cat(out, dim=1), ttft_ms=ttft, step_ms=steps, first_logits=logits.float())
 
 
-def _prefill_step(model, input_ids, cache, cache_position):
-    out = model(input_ids=input_ids, cache=cache, cache_position=cache_position, use_cache=True,
+def cache_kwarg(model) -> str:
+    """The name forward() takes the KV cache under: 'cache' (transformers >= 5.2x) or 'past_key_values'."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _prefill_step(model, input_ids, cache, cache_position, kw):
+    out = model(input_ids=input_ids, **{kw: cache}, cache_position=cache_position, use_cache=True,
                 logits_to_keep=1)
     return out.logits[:, -1]
 
 
-def _decode_step(model, tok, cache, cache_position):
-    out = model(input_ids=tok, cache=cache, cache_position=cache_position.clone(), use_cache=True)
+def _decode_step(model, tok, cache, cache_position, kw):
+    out = model(input_ids=tok, **{kw: cache}, cache_position=cache_position.clone(), use_cache=True)
     return out.logits[:, -1].argmax(-1, keepdim=True)
 
 
