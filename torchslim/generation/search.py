@@ -223,8 +223,6 @@ def _search(lm: CausalLM, config: GenerationConfig, device, run: RunResult, prog
         big = measure.interleaved(gens, ev.big, config.new_tokens, rounds=max(2, config.rounds // 2))
         for name, s in big.items():
             by[name].large_batch = measure.summary(s, config.large_batch, config.new_tokens)
-            by[name].large_batch["decode_speedup"] = _ratio(by["baseline"].large_batch, by[name].large_batch, "decode_ms_per_token") \
-                if "baseline" in big else None
         for name in big:
             bl, lb = by["baseline"].large_batch, by[name].large_batch
             lb["decode_speedup"] = _ratio(bl, lb, "decode_ms_per_token")
