@@ -92,6 +92,10 @@ def load(folder: str, model: nn.Module | None = None, *, device: str = "cpu", ve
     from .loading import load_model
 
     manifest = read_manifest(folder)
+    if manifest.get("task") == "text-generation":
+        from .generation.artifacts import load as load_generation
+
+        return load_generation(folder, device=device, verify=verify)
     if manifest.get("engine"):  # an engine recipe: its saved file is the model (no architecture needed)
         optimized = engines.load(folder)
         if verify and os.path.isfile(os.path.join(folder, "reference.pt")):

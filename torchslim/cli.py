@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="most layers the fallback may keep in float (default: half the quantized layers, at most 8)")
     o.add_argument("--no-progress", action="store_true", help="no progress bar")
     o.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    from .generation import cli as gen_cli
+
+    gen_cli.add_arguments(o)
 
     r = sub.add_parser("recipes", help="list the recipes torchslim can try on this machine")
     r.add_argument("--device", default="auto")
@@ -113,6 +116,10 @@ def cmd_optimize(args) -> int:
     from .optimize import OptimizeConfig, optimize
     from .report import format_table
 
+    from .generation import cli as gen_cli
+
+    if gen_cli.wants_generation(args):
+        return gen_cli.cmd_generate(args)
     out = args.out or DEMO_OUT
     if args.model:
         jobs = [(args.model, out)]

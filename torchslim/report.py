@@ -342,6 +342,7 @@ def render_html(run: dict) -> str:
                    ("artifact", _esc(str(run.get("artifact") or "-")))]),
         f'<p class="chosen-box">Chosen: {_esc(_chosen_line(run))}</p>',
         "<h2>Summary</h2>", table,
+        _generation_html(run),
         f"<h2>Speed vs quality</h2><p>{legend}; line: Pareto frontier; dashed: baseline speed.</p>", _pareto_svg(run),
         "<h2>Size of the weights</h2>", _size_svg(run),
         _fallback_html(run),
@@ -352,6 +353,16 @@ def render_html(run: dict) -> str:
         f"<p><small>Quality axis: {_esc(label)}.</small></p></body></html>\n",
     ]
     return "\n".join(p for p in parts if p)
+
+
+def _generation_html(run: dict) -> str:
+    """Generation runs: prefill (TTFT) and decode apart, with perplexity and greedy agreement."""
+    if _get(run, "workload", "task") != "text-generation":
+        return ""
+    from .generation.report import format_generation_table
+
+    return ("<h2>Text generation: time to first token, decode, quality</h2>"
+            f"<pre>{_esc(format_generation_table(run))}</pre>")
 
 
 # -- sensitivity -----------------------------------------------------------------------------------

@@ -1,0 +1,32 @@
+"""The terminal table of a generation run: prefill and decode apart, quality beside them."""
+from __future__ import annotations
+
+
+def _f(v, fmt: str) -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+def format_generation_table(run: dict) -> str:
+    wl, m = run.get("workload") or {}, run.get("machine") or {}
+    head = [f"text generation: {wl.get('spec')}  (prompt {wl.get('prompt_len')} tokens, {wl.get('new_tokens')} new, "
+            f"batch {wl.get('batch_size')}, greedy)",
+            f"machine: {m.get('cpu') or m.get('gpu') or m.get('device')}, {m.get('torch_threads')} threads, "
+            f"bf16 {'yes' if m.get('bf16') else 'no'}, amx {','.join(m.get('amx') or []) or 'no'}",
+            f"perplexity on {wl.get('perplexity_text')}; chosen: {run.get('chosen') or 'none'}"]
+    if run.get("error"):
+        head.append(f"stopped early: {run['error']}")
+    cols = ["recipe", "status", "targets", "speeds up", "TTFT ms", "x", "decode ms/tok", "tok/s", "x",
+            f"tok/s b{wl.get('large_batch')}", "x", "ppl", "d%", "agree", "1st call s", "reason"]
+    rows = []
+    for r in run.get("recipes") or []:
+        lb = r.get("large_batch") or {}
+        rows.append([r.get("name", "?"), r.get("status", "?"), r.get("targets") or "-", r.get("speeds_up") or "-",
+                     _f(r.get("ttft_ms"), ".1f"), _f(r.get("ttft_speedup"), ".2f"), _f(r.get("decode_ms_per_token"), ".2f"),
+                     _f(r.get("decode_tokens_per_s"), ".1f"), _f(r.get("decode_speedup"), ".2f"),
+                     _f(lb.get("decode_tokens_per_s"), ".1f"), _f(lb.get("decode_speedup"), ".2f"),
+                     _f(r.get("perplexity"), ".2f"), _f(r.get("ppl_increase_pct"), "+.1f"),
+                     _f(r.get("greedy_agreement"), ".0%"), _f((r.get("first_call_ms") or 0) / 1000 if r.get("first_call_ms") else None, ".1f"),
+                     (r.get("reason") or "-")[:70]])
+    widths = [max(len(str(c)) for c in col) for col in zip(cols, *rows)]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
+    return "\n".join(head + ["", line(cols), line(["-" * w for w in widths])] + [line(r) for r in rows])

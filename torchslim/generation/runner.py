@@ -1,0 +1,178 @@
+"""Greedy generation, timed per token: the model's own generate() (the baseline) and a lean loop.
+
+The lean loop is gpt-fast's: a static KV cache allocated once, the prompt run as one forward
+(prefill, eager or compiled), then one fixed-shape step per token (decode), which torch.compile
+can turn into one graph (no per-op Python dispatch, no per-token cache growth). Both paths call a
+callback with a timestamp after every token, so time to first token (TTFT) and the per-token decode
+times are measured the same way for both.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+
+@dataclass
+class GenTrace:
+    """One generation: the new tokens [B, N] and when each step finished."""
+
+    tokens: torch.Tensor
+    ttft_ms: float  # prompt pass + first token
+    step_ms: list[float] = field(default_factory=list)  # each decode step after the first token
+    first_logits: torch.Tensor | None = None  # logits of the first new token [B, V] (NaN check)
+
+
+class _Stamps:
+    """A generate() streamer: records the time of every put() (the prompt first, then each token)."""
+
+    def __init__(self):
+        self.times: list[float] = []
+
+    def put(self, value):
+        self.times.append(time.perf_counter())
+
+    def end(self):
+        pass
+
+
+def hf_generate(model: nn.Module, input_ids: torch.Tensor, new_tokens: int, **kwargs) -> GenTrace:
+    """The model's own generate(): greedy, exactly `new_tokens` tokens (EOS ignored)."""
+    stamps = _Stamps()
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        out = model.generate(input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False,
+                             max_new_tokens=new_tokens, min_new_tokens=new_tokens, streamer=stamps,
+                             pad_token_id=_pad_id(model), **kwargs)
+    ts = stamps.times[1:]  # the first put() is the prompt
+    steps = [(b - a) * 1000.0 for a, b in zip(ts, ts[1:])]
+    return GenTrace(tokens=out[:, input_ids.shape[1]:], ttft_ms=(ts[0] - t0) * 1000.0, step_ms=steps)
+
+
+def _pad_id(model) -> int | None:
+    cfg = getattr(model, "generation_config", None)
+    pad = getattr(cfg, "pad_token_id", None)
+    if pad is None:
+        eos = getattr(cfg, "eos_token_id", None)
+        pad = eos[0] if isinstance(eos, (list, tuple)) else eos
+    return pad
+
+
+class GreedyLM(nn.Module):
+    """A causal LM whose greedy generate() runs the lean loop: static KV cache, decode step
+    optionally compiled. Any other generate() call (sampling, beams, ...) goes to the model's own.
+    State dict keys keep the 'inner.' prefix."""
+
+    def __init__(self, inner: nn.Module, compile_decode: bool = True, compile_prefill: bool = False,
+                 compile_options: dict | None = None, freezing: bool = False):
+        super().__init__()
+        self.inner = inner
+        self.compile_decode = compile_decode
+        self.compile_prefill = compile_prefill
+        self.compile_options = dict(compile_options or {})
+        # Inductor freezes weights only with its global flag on while Dynamo captures (see
+        # techniques/compile.py): set for each call, never left on.
+        self.freezing = freezing and (compile_decode or compile_prefill)
+        self._caches: dict[tuple, object] = {}
+        self._decode = self._compiled(_decode_step) if compile_decode else _decode_step
+        self._prefill = self._compiled(_prefill_step, dynamic=True) if compile_prefill else _prefill_step
+
+    def _compiled(self, fn, dynamic=False):
+        opts = dict(self.compile_options)
+        mode = opts.pop("mode", None)
+        return torch.compile(fn, fullgraph=True, dynamic=dynamic, mode=mode, options=opts or None)
+
+    @property
+    def config(self):
+        return self.inner.config
+
+    @property
+    def generation_config(self):
+        return self.inner.generation_config
+
+    def forward(self, *args, **kwargs):
+        return self.inner(*args, **kwargs)
+
+    def _cache(self, batch: int, length: int):
+        from transformers import StaticCache
+
+        # one cache per batch size, sized in steps of 256 tokens, reused (reset) between calls
+        max_len = -(-length // 256) * 256
+        key = (batch, max_len)
+        cache = self._caches.get(key)
+        if cache is None:
+            cache = StaticCache(config=self.inner.config, max_cache_len=max_len)
+            self._caches[key] = cache
+        else:
+            cache.reset()
+        return cache
+
+    def generate(self, input_ids: torch.Tensor, attention_mask=None, max_new_tokens: int = 32,
+                 do_sample: bool = False, **kwargs):
+        lean = (not do_sample and kwargs.get("num_beams", 1) == 1
+                and (attention_mask is None or bool(attention_mask.all())))
+        if not lean:
+            return self.inner.generate(input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
+                                       do_sample=do_sample, **kwargs)
+        trace = self.generate_timed(input_ids, max_new_tokens)
+        return torch.cat([input_ids, trace.tokens], dim=1)
+
+    def generate_timed(self, input_ids: torch.Tensor, new_tokens: int) -> GenTrace:
+        from ..techniques.compile import inductor_freezing
+
+        with torch.no_grad(), inductor_freezing(self.freezing) if self.freezing else contextlib.nullcontext():
+            return self._generate_timed(input_ids, new_tokens)
+
+    def _generate_timed(self, input_ids: torch.Tensor, new_tokens: int) -> GenTrace:
+        if new_tokens < 1:
+            raise ValueError("new_tokens must be >= 1")
+        b, n = input_ids.shape
+        cache = self._cache(b, n + new_tokens)
+        t0 = time.perf_counter()
+        kw = cache_kwarg(self.inner)
+        logits = self._prefill(self.inner, input_ids, cache, torch.arange(n, device=input_ids.device), kw)
+        tok = logits.argmax(-1, keepdim=True)
+        t_prev = time.perf_counter()
+        ttft = (t_prev - t0) * 1000.0
+        out, steps = [tok], []
+        pos = torch.tensor([n], device=input_ids.device)
+        for i in range(1, new_tokens):
+            tok = self._decode(self.inner, tok, cache, pos, kw)
+            pos += 1
+            now = time.perf_counter()
+            steps.append((now - t_prev) * 1000.0)
+            t_prev = now
+            out.append(tok)
+        return GenTrace(tokens=torch.cat(out, dim=1), ttft_ms=ttft, step_ms=steps, first_logits=logits.float())
+
+
+def cache_kwarg(model) -> str:
+    """The name forward() takes the KV cache under: 'cache' (transformers >= 5.2x) or 'past_key_values'."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _prefill_step(model, input_ids, cache, cache_position, kw):
+    out = model(input_ids=input_ids, **{kw: cache}, cache_position=cache_position, use_cache=True,
+                logits_to_keep=1)
+    return out.logits[:, -1]
+
+
+def _decode_step(model, tok, cache, cache_position, kw):
+    out = model(input_ids=tok, **{kw: cache}, cache_position=cache_position.clone(), use_cache=True)
+    return out.logits[:, -1].argmax(-1, keepdim=True)
+
+
+Generate = Callable[[torch.Tensor, int], GenTrace]
+
+
+def timed_generate(model: nn.Module) -> Generate:
+    """The timed greedy generation of `model`: the lean loop for a GreedyLM, generate() otherwise."""
+    if isinstance(model, GreedyLM):
+        return model.generate_timed
+    return lambda ids, n: hf_generate(model, ids, n)

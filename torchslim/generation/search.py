@@ -1,0 +1,336 @@
+"""`optimize` for text generation: try generation recipes on a causal LM, validate on text, time
+prefill and decode interleaved against the model's own FP32 eager generate(), choose, save.
+
+The same plain search as optimize.py: baseline first; each recipe applied to a fresh copy, first
+call (compile) timed apart, quality checked (perplexity on held-out text, greedy agreement, garbage
+checks); survivors timed together round-robin at the batch size asked for and at one larger batch;
+the fastest decode that keeps perplexity within --max-ppl-increase is chosen and saved.
+"""
+from __future__ import annotations
+
+import copy
+import datetime
+import os
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from .. import device as dev
+from .. import measure as tmeasure
+from ..errors import NotApplicable, SlimError
+from ..fileio import write_json, write_text
+from ..recipes import Recipe, apply
+from ..results import RecipeResult, RunResult
+from ..techniques import Context
+from ..techniques.lm_decode import LMDecodeConfig
+from ..techniques.lm_weights import LMWeightsConfig
+from . import measure, quality
+from .load import CausalLM
+from .runner import timed_generate
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    prompt_len: int = 128
+    new_tokens: int = 64
+    batch_size: int = 1
+    large_batch: int = 4  # also timed at this batch size (0: not)
+    prompts: str | None = None  # file with one prompt per line; None: built-in real prompts
+    max_ppl_increase: float = 5.0  # percent
+    ppl_tokens: int = 512
+    agreement_prompts: int = 4
+    agreement_tokens: int = 32
+    recipes: tuple[str, ...] | None = None
+    rounds: int = 5
+    device: str = "cpu"
+    threads: int | None = None
+    out: str | None = None
+    save_model: bool = True
+    debug: bool = False
+
+    def __post_init__(self):
+        if self.new_tokens < 1:
+            raise SlimError(f"--new-tokens must be >= 1 (got {self.new_tokens})", "e.g. --new-tokens 64")
+        if self.prompt_len < 1:
+            raise SlimError(f"--prompt-len must be >= 1 (got {self.prompt_len})", "e.g. --prompt-len 128")
+        if self.batch_size < 1 or self.large_batch < 0:
+            raise SlimError("--batch-size must be >= 1 and --large-batch >= 0", "e.g. --batch-size 1 --large-batch 4")
+        if self.max_ppl_increase < 0:
+            raise SlimError("--max-ppl-increase must be >= 0 (percent)", "e.g. --max-ppl-increase 5")
+        if self.rounds < 1:
+            raise SlimError("--rounds must be >= 1", "e.g. --rounds 5")
+
+
+@dataclass
+class GenRecipeResult(RecipeResult):
+    """A RecipeResult with the generation figures under plain names (batch `batch_size`)."""
+
+    targets: str = ""  # the part the recipe is meant to speed up: prefill, decode, both
+    speeds_up: str = ""  # the part it measurably sped up here: prefill, decode, both, neither
+    ttft_ms: float | None = None
+    decode_ms_per_token: float | None = None
+    decode_tokens_per_s: float | None = None
+    ttft_speedup: float | None = None
+    decode_speedup: float | None = None
+    perplexity: float | None = None
+    ppl_increase_pct: float | None = None
+    greedy_agreement: float | None = None
+    generation: dict | None = None  # measure.summary() at the asked batch size
+    large_batch: dict | None = None  # the same at the larger batch size
+
+
+def candidates(device: torch.device, extended: bool = False) -> list[tuple[Recipe, str]]:
+    """(recipe, the part it targets), cheapest first. Inapplicable ones are skipped with the reason.
+    Each compiled recipe costs a first call of minutes on a small CPU, so the default list keeps
+    the ones that won somewhere in our trials (BENCHMARKS.md "Text generation"); `extended` adds
+    the rest (FP32 compiled, INT8 dynamic activations with a compiled prefill), also by name."""
+    dec, eager = LMDecodeConfig(), LMDecodeConfig(compile=False)
+    out = [(Recipe((eager,)), "decode")]
+    if dev.supports_bf16(device):
+        # INT4 heads cost perplexity (+5.7% on SmolLM2): the head stays BF16 eager (INT8 weight-only
+        # has no eager kernel) and INT8 compiled (aten._weight_int8pack_mm)
+        out += [(Recipe((LMWeightsConfig("bf16", "int4", lm_head="float"), eager)), "decode"),
+                (Recipe((LMWeightsConfig("bf16"), dec)), "both"),
+                (Recipe((LMWeightsConfig("bf16", "int8"), dec)), "decode"),
+                (Recipe((LMWeightsConfig("bf16", "int4", lm_head="int8"), dec)), "decode"),
+                (Recipe((LMWeightsConfig("bf16", "da8w4"), dec)), "both")]  # skipped where torchao lacks the kernel
+    if extended or not dev.supports_bf16(device):
+        out += [(Recipe((dec,)), "decode")]
+    if extended:
+        out += [(Recipe((LMWeightsConfig("bf16", "int4"), eager)), "decode"), (Recipe((LMWeightsConfig("bf16", "int4"), dec)), "decode")]
+        out += [(Recipe((LMWeightsConfig("fp32", "int8-dynamic"), LMDecodeConfig(compile_prefill=True))), "prefill")]
+    return out
+
+
+def by_name(names: list[str], device: torch.device) -> list[tuple[Recipe, str]]:
+    known = {r.name: (r, t) for r, t in candidates(device, extended=True)}
+    missing = [n for n in names if n not in known]
+    if missing:
+        raise SlimError(f"unknown or unavailable generation recipe(s) {missing}", f"available here: {', '.join(known)}")
+    return [known[n] for n in names]
+
+
+def prompt_ids(tokenizer, prompts: list[str], length: int, batch: int) -> torch.Tensor:
+    """[batch, length] token ids: row i is prompt i (cycling), preceded by the prompts before it
+    when shorter than `length`, cut to its last `length` tokens (every row the same length: no padding)."""
+    toks = [tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
+    rows = []
+    for i in range(batch):
+        ids, j = list(toks[i % len(toks)]), i
+        while len(ids) < length:
+            j -= 1
+            ids = toks[j % len(toks)] + ids
+        rows.append(ids[-length:])
+    return torch.tensor(rows, dtype=torch.long)
+
+
+def check_context(lm: CausalLM, config: GenerationConfig) -> None:
+    ctx = getattr(lm.model.config, "max_position_embeddings", None)
+    need = config.prompt_len + config.new_tokens
+    if ctx is not None and need > ctx:
+        raise SlimError(f"--prompt-len {config.prompt_len} + --new-tokens {config.new_tokens} = {need} tokens exceeds "
+                        f"the model's context of {ctx}", f"keep prompt + new tokens within {ctx}")
+
+
+def optimize_generation(lm: CausalLM, config: GenerationConfig = GenerationConfig(), progress: bool = True) -> RunResult:
+    check_context(lm, config)
+    device = dev.resolve(config.device)
+    with tmeasure.num_threads(config.threads):
+        run = RunResult(
+            workload={"name": os.path.basename(lm.spec.rstrip("/")), "spec": lm.spec, "task": "text-generation",
+                      "source": lm.source, "prompt_len": config.prompt_len, "new_tokens": config.new_tokens,
+                      "batch_size": config.batch_size, "large_batch": config.large_batch,
+                      "prompts": config.prompts or "built-in", "metric": "perplexity",
+                      "perplexity_text": f"pydoc_data.topics (first {quality.PPL_TOPICS} topics), {config.ppl_tokens} tokens"},
+            machine={**dev.describe(device), **tmeasure.thread_info()},
+            config=asdict(config), recipes=[],
+            created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+        try:
+            with torch._dynamo.config.patch(recompile_limit=256, accumulated_recompile_limit=4096):
+                _search(lm, config, device, run, progress)
+        except KeyboardInterrupt:
+            run.error = "interrupted: the recipes measured so far are kept"
+            _write(run, config)
+            raise
+        except SlimError as e:
+            run.error = str(e)
+            _write(run, config)
+            raise
+        _write(run, config)
+    return run
+
+
+@dataclass
+class _Eval:
+    ids: torch.Tensor  # [batch, prompt_len]
+    big: torch.Tensor | None  # [large_batch, prompt_len]
+    text: torch.Tensor  # perplexity tokens
+    agree: list[torch.Tensor]  # one prompt each, natural length
+    ref_tokens: list[torch.Tensor] = field(default_factory=list)
+    base_ppl: float = 0.0
+    base_distinct: float = 0.0
+
+
+def _search(lm: CausalLM, config: GenerationConfig, device, run: RunResult, progress: bool) -> None:
+    tok, model = lm.tokenizer, lm.model.to(device).eval()
+    prompts = quality.load_prompts(config.prompts)
+    ev = _Eval(ids=prompt_ids(tok, prompts, config.prompt_len, config.batch_size).to(device),
+               big=prompt_ids(tok, prompts, config.prompt_len, config.large_batch).to(device) if config.large_batch else None,
+               text=quality.text_tokens(tok, config.ppl_tokens).to(device),
+               agree=[tok(p, return_tensors="pt").input_ids.to(device) for p in prompts[:config.agreement_prompts]])
+    base = GenRecipeResult(name="baseline", steps=[], status="baseline",
+                           reason="the model's own generate(): FP32 eager, dynamic cache, greedy")
+    run.recipes.append(base)
+    gen = timed_generate(model)
+    try:
+        base.first_call_ms, _ = measure.first_call(gen, ev.ids, config.new_tokens)
+    except Exception as e:  # noqa: BLE001 - user model
+        raise SlimError(f"the model's generate() fails: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                        "check the model loads and generates with transformers alone") from e
+    ev.ref_tokens = [gen(p, config.agreement_tokens).tokens for p in ev.agree]
+    ev.base_distinct = quality.distinct_fraction(ev.ref_tokens)
+    ev.base_ppl = base.perplexity = quality.perplexity(model, ev.text)
+    base.greedy_agreement, base.ppl_increase_pct = 1.0, 0.0
+    base.size_bytes = tmeasure.serialized_bytes(model)
+    _write(run, config)
+
+    chosen = by_name(list(config.recipes), device) if config.recipes else candidates(device)
+    models = {"baseline": model}
+    bar = _progress(len(chosen) + 2, progress)
+    for recipe, target in chosen:
+        bar.set_postfix_str(recipe.name)
+        res, m = _try(recipe, target, model, ev, config, device)
+        run.recipes.append(res)
+        if m is not None:
+            models[recipe.name] = m
+        _write(run, config)
+        bar.update(1)
+
+    bar.set_postfix_str("timing (interleaved)")
+    by = {r.name: r for r in run.recipes}
+    gens = {n: timed_generate(m) for n, m in models.items()}
+    samples = measure.interleaved(gens, ev.ids, config.new_tokens, rounds=config.rounds)
+    for name, s in samples.items():
+        r = by[name]
+        r.generation = measure.summary(s, config.batch_size, config.new_tokens)
+        r.timing = tmeasure.summarize(s.step_ms, r.first_call_ms, config.batch_size).to_dict() if s.step_ms else None
+        r.ttft_ms, r.decode_ms_per_token = r.generation["ttft_ms"], r.generation["decode_ms_per_token"]
+        r.decode_tokens_per_s = r.generation["decode_tokens_per_s"]
+    if ev.big is not None and config.large_batch != config.batch_size:
+        bar.set_postfix_str(f"timing batch {config.large_batch}")
+        big = measure.interleaved(gens, ev.big, config.new_tokens, rounds=max(2, config.rounds // 2))
+        for name, s in big.items():
+            by[name].large_batch = measure.summary(s, config.large_batch, config.new_tokens)
+        for name in big:
+            bl, lb = by["baseline"].large_batch, by[name].large_batch
+            lb["decode_speedup"] = _ratio(bl, lb, "decode_ms_per_token")
+            lb["ttft_speedup"] = _ratio(bl, lb, "ttft_ms")
+    for name, m in models.items():
+        r = by[name]
+        r.ttft_speedup = _ratio(base.generation, r.generation, "ttft_ms")
+        r.decode_speedup = r.speedup = _ratio(base.generation, r.generation, "decode_ms_per_token")
+        r.speeds_up = _parts(r.ttft_speedup, r.decode_speedup) if name != "baseline" else ""
+        peak = tmeasure.peak_memory(lambda: gens[name](ev.ids, config.new_tokens), device, calls=1, repeats=1)
+        r.peak_memory_bytes = peak["peak_bytes"]
+        run.machine["peak_memory_method"] = peak["method"]
+        if r.status == "ok" and (r.decode_speedup or 0) <= 1.0:
+            r.status, r.reason = "rejected", f"decode slower than the baseline ({r.decode_speedup:.2f}x)"
+    bar.update(1)
+
+    ok = [r for r in run.recipes if r.status == "ok"]
+    if ok:
+        best = max(ok, key=lambda r: r.decode_tokens_per_s)
+        best.status = "chosen"
+        ttft = "no worse" if (best.ttft_speedup or 0) >= 0.95 else "WORSE"
+        best.reason = (f"fastest decode: {best.decode_speedup:.2f}x the baseline's tokens/s, TTFT {best.ttft_speedup:.2f}x "
+                       f"({ttft}), perplexity {best.ppl_increase_pct:+.1f}% (limit +{config.max_ppl_increase:g}%)")
+        run.chosen = best.name
+        if config.out and config.save_model:
+            bar.set_postfix_str("saving")
+            from .artifacts import save
+
+            run.artifact = save(os.path.join(config.out, "model"), lm, Recipe.from_list(best.steps), models[best.name],
+                                ev.agree, config.agreement_tokens)
+    bar.update(1)
+    bar.close()
+
+
+def _try(recipe: Recipe, target: str, model, ev: _Eval, config: GenerationConfig, device):
+    res = GenRecipeResult(name=recipe.name, steps=recipe.to_list(), targets=target)
+    ctx = Context(device=device, example=None)
+    try:
+        t0 = time.perf_counter()
+        m = apply(copy.deepcopy(model), recipe, ctx)
+        res.prepare_s = time.perf_counter() - t0
+        gen = timed_generate(m)
+        res.first_call_ms, tr = measure.first_call(gen, ev.ids, config.new_tokens)
+        res.notes = ctx.notes
+        toks = [gen(p, config.agreement_tokens) for p in ev.agree]
+        agree = quality.agreement([t.tokens for t in toks], ev.ref_tokens)
+        res.greedy_agreement = agree["greedy_agreement"]
+        res.fidelity = agree
+        res.perplexity = quality.perplexity(m, ev.text)
+        res.ppl_increase_pct = 100.0 * (res.perplexity / ev.base_ppl - 1.0)
+        res.metrics = {"perplexity": res.perplexity}
+        res.metric_drop = res.perplexity - ev.base_ppl
+        res.size_bytes = tmeasure.serialized_bytes(m)
+    except NotApplicable as e:
+        res.status, res.reason, res.notes = "skipped", f"not applicable: {e.what}", ctx.notes
+        return res, None
+    except (torch.OutOfMemoryError, MemoryError) as e:
+        res.status, res.reason = "failed", f"out of memory ({type(e).__name__})"
+        return res, None
+    except Exception as e:  # noqa: BLE001 - a recipe's failure is a result, not a crash
+        msg = traceback.format_exc() if config.debug else (str(e).splitlines()[0] if str(e) else "")
+        res.status, res.reason, res.notes = "failed", f"{type(e).__name__}: {msg}"[:2000], ctx.notes
+        return res, None
+    bad = quality.garbage(tr.first_logits, res.perplexity, ev.base_ppl, quality.distinct_fraction([t.tokens for t in toks]),
+                          ev.base_distinct)
+    if bad:
+        res.status, res.reason = "rejected", f"garbage: {bad}"
+        return res, None
+    if res.ppl_increase_pct > config.max_ppl_increase:
+        res.status, res.reason = "rejected", f"perplexity {res.ppl_increase_pct:+.1f}% > +{config.max_ppl_increase:g}%"
+        return res, None
+    res.reason = f"perplexity {res.ppl_increase_pct:+.1f}%, greedy agreement {res.greedy_agreement:.0%}"
+    return res, m
+
+
+def _ratio(base: dict | None, mine: dict | None, key: str) -> float | None:
+    if not base or not mine or not base.get(key) or not mine.get(key):
+        return None
+    return base[key] / mine[key]
+
+
+def _parts(ttft: float | None, decode: float | None, margin: float = 1.05) -> str:
+    p, d = (ttft or 0) > margin, (decode or 0) > margin
+    return "both" if p and d else "prefill" if p else "decode" if d else "neither"
+
+
+def _write(run: RunResult, config: GenerationConfig) -> None:
+    if not config.out:
+        return
+    os.makedirs(config.out, exist_ok=True)
+    d = run.to_dict()
+    write_json(os.path.join(config.out, "results.json"), d)
+    from .report import format_generation_table
+
+    write_text(os.path.join(config.out, "table.txt"), format_generation_table(d) + "\n")
+    try:
+        from ..report import write_html
+
+        write_html(d, os.path.join(config.out, "report.html"))
+    except Exception:  # noqa: BLE001 - the report is a convenience; results.json is the record
+        pass
+    if run.artifact:
+        from .artifacts import write_reproduce
+
+        write_reproduce(os.path.join(config.out, "reproduce.py"), run.artifact, config)
+
+
+def _progress(total: int, enabled: bool):
+    from ..optimize import _progress as bar
+
+    return bar(total, enabled, "generation recipes")
