@@ -54,7 +54,7 @@ class OptimizeConfig:
     objective: str = "latency"
     max_drop: float = 1.0  # largest allowed drop of the workload's primary metric, in its units
     min_cosine: float = 0.99  # smallest allowed per-sample cosine vs the baseline's outputs
-    recipes: tuple[str, ...] | None = None  # recipe names to try; None: every applicable one
+    recipes: tuple | None = None  # recipe names (or Recipe objects) to try; None: every applicable one
     device: str = "auto"
     threads: int | None = None  # torch intra-op threads; None: torch's default
     rounds: int = 15  # interleaved timing rounds
@@ -174,15 +174,17 @@ def _search(workload: Workload, config: OptimizeConfig, device: torch.device, ru
     early = (lambda m, r: _early(m, r, base_call, example, device)) if run.search["early_reject"] else None
     models: dict[str, nn.Module] = {"baseline": base_model}
     bar = _progress(len(recipes) + 2, progress, "recipes")
+    tried = 0
     for recipe in recipes:
         elapsed = time.perf_counter() - t_start
         bar.set_postfix_str(recipe.name + _clock(elapsed, budget_s))
-        skip = _skip_reason(recipe, device, config, explicit, elapsed, budget_s)
+        skip = _skip_reason(recipe, device, config, explicit, elapsed, budget_s, tried)
         if skip:
             run.recipes.append(RecipeResult(name=recipe.name, steps=recipe.to_list(), status="skipped", reason=skip))
             bar.update(1)
             continue
         res, model = _try(recipe, workload, example, device, ref_out, base_metric, config, early=early)
+        tried += 1
         run.recipes.append(res)
         if model is not None:
             models[recipe.name] = model
@@ -269,14 +271,17 @@ def _clock(elapsed: float, budget_s: float | None) -> str:
     return f" | {elapsed:.0f} s elapsed, {max(0.0, budget_s - elapsed):.0f} s of the budget left"
 
 
-def _skip_reason(recipe: Recipe, device, config: OptimizeConfig, explicit: bool, elapsed: float, budget_s: float | None) -> str | None:
-    if budget_s is not None and elapsed >= budget_s:
+def _skip_reason(recipe: Recipe, device, config: OptimizeConfig, explicit: bool, elapsed: float, budget_s: float | None,
+                 tried: int) -> str | None:
+    """Why `recipe` is not tried: its hardware is missing, or the time budget is spent (the first
+    recipe that gets to run is always tried, so a search under any budget has a candidate)."""
+    why = None if explicit or config.exhaustive else missing_hardware(recipe, device)
+    if why:  # named by the user, or the exhaustive search: run it even where it is emulated
+        return f"{why} (name it in --recipes to try it anyway)"
+    if budget_s is not None and elapsed >= budget_s and tried:
         return (f"time budget: the {config.time_budget:g} min of --time-budget were spent before this recipe's turn "
                 "(--time-budget 0 or --exhaustive tries every recipe)")
-    if explicit or config.exhaustive:
-        return None  # named by the user, or the exhaustive search: run it even where it is emulated
-    why = missing_hardware(recipe, device)
-    return f"{why} (name it in --recipes to try it anyway)" if why else None
+    return None
 
 
 def _early(model: nn.Module, res: RecipeResult, base_call, example, device) -> str | None:

@@ -123,10 +123,11 @@ def candidates(device: torch.device) -> list[Recipe]:
     return out
 
 
-def by_name(names: list[str], device: torch.device) -> list[Recipe]:
-    """Pick candidate recipes by name ('compile', 'bf16-cast+compile', ...)."""
+def by_name(names: list, device: torch.device) -> list[Recipe]:
+    """Pick candidate recipes by name ('compile', 'bf16-cast+compile', ...); a Recipe given
+    instead of a name (Python API) is taken as it is."""
     known = {r.name: r for r in candidates(device)}
-    missing = [n for n in names if n not in known]
+    missing = [n for n in names if not isinstance(n, Recipe) and n not in known]
     if missing:
         raise NotApplicable(f"unknown or unavailable recipe(s) {missing}", f"available here: {', '.join(known)}")
-    return [known[n] for n in names]
+    return [n if isinstance(n, Recipe) else known[n] for n in names]

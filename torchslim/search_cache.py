@@ -6,7 +6,8 @@ buffer, bytes), the model's module types, the example inputs (shapes, dtypes, va
 calibration batches (values), the task metric (its function's module, name and code; not data it
 reads from elsewhere), the workload's name/spec/source, the OptimizeConfig (less where the results
 are written), the recipe list, torch/torchao/transformers versions, the device, the CPU flags and
-the thread count. Entries live in $TORCHSLIM_CACHE/search/ (default ~/.cache/torchslim/search).
+the thread count. Entries live in $TORCHSLIM_SEARCH_CACHE, else $TORCHSLIM_CACHE/search/ (default
+~/.cache/torchslim/search).
 """
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ _NOT_IN_KEY = ("out", "save_model", "debug", "cache", "fresh")
 
 
 def folder() -> str:
+    if os.environ.get("TORCHSLIM_SEARCH_CACHE"):
+        return os.environ["TORCHSLIM_SEARCH_CACHE"]
     root = os.environ.get("TORCHSLIM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "torchslim")
     return os.path.join(root, "search")
 
