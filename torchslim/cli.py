@@ -157,11 +157,12 @@ def workload_from_args(args, spec: str):
 
 def cmd_recipes(args) -> int:
     from . import device as dev
-    from .recipes import candidates
+    from .recipes import candidates, missing_hardware
 
     device = dev.resolve(args.device)
     for r in candidates(device):
-        print(r.name)
+        why = missing_hardware(r, device)
+        print(r.name + (f"  (skipped unless named: {why})" if why else ""))
     return 0
 
 
