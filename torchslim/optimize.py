@@ -208,7 +208,7 @@ def _search(workload: Workload, config: OptimizeConfig, device: torch.device, ru
     run.search["phases_s"]["recipes"] = t_trials - t_start - run.search["phases_s"]["baseline"]
 
     bar.set_postfix_str("timing (interleaved)" + _clock(t_trials - t_start, budget_s))
-    _final_timing(models, example, workload, config, device, run)
+    _final_timing(models, example, workload, config, device, run, None if budget_s is None else t_start + budget_s)
     run.search["phases_s"]["timing"] = time.perf_counter() - t_trials
     bar.update(1)
 
@@ -313,9 +313,12 @@ def _no_fallback(recipe: Recipe, res: RecipeResult, config: OptimizeConfig, elap
     return None
 
 
-def _final_timing(models: dict, example, workload: Workload, config: OptimizeConfig, device, run: RunResult) -> None:
-    """Interleaved timing of the survivors; more rounds while the baseline's own interval is too wide;
-    a recipe is called slower only when its interval says so (measure.verdict)."""
+def _final_timing(models: dict, example, workload: Workload, config: OptimizeConfig, device, run: RunResult,
+                  deadline: float | None = None) -> None:
+    """Interleaved timing of the survivors; more rounds while the baseline's own interval is too wide
+    (and the time budget, if any, has time left for another set as long as the first took); a
+    recipe is called slower only when its interval says so (measure.verdict)."""
+    t0 = time.perf_counter()
     by = {r.name: r for r in run.recipes}
     fns = {n: _run(m, example) for n, m in models.items()}
     samples = measure.interleaved(fns, rounds=config.rounds, target_round_ms=config.target_round_ms, device=device)
@@ -324,7 +327,11 @@ def _final_timing(models: dict, example, workload: Workload, config: OptimizeCon
         timings = {n: measure.summarize(xs, by[n].first_call_ms, workload.example.batch_size).to_dict() for n, xs in samples.items()}
         verdict = measure.verdict(timings["baseline"], {n: t for n, t in timings.items() if n != "baseline"},
                                   torch.get_num_threads())
-        if verdict["reliable"] or extra >= MAX_EXTRA_TIMING or config.exhaustive and extra >= 1:
+        per_set = (time.perf_counter() - t0) / (1 + extra)
+        out_of_time = deadline is not None and time.perf_counter() + per_set > deadline
+        if verdict["reliable"] or extra >= MAX_EXTRA_TIMING or out_of_time:
+            if not verdict["reliable"] and out_of_time:
+                verdict["why"] += "; no time left in the budget for more rounds"
             break
         extra += 1
         more = measure.interleaved(fns, rounds=config.rounds, target_round_ms=config.target_round_ms, device=device)
