@@ -184,7 +184,7 @@ def _search(workload: Workload, config: OptimizeConfig, device: torch.device, ru
             bar.update(1)
             continue
         res, model = _try(recipe, workload, example, device, ref_out, base_metric, config, early=early)
-        tried += 1
+        tried += res.status != "skipped"  # not applicable: not yet a candidate
         run.recipes.append(res)
         if model is not None:
             models[recipe.name] = model
