@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="most layers the fallback may keep in float (default: half the quantized layers, at most 8)")
     o.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
                    help="minutes for trying recipes (likely winners first); the rest are listed as skipped "
-                        "(default 2 per model; 0: no limit)")
+                        "(default 1.5 per model; 0: no limit)")
     o.add_argument("--exhaustive", action="store_true",
                    help="try every recipe: no time budget, no hardware skip, no early rejection, every fallback")
     o.add_argument("--fresh", action="store_true", help="search anew instead of reusing the rows of an identical earlier search")

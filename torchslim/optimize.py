@@ -36,7 +36,7 @@ from .fileio import write_json, write_text
 from .recipes import BASELINE, Recipe, apply, by_name, candidates, missing_hardware, ordered
 from .results import RecipeResult, RunResult
 from .sensitivity import fewest_float_layers, make_probe, measure_layers, quantization_step, with_float_layers
-from .techniques import Context
+from .techniques import CompileConfig, Context
 from .workload import Workload, eval_mode
 
 OBJECTIVES = ("latency", "throughput", "size", "memory")
@@ -44,7 +44,7 @@ FALLBACK_MAX_LAYERS = 8  # default cap: each bisection trial costs one evaluate(
 # Sized so each built-in example's recipe phase fits: with the likely winners first, the default
 # search reaches the exhaustive search's choice on both (BENCHMARKS.md "A search that respects the
 # user's time").
-DEFAULT_TIME_BUDGET_MIN = 2.0
+DEFAULT_TIME_BUDGET_MIN = 1.5
 EARLY_SLOWER = 0.9  # the early check rejects a recipe below this speedup whose 95% interval is below 1
 MAX_EXTRA_TIMING = 2  # while the baseline's interval is too wide, up to this many more sets of `rounds`
 
@@ -306,10 +306,13 @@ def _no_fallback(recipe: Recipe, res: RecipeResult, config: OptimizeConfig, elap
         return None
     if budget_s is not None and elapsed >= budget_s:
         return f"the {config.time_budget:g} min time budget is spent"
-    step = recipe.steps[quantization_step(recipe.steps)]
-    if not reuses_calibration(step):
-        return (f"ranking {step.label()}'s layers needs one quantized copy per layer (nothing to reuse); "
-                "--exhaustive runs it")
+    i = quantization_step(recipe.steps)
+    step = recipe.steps[i]
+    if not reuses_calibration(step) and any(isinstance(s, CompileConfig) for s in recipe.steps[i + 1:]):
+        # The issue-13 case: ao-int8-dynamic+compile on MiniLM, ~25 min: every ranking trial scores
+        # an uncompiled quantized copy (many times slower) and every retry compiles anew.
+        return (f"ranking {step.label()}'s layers needs one quantized copy per layer, each scored uncompiled, and "
+                "each retry compiles anew (nothing to reuse); --exhaustive runs it")
     return None
 
 
