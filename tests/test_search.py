@@ -275,3 +275,11 @@ def test_noisy_timing_is_unreliable_not_a_rejection(tmp_path):
     from torchslim.report import format_table
 
     assert "measurement unreliable" in format_table(run.to_dict())
+
+
+def test_time_budget_must_not_be_negative():
+    from torchslim import SlimError
+
+    with pytest.raises(SlimError, match="--time-budget"):
+        OptimizeConfig(time_budget=-1)
+    assert OptimizeConfig(time_budget=0).time_budget == 0  # 0: no limit
