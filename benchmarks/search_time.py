@@ -21,6 +21,7 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT = 1.5  # optimize.DEFAULT_TIME_BUDGET_MIN (not imported: the script runs torchslim in a subprocess)
 NO_AMX_DROP = ("amx", "avx512_bf16", "avx512_fp16")
 
 
@@ -53,7 +54,7 @@ def main() -> None:
     if proc.returncode:
         sys.stderr.write(proc.stderr[-3000:])
         raise SystemExit(proc.returncode)
-    mode = ("exhaustive" if a.exhaustive else f"default ({a.time_budget or 2} min budget)") + (", no-AMX emulation" if a.no_amx else "")
+    mode = ("exhaustive" if a.exhaustive else f"default ({a.time_budget or DEFAULT} min budget)") + (", no-AMX emulation" if a.no_amx else "")
     print(f"process wall time {wall:.0f} s; load average {load0:.1f} at start, {os.getloadavg()[0]:.1f} at the end")
     print("| example | search | chosen | speedup | baseline s | recipes s | final timing s | total s | tried | early-rejected | skipped: hardware | skipped: time |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
