@@ -27,6 +27,18 @@ def _fixed_threads():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_search_cache(tmp_path_factory):
+    """The CLI caches searches: keep the tests' entries out of the user's cache (and each session fresh)."""
+    before = os.environ.get("TORCHSLIM_SEARCH_CACHE")
+    os.environ["TORCHSLIM_SEARCH_CACHE"] = str(tmp_path_factory.mktemp("search-cache"))
+    yield
+    if before is None:
+        os.environ.pop("TORCHSLIM_SEARCH_CACHE", None)
+    else:
+        os.environ["TORCHSLIM_SEARCH_CACHE"] = before
+
+
 @pytest.fixture
 def tiny_cnn():
     import tiny_models

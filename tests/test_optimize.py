@@ -24,8 +24,11 @@ def test_results_are_complete_and_never_choose_a_slower_or_broken_recipe(tmp_pat
     names = [r.name for r in run.recipes]
     assert names == ["baseline", *FAST]
     for r in run.recipes:
-        assert r.status in ("baseline", "chosen", "ok", "rejected", "failed", "skipped")
-        assert r.timing and r.timing["median_ms"] > 0 and r.size_bytes > 0
+        assert r.status in ("baseline", "chosen", "ok", "rejected", "failed", "skipped", "inconclusive")
+        if r.status == "rejected" and "early check" in r.reason:  # never reached the final timing
+            assert r.early["speedup"] == r.speedup < 1.0 and r.early["ci95"][1] < 1.0 and r.metrics is None
+        else:
+            assert r.timing and r.timing["median_ms"] > 0 and r.size_bytes > 0
         if r.status in ("chosen", "ok"):
             assert r.speedup > 1.0 and r.fidelity["min_cosine"] >= 0.99
         if r.status in ("rejected", "failed", "skipped", "chosen"):
@@ -43,7 +46,8 @@ def test_results_are_complete_and_never_choose_a_slower_or_broken_recipe(tmp_pat
 
 def test_thresholds_reject_with_reasons(tmp_path):
     wl = load_model("tiny_models:mlp", input_shape="32x64")
-    run = optimize(wl, _config(tmp_path, recipes=("bf16-cast", "dynamic-int8"), min_cosine=0.9999999), progress=False)
+    run = optimize(wl, _config(tmp_path, recipes=("bf16-cast", "dynamic-int8"), min_cosine=0.9999999,
+                                        early_reject=False), progress=False)  # a slower recipe would be rejected as that first
     for r in run.recipes[1:]:
         assert r.status == "rejected" and "min cosine" in r.reason
     assert run.chosen is None and not (tmp_path / "model").exists()

@@ -43,6 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not retry a rejected quantization recipe with its most sensitive layers kept in float")
     o.add_argument("--fallback-max-layers", type=int, default=None,
                    help="most layers the fallback may keep in float (default: half the quantized layers, at most 8)")
+    o.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
+                   help="minutes for trying recipes (likely winners first); the rest are listed as skipped "
+                        "(default 1.5 per model; 0: no limit)")
+    o.add_argument("--exhaustive", action="store_true",
+                   help="try every recipe: no time budget, no hardware skip, no early rejection, every fallback")
+    o.add_argument("--fresh", action="store_true", help="search anew instead of reusing the rows of an identical earlier search")
     o.add_argument("--no-progress", action="store_true", help="no progress bar")
     o.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     from .generation import cli as gen_cli
@@ -135,7 +141,7 @@ def cmd_optimize(args) -> int:
             objective=args.objective, max_drop=args.max_drop, min_cosine=args.min_cosine,
             recipes=tuple(s.strip() for s in args.recipes.split(",") if s.strip()) if args.recipes else None,
             device=args.device, threads=args.threads, rounds=args.rounds, out=folder, debug=args.debug,
-            fallback=not args.no_fallback, fallback_max_layers=args.fallback_max_layers,
+            fallback=not args.no_fallback, fallback_max_layers=args.fallback_max_layers, **_search_options(args),
         )
         run = optimize(workload, config, progress=not args.no_progress)
         print(format_table(run.to_dict()))
@@ -153,6 +159,15 @@ def cmd_optimize(args) -> int:
         if not run.chosen:
             print("no recipe beat the baseline under the thresholds; nothing was saved", file=sys.stderr)
     return status
+
+
+def _search_options(args) -> dict:
+    """--time-budget/--exhaustive/--fresh as OptimizeConfig fields; the CLI caches searches."""
+    from .optimize import DEFAULT_TIME_BUDGET_MIN
+
+    budget = DEFAULT_TIME_BUDGET_MIN if args.time_budget is None else args.time_budget
+    return {"time_budget": None if args.exhaustive else budget, "exhaustive": args.exhaustive,
+            "cache": True, "fresh": args.fresh}
 
 
 def workload_from_args(args, spec: str):
@@ -176,11 +191,12 @@ def workload_from_args(args, spec: str):
 
 def cmd_recipes(args) -> int:
     from . import device as dev
-    from .recipes import candidates
+    from .recipes import candidates, missing_hardware
 
     device = dev.resolve(args.device)
     for r in candidates(device):
-        print(r.name)
+        why = missing_hardware(r, device)
+        print(r.name + (f"  (skipped unless named: {why})" if why else ""))
     return 0
 
 

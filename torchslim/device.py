@@ -5,12 +5,32 @@ import functools
 import importlib.metadata
 import os
 import platform
+from dataclasses import asdict, dataclass
 
 import torch
+
+# Tests and "what would a host without AMX do" runs set this to a flag list ("avx2 avx512f ...") or
+# to a file holding one (a saved /proc/cpuinfo works): detection then reads it instead of this CPU.
+FLAGS_ENV = "TORCHSLIM_CPU_FLAGS"
+
+
+def parse_flags(text: str) -> frozenset[str]:
+    """The CPU flags in `text`: a /proc/cpuinfo ("flags : ..." or ARM "Features : ..." line) or a
+    plain whitespace/comma separated list."""
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")) and ":" in line:
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset(text.replace(",", " ").split())
 
 
 @functools.lru_cache(maxsize=None)
 def cpu_flags() -> frozenset[str]:
+    override = os.environ.get(FLAGS_ENV)
+    if override is not None:
+        if os.path.isfile(override):
+            with open(override, encoding="utf-8") as f:
+                return parse_flags(f.read())
+        return parse_flags(override)
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -19,6 +39,87 @@ def cpu_flags() -> frozenset[str]:
     except OSError:
         pass
     return frozenset()
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What the CPU (and GPU) can run natively; every field is read from the hardware, none assumed.
+
+    bf16/fp16 mean native units (AVX512-BF16/AMX-BF16, AVX512-FP16/AMX-FP16 on CPU): oneDNN runs
+    BF16 on any AVX-512 CPU by emulation, and torch.ops.mkldnn._is_mkldnn_bf16_supported() says
+    True there, but the emulated recipes ran at 0.14-0.87x of FP32 (issue 13)."""
+
+    avx2: bool = False
+    avx512: bool = False
+    vnni: bool = False  # AVX512-VNNI or AVX-VNNI: INT8 dot products
+    avx512_bf16: bool = False
+    avx512_fp16: bool = False
+    amx_bf16: bool = False
+    amx_int8: bool = False
+    amx_fp16: bool = False
+    cores: int = 1
+    cuda_capability: str | None = None  # "9.0" on an H100; None without CUDA
+
+    @classmethod
+    def from_flags(cls, flags, cores: int | None = None, cuda_capability: str | None = None) -> "Capabilities":
+        f = frozenset(flags)
+        return cls(avx2="avx2" in f, avx512="avx512f" in f, vnni=bool({"avx512_vnni", "avx_vnni"} & f),
+                   avx512_bf16="avx512_bf16" in f, avx512_fp16="avx512_fp16" in f, amx_bf16="amx_bf16" in f,
+                   amx_int8="amx_int8" in f, amx_fp16="amx_fp16" in f, cores=cores or os.cpu_count() or 1,
+                   cuda_capability=cuda_capability)
+
+    @property
+    def bf16(self) -> bool:
+        return self.avx512_bf16 or self.amx_bf16
+
+    @property
+    def fp16(self) -> bool:
+        return self.amx_fp16 or self.avx512_fp16
+
+    @property
+    def amx(self) -> bool:
+        return self.amx_bf16 or self.amx_int8
+
+    def tier(self) -> str:
+        """The hardware key of priors.json: 'amx', 'vnni', 'avx512', 'avx2' or 'other'."""
+        if self.amx:
+            return "amx"
+        for name in ("vnni", "avx512", "avx2"):
+            if getattr(self, name):
+                return name
+        return "other"
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "bf16": self.bf16, "fp16": self.fp16, "tier": self.tier()}
+
+
+def capabilities(device: torch.device | None = None) -> Capabilities:
+    cc = None
+    if device is not None and device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        cc = f"{major}.{minor}"
+    return Capabilities.from_flags(cpu_flags(), cuda_capability=cc)
+
+
+# What a technique config may declare in `requires` (see techniques/base.py), and the reason a recipe
+# is skipped where it is missing. Checked by `missing_hardware`.
+REQUIREMENTS = {
+    "native_bf16": "no native BF16 on this CPU (needs AVX512-BF16 or AMX-BF16): emulated, measured 0.1-0.9x of FP32",
+    "native_fp16": "no native FP16 on this CPU (needs AVX512-FP16 or AMX-FP16): emulated, slower than FP32",
+}
+
+
+def missing_hardware(requirement: str, device: torch.device, caps: Capabilities | None = None) -> str | None:
+    """None where `device` has `requirement`, else the reason it is missing."""
+    if requirement not in REQUIREMENTS:
+        raise ValueError(f"unknown hardware requirement {requirement!r}: known {sorted(REQUIREMENTS)}")
+    if device.type == "cuda":
+        if requirement == "native_bf16" and not torch.cuda.is_bf16_supported():
+            return "this GPU has no native BF16 (needs sm80+)"
+        return None
+    caps = caps or capabilities(device)
+    ok = {"native_bf16": caps.bf16, "native_fp16": caps.fp16}[requirement]
+    return None if ok else REQUIREMENTS[requirement]
 
 
 def is_x86() -> bool:
@@ -47,13 +148,12 @@ def resolve(device: str) -> torch.device:
 
 
 def supports_bf16(device: torch.device) -> bool:
-    """True where BF16 matmuls are fast (AVX-512 BF16/AMX on CPU, Ampere+ on CUDA)."""
+    """True where BF16 matmuls are fast: native units (AVX512-BF16/AMX-BF16) on CPU, Ampere+ on
+    CUDA. Not torch.ops.mkldnn._is_mkldnn_bf16_supported(), which is True on AVX-512 CPUs that
+    only emulate BF16."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return "avx512_bf16" in cpu_flags() or "amx_bf16" in cpu_flags()
+    return Capabilities.from_flags(cpu_flags()).bf16
 
 
 def supports_fp16(device: torch.device) -> bool:
@@ -85,6 +185,8 @@ def describe(device: torch.device) -> dict:
         "bf16": supports_bf16(device),
         "fp16": supports_fp16(device),
         "amx": sorted(f for f in cpu_flags() if f.startswith("amx")),
+        "capabilities": capabilities(device).to_dict(),
+        "cpu_flags_source": os.environ.get(FLAGS_ENV) and f"${FLAGS_ENV}" or "/proc/cpuinfo",
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
     try:  # the version without importing torchao (slow, noisy)

@@ -228,3 +228,64 @@ def parameter_bytes(model: nn.Module) -> int:
 def thread_info() -> dict:
     return {"torch_threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads(),
             "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+
+
+# -- noise: when a comparison can be trusted ------------------------------------------------------
+
+WIDE_SPREAD = 1.25  # a baseline whose median's 95% interval spans more than this ratio is too noisy
+
+
+def spread(timing: dict) -> float:
+    """hi/lo of a Timing dict's 95% interval of the median (1.0 = perfectly tight)."""
+    lo, hi = timing["ci95_ms"]
+    return hi / lo if lo > 0 else math.inf
+
+
+def speedup_interval(base: dict, other: dict) -> tuple[float, float]:
+    """A conservative 95% interval of base/other from the two medians' intervals."""
+    (blo, bhi), (olo, ohi) = base["ci95_ms"], other["ci95_ms"]
+    return (blo / ohi if ohi > 0 else 0.0, bhi / olo if olo > 0 else math.inf)
+
+
+def quick_ratio(base: Callable[[], Any], fn: Callable[[], Any], *, rounds: int = 12, target_round_ms: float = 10.0,
+                device: torch.device | None = None) -> dict:
+    """A brief interleaved A/B (the early check of the search): speedup of `fn` over `base` with
+    its 95% interval, from `rounds` short rounds after two warm-up calls each."""
+    xs = interleaved({"base": base, "fn": fn}, rounds=rounds, target_round_ms=target_round_ms, warmup=2,
+                     max_iters=20, device=device)
+    b, f = summarize(xs["base"]).to_dict(), summarize(xs["fn"]).to_dict()
+    lo, hi = speedup_interval(b, f)
+    return {"speedup": b["median_ms"] / f["median_ms"], "ci95": [lo, hi], "calls": len(xs["base"]) + len(xs["fn"]),
+            "baseline_spread": spread(b)}
+
+
+def machine_load() -> dict:
+    """The OS's 1-minute load average against the core count (None where the OS does not tell)."""
+    try:
+        load1 = os.getloadavg()[0]
+    except (OSError, AttributeError):
+        load1 = None
+    return {"loadavg_1m": load1, "cores": os.cpu_count()}
+
+
+def verdict(base: dict, others: dict[str, dict], threads: int) -> dict:
+    """Is the final interleaved timing good enough to call recipes slower? Returns {"reliable",
+    "why", "suggestion", "baseline_spread", "undecided", load...}: unreliable when the baseline's
+    own interval is wider than WIDE_SPREAD (then no recipe is called slower unless its interval
+    says so)."""
+    width = spread(base)
+    undecided = [n for n, t in others.items() if speedup_interval(base, t)[0] <= 1.0 <= speedup_interval(base, t)[1]]
+    load = machine_load()
+    # The load average counts our own `threads` busy threads too; what is left is other processes.
+    others_load = max(0.0, load["loadavg_1m"] - threads) if load["loadavg_1m"] is not None else 0.0
+    busy = others_load > 0.5
+    out = {"reliable": width <= WIDE_SPREAD, "baseline_spread": width, "undecided": undecided, **load,
+           "others_load": others_load, "why": None, "suggestion": None}
+    if not out["reliable"]:
+        out["why"] = (f"measurement unreliable: the baseline's 95% interval spans {width:.1f}x"
+                      + (f"; the machine is busy (load {load['loadavg_1m']:.1f} on {load['cores']} cores)" if busy else ""))
+    cores = load["cores"] or threads
+    fewer = max(1, min(threads - 1, int(round(cores - others_load))))
+    if busy and threads > 1 and fewer < threads:
+        out["suggestion"] = f"other processes compete for the cores: try --threads {fewer} (now {threads})"
+    return out

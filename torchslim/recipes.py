@@ -53,12 +53,33 @@ def _im(*steps: TechniqueConfig) -> Recipe:
 
 
 def low_precision_dtypes(device: torch.device) -> list[str]:
-    """The 16-bit types worth trying. On a CPU with BF16 matrix units, FP16 (AVX512-FP16 without
-    AMX-FP16) is slower and less robust than BF16, so it is only tried where it has its own units."""
+    """The 16-bit types worth listing. BF16 always on CPU: where its units are missing the search
+    skips it with the reason (LowPrecisionConfig.requires) unless named. On a CPU with BF16 matrix
+    units, FP16 (AVX512-FP16 without AMX-FP16) is slower and less robust than BF16, so it is only
+    tried where it has its own units."""
     bf16, fp16 = dev.supports_bf16(device), dev.supports_fp16(device)
     if device.type == "cpu" and bf16 and "amx_fp16" not in dev.cpu_flags():
         fp16 = False
-    return [d for d, ok in (("bf16", bf16), ("fp16", fp16)) if ok]
+    return [d for d, ok in (("bf16", bf16 or device.type == "cpu"), ("fp16", fp16)) if ok]
+
+
+def missing_hardware(recipe: Recipe, device: torch.device) -> str | None:
+    """The reason `recipe` cannot run fast here (a step's `requires` absent on `device`), or None."""
+    for step in recipe.steps:
+        for need in step.requirements():
+            why = dev.missing_hardware(need, device)
+            if why:
+                return f"{step.label()}: {why}"
+    return None
+
+
+def ordered(recipes: list[Recipe], model: nn.Module, device: torch.device) -> list[Recipe]:
+    """`recipes` with the likely winners for this kind of model on this hardware first (priors.json)."""
+    from . import priors
+
+    tier = "cuda" if device.type == "cuda" else dev.capabilities(device).tier()
+    idx = priors.order([r.name for r in recipes], priors.model_kind(model), tier)
+    return [recipes[i] for i in idx]
 
 
 def candidates(device: torch.device) -> list[Recipe]:
@@ -105,10 +126,11 @@ def candidates(device: torch.device) -> list[Recipe]:
     return out
 
 
-def by_name(names: list[str], device: torch.device) -> list[Recipe]:
-    """Pick candidate recipes by name ('compile', 'bf16-cast+compile', ...)."""
+def by_name(names: list, device: torch.device) -> list[Recipe]:
+    """Pick candidate recipes by name ('compile', 'bf16-cast+compile', ...); a Recipe given
+    instead of a name (Python API) is taken as it is."""
     known = {r.name: r for r in candidates(device)}
-    missing = [n for n in names if n not in known]
+    missing = [n for n in names if not isinstance(n, Recipe) and n not in known]
     if missing:
         raise NotApplicable(f"unknown or unavailable recipe(s) {missing}", f"available here: {', '.join(known)}")
-    return [known[n] for n in names]
+    return [n if isinstance(n, Recipe) else known[n] for n in names]

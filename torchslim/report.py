@@ -11,7 +11,7 @@ import json
 import math
 
 COLORS = {"chosen": "#1a9850", "ok": "#4575b4", "rejected": "#f08a24", "failed": "#d73027",
-          "baseline": "#444444", "skipped": "#aaaaaa"}
+          "baseline": "#444444", "skipped": "#aaaaaa", "inconclusive": "#9e6ebd"}
 NO_CHOICE = "none: nothing beat the baseline under the thresholds"
 _esc = html.escape  # quote=True: values also land inside attributes
 
@@ -135,9 +135,44 @@ def _header_lines(run: dict) -> list[str]:
     lines = [f"workload: {w.get('name') or '-'}{spec}   inputs: {w.get('example') or '-'}",
              f"device:   {_machine_line(run.get('machine') or {})}",
              f"chosen:   {_chosen_line(run)}"]
+    lines += [f"{k + ':':9} {v}" for k, v in search_lines(run)]
     if run.get("error"):
         lines.append(f"ERROR:    {run['error']} (the run stopped early; results are partial)")
     return lines
+
+
+def _hardware_line(m: dict) -> str:
+    c = m.get("capabilities") or {}
+    if not c:
+        return ""
+    have = [k for k in ("avx2", "avx512", "vnni", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8", "amx_fp16") if c.get(k)]
+    line = f"{', '.join(have) or 'no AVX2'}; native BF16 {'yes' if c.get('bf16') else 'no'}, FP16 {'yes' if c.get('fp16') else 'no'}"
+    line += f"; {c.get('cores')} cores" + (f"; CUDA sm {c['cuda_capability']}" if c.get("cuda_capability") else "")
+    return line + ("" if m.get("cpu_flags_source", "/proc/cpuinfo") == "/proc/cpuinfo" else f" (flags from {m['cpu_flags_source']})")
+
+
+def search_lines(run: dict) -> list[tuple[str, str]]:
+    """(label, text) lines on the hardware, the search's budget and cache, and the timing's verdict."""
+    out = []
+    hw = _hardware_line(run.get("machine") or {})
+    if hw:
+        out.append(("hardware", hw))
+    s = run.get("search") or {}
+    if s:
+        phases = s.get("phases_s") or {}
+        budget = s.get("time_budget_min")
+        text = (f"{s.get('model_kind', '?')} model on {s.get('hardware_tier', '?')} hardware, order from {s.get('ordered_by', '?')}; "
+                f"time budget {'none' if not budget else f'{budget:g} min'}"
+                + (f", took {phases['total']:.0f} s" if phases.get("total") is not None else ""))
+        skipped = sum(1 for r in _recipes(run) if str(r.get("reason") or "").startswith("time budget"))
+        text += f"; {skipped} recipe(s) skipped for time" if skipped else ""
+        out.append(("search", text))
+        if s.get("from_cache"):
+            out.append(("cache", f"rows reused from the search measured {s['from_cache']} (--fresh searches anew)"))
+    m = run.get("measurement") or {}
+    if m and (not m.get("reliable") or m.get("suggestion")):
+        out.append(("timing", "; ".join(x for x in (m.get("why"), m.get("suggestion")) if x)))
+    return out
 
 
 def _rows(run: dict) -> tuple[list[str], list[list[str]]]:
@@ -147,7 +182,7 @@ def _rows(run: dict) -> tuple[list[str], list[list[str]]]:
     cols += [str(metric)] if metric else []
     rows = []
     for r in _recipes(run):
-        row = [str(r.get("name") or "?"), str(r.get("status") or "-"), _latency(r), _ratio(_speedup(r)),
+        row = [str(r.get("name") or "?"), str(r.get("status") or "-") + (" (cached)" if r.get("cached") else ""), _latency(r), _ratio(_speedup(r)),
                _bytes(r.get("size_bytes")), _bytes(r.get("peak_memory_bytes")), _fixed(_min_cosine(r), 4)]
         rows.append(row + ([_metric_cell(r, metric)] if metric else []))
     return cols, rows
@@ -339,6 +374,7 @@ def render_html(run: dict) -> str:
                    ("primary metric", _esc(str(w.get("metric") or "-"))),
                    ("machine", _esc(_machine_line(run.get("machine") or {}))),
                    ("date", _esc(str(run.get("created") or "-"))),
+                   *((k, _esc(v)) for k, v in search_lines(run)),
                    ("artifact", _esc(str(run.get("artifact") or "-")))]),
         f'<p class="chosen-box">Chosen: {_esc(_chosen_line(run))}</p>',
         "<h2>Summary</h2>", table,

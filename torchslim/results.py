@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-STATUSES = ("chosen", "ok", "rejected", "failed", "skipped", "baseline")
+STATUSES = ("chosen", "ok", "rejected", "failed", "skipped", "baseline", "inconclusive")  # inconclusive: timing too noisy to call
 
 
 @dataclass
@@ -25,6 +25,8 @@ class RecipeResult:
     metric_drop: float | None = None  # baseline primary metric - this one (positive = worse)
     validation: dict | None = None  # validation.check: held-out inputs and other shapes, one entry per check
     fallback: dict | None = None  # a retry with the most sensitive layers in float: which, why, the trials
+    early: dict | None = None  # the brief A/B after the first call: speedup, ci95, calls (optimize._early)
+    cached: str | None = None  # set when the row was reused from the search cache: when it was measured
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -40,6 +42,8 @@ class RunResult:
     artifact: str | None = None  # folder of the saved chosen model
     created: str = ""
     error: str | None = None  # set when the run stopped early; the recipes done so far are kept
+    search: dict | None = None  # order, time budget, elapsed, model kind/hardware tier, cache (optimize._search)
+    measurement: dict | None = None  # is the final timing trustworthy (measure.verdict)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

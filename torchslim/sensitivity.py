@@ -110,6 +110,13 @@ class SkipProbe:
         return handler(cfg).apply(copy.deepcopy(self.base), cfg, ctx)
 
 
+def reuses_calibration(cfg: TechniqueConfig) -> bool:
+    """True where the probe is one prepared-and-calibrated PT2E graph (cheap to rank, and it reuses
+    the search's calibration: static_int8.calibration_cache); False where ranking needs one
+    quantized copy of the model per layer (SkipProbe)."""
+    return isinstance(cfg, (StaticInt8Config, Pt2eDynamicInt8Config, StaticInt8FxConfig))
+
+
 def make_probe(model: nn.Module, cfg: TechniqueConfig, ctx: Context):
     """A probe for `cfg` on (a copy of) `model`. Raises SlimError/NotApplicable with the reason."""
     if not has_skip(cfg):

@@ -34,6 +34,15 @@ class TechniqueConfig:
 
     name: ClassVar[str] = ""
     needs_calibration: ClassVar[bool] = False  # True: apply() reads ctx.calibration (static quantization)
+    # Hardware the technique needs to pay off (keys of device.REQUIREMENTS); "{field}" is filled in
+    # from the config, e.g. ("native_{dtype}",). The search skips a recipe whose hardware is absent
+    # (with the reason) unless the user names it; see requirements().
+    requires: ClassVar[tuple[str, ...]] = ()
+
+    def requirements(self) -> tuple[str, ...]:
+        """`requires` with this config's field values filled in."""
+        values = dataclasses.asdict(self)
+        return tuple(r.format(**values) for r in self.requires)
 
     def to_dict(self) -> dict[str, Any]:
         return {"technique": self.name, **dataclasses.asdict(self)}

@@ -5,7 +5,6 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import device as dev
 from .base import Context, TechniqueConfig, Wrapper, register
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -17,6 +16,7 @@ class LowPrecisionConfig(TechniqueConfig):
     or 'cast' (the whole model in low precision; inputs cast in, outputs cast back to FP32)."""
 
     name = "low_precision"
+    requires = ("native_{dtype}",)
     dtype: str = "bf16"
     mode: str = "cast"
 
@@ -71,10 +71,8 @@ def _cast_floats(obj, dtype):
 def _applies(model, cfg: LowPrecisionConfig, ctx: Context):
     if isinstance(model, torch.jit.ScriptModule):
         return "a TorchScript model cannot be re-typed from outside"
-    if cfg.dtype == "bf16" and not dev.supports_bf16(ctx.device):
-        return f"{ctx.device.type} here has no fast BF16 (needs AVX-512 BF16/AMX, or an Ampere+ GPU)"
-    if cfg.dtype == "fp16" and not dev.supports_fp16(ctx.device):
-        return f"{ctx.device.type} here has no fast FP16 (needs a GPU, or a CPU with AMX-FP16/AVX512-FP16)"
+    # Missing BF16/FP16 units are not checked here: `requires` makes the search skip the recipe
+    # (emulated low precision runs, slowly), unless the user asks for it by name.
     if not any(p.is_floating_point() for p in model.parameters()):
         return "the model has no floating-point weights"
     return None

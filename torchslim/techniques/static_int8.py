@@ -15,6 +15,7 @@ call (no calibration): X86InductorQuantizer's dynamic mode covers Linear layers.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import copy
 import fnmatch
 import logging
@@ -149,10 +150,52 @@ def _quantize(model: nn.Module, cfg, ctx: Context, is_dynamic: bool) -> nn.Modul
     return Frozen(converted)
 
 
+_CALIBRATED: contextvars.ContextVar[dict | None] = contextvars.ContextVar("torchslim_calibrated", default=None)
+
+
+@contextlib.contextmanager
+def calibration_cache():
+    """Within the block, prepare_calibrated() captures and calibrates each (model weights, config,
+    calibration data, example) once and hands out copies: the search's static-int8 recipe and the
+    sensitivity rankings of static-int8, static-int8-ts[-x86-sr] (simulated on the same PT2E graph)
+    and pt2e-dynamic-int8 share one export and one calibration pass."""
+    token = _CALIBRATED.set({})
+    try:
+        yield
+    finally:
+        _CALIBRATED.reset(token)
+
+
+def _fingerprint(model: nn.Module, cfg, ctx: Context, is_dynamic: bool) -> tuple:
+    """What the prepared graph depends on; the weights by name, shape and a sum (cheap, and copies
+    of one model agree)."""
+    with torch.no_grad():
+        weights = tuple((n, tuple(t.shape), str(t.dtype), float(t.double().sum()) if t.is_floating_point() else int(t.sum()))
+                        for n, t in model.state_dict().items() if isinstance(t, torch.Tensor))
+    example = tuple((tuple(t.shape), str(t.dtype), float(t.double().sum())) for t in ctx.example.tensors())
+    return (type(model).__qualname__, weights, example, getattr(cfg, "observer", None), cfg.per_channel, tuple(cfg.skip),
+            getattr(cfg, "max_samples", None), is_dynamic, id(ctx.calibration), str(ctx.device))
+
+
 def prepare_calibrated(model: nn.Module, cfg, ctx: Context, is_dynamic: bool = False):
     """The first half of the flow: export, annotate, insert observers, calibrate (static) or record
     the weight ranges (dynamic). Returns (prepared graph, module names kept in float, calibration
-    counts, whether the export has dynamic shapes). sensitivity.py reads the observers from here."""
+    counts, whether the export has dynamic shapes). sensitivity.py reads the observers from here.
+    Inside calibration_cache() a repeated call returns a copy of the first one's result."""
+    cache = _CALIBRATED.get()
+    if cache is None:
+        return _prepare_calibrated(model, cfg, ctx, is_dynamic)
+    fp = _fingerprint(model, cfg, ctx, is_dynamic)
+    if fp not in cache:
+        result = _prepare_calibrated(model, cfg, ctx, is_dynamic)
+        # The stored graph is only ever copied: convert_pt2e and the probes' switches change theirs.
+        cache[fp] = (copy.deepcopy(result[0]), *result[1:])
+        return result
+    prepared, float_modules, seen, dynamic = cache[fp]
+    return copy.deepcopy(prepared), float_modules, dict(seen, reused=True), dynamic
+
+
+def _prepare_calibrated(model: nn.Module, cfg, ctx: Context, is_dynamic: bool = False):
     model = eval_mode(model)
     example = ctx.example.to(ctx.device)
     float_modules = _resolve_skip(model, cfg.skip)
@@ -437,4 +480,4 @@ def Frozen(inner: torch.fx.GraphModule) -> Compiled:
     return Compiled(inner, freezing=True, dynamic=False)
 
 
-__all__ = ["StaticInt8Config", "Pt2eDynamicInt8Config", "Frozen", "calibrate", "export", "prepare_calibrated", "weighted_layer"]
+__all__ = ["StaticInt8Config", "Pt2eDynamicInt8Config", "Frozen", "calibrate", "calibration_cache", "export", "prepare_calibrated", "weighted_layer"]

@@ -48,6 +48,7 @@ class WeightOnlyConfig(TechniqueConfig):
     fast BF16, else FP32), 'fp32' or 'bf16'. skip / min_features: as for ao_int8_dynamic."""
 
     name = "weight_only"
+    requires = ("native_bf16",)  # the INT8/INT4 weight-only kernels take BF16 activations
     bits: int = 8
     group_size: int | None = None
     symmetric: bool | None = None
