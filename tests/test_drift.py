@@ -92,7 +92,7 @@ def test_monitor_observes_one_call_in_every_and_answers_like_the_model(setup, mo
     eager = DriftMonitor(int8, every=1, compile=False)
     a, b = eager.observe([Example((x,))]), monitor.observe([Example((x,))])
     assert [r["saturated"] for r in a] == pytest.approx([r["saturated"] for r in b], abs=1e-6)
-    assert [v for r in a for v in r["range"]] == pytest.approx([v for r in b for v in r["range"]], abs=1e-4)
+    assert [v for r in a for v in r["range"]] == pytest.approx([v for r in b for v in r["range"]], rel=1e-4, abs=1e-4)  # compiled vs eager reduction order
 
 
 def test_monitor_refuses_a_model_without_calibrated_ranges():

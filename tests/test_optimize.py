@@ -63,7 +63,7 @@ def test_task_metric_drop_rejects(tmp_path):
         return {"closeness": -1e4 * float((m(x) - ref).abs().mean())}
 
     wl = Workload(model=model, example=Example((x,)), name="strict", evaluate=evaluate, metric="closeness")
-    run = optimize(wl, _config(tmp_path, recipes=("inference-mode", "dynamic-int8"), max_drop=0.5), progress=False)
+    run = optimize(wl, _config(tmp_path, recipes=("inference-mode", "dynamic-int8"), max_drop=0.5, early_reject=False), progress=False)
     base, im, q = run.recipes
     assert base.metrics["closeness"] == 0.0
     assert im.metric_drop == pytest.approx(0.0, abs=1e-6)

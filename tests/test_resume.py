@@ -13,7 +13,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 # static-int8 is settled at once (skipped: no calibration data), then compile takes seconds: the kill lands there.
 ARGS = ["optimize", "--no-progress", "--model", "tiny_models:cnn", "--input-shape", "2x3x16x16", "--rounds", "1",
-        "--recipes", "static-int8,compile,inference-mode"]
+        "--recipes", "static-int8,compile,inference-mode", "--fresh"]  # --fresh: no search-cache replay
 
 
 def _start(out):

@@ -20,7 +20,7 @@ def _row(run, name):
 def test_traced_model_that_baked_the_batch_in_is_rejected(tmp_path):
     model, x = tiny_models.bakes_batch()
     run = optimize(Workload(model, Example((x,)), name="bakes"),
-                   OptimizeConfig(recipes=("inference-mode", "torchscript-freeze"), rounds=1, out=str(tmp_path)), progress=False)
+                   OptimizeConfig(recipes=("inference-mode", "torchscript-freeze"), rounds=1, out=str(tmp_path), early_reject=False), progress=False)
     traced, eager = _row(run, "torchscript-freeze"), _row(run, "inference-mode")
     # On the example batch the trace is exact; at batch 1 it returns 4 rows instead of 1.
     assert traced.fidelity["min_cosine"] > 0.9999
@@ -68,7 +68,7 @@ def test_shape_rejection_is_not_retried_with_layers_in_float(tmp_path, monkeypat
     model, ex = sweep_models.MODELS["shape-control-flow"]()
     pt2e = () if backends.pt2e_missing() else ("pt2e-dynamic-int8",)
     run = optimize(Workload(model, Example(ex), name="flow"),
-                   OptimizeConfig(recipes=("torchscript-freeze", "dynamic-int8") + pt2e, rounds=1), progress=False)
+                   OptimizeConfig(recipes=("torchscript-freeze", "dynamic-int8") + pt2e, rounds=1, early_reject=False), progress=False)
     for name in pt2e:
         row = _row(run, name)
         assert row.status == "rejected" and row.validation["rejected_by"] == "shape", row.reason

@@ -232,7 +232,8 @@ def _search(workload: Workload, config: OptimizeConfig, device: torch.device, ru
 def _save(run: RunResult, chosen: RecipeResult, model: nn.Module, workload: Workload, example, config: OptimizeConfig) -> None:
     folder = os.path.join(config.out, "model")
     recipe = Recipe.from_list(chosen.steps)
-    calib = list(workload.calibration()) if workload.calibration and any(s.needs_calibration for s in recipe.steps) else None
+    calibration = validation.for_recipes(workload)  # what the recipe was calibrated on (held-out batches excluded)
+    calib = list(calibration()) if calibration and any(s.needs_calibration for s in recipe.steps) else None
     artifacts.save(folder, workload.model, recipe, workload.example, spec=workload.spec, source=workload.source,
                    reference_output=_run(model, example)(), calibration=calib, optimized=model)
     run.artifact = folder
@@ -258,7 +259,7 @@ def _replay(hit: dict, workload: Workload, config: OptimizeConfig, device, run: 
     if config.out and config.save_model:
         example = workload.example.to(device)
         ref_out = _run(eval_mode(workload.model.to(device)), example)()
-        ctx = Context(device=device, example=example, calibration=workload.calibration)
+        ctx = Context(device=device, example=example, calibration=validation.for_recipes(workload))
         model = apply(eval_mode(copy.deepcopy(workload.model).to(device)), Recipe.from_list(chosen.steps), ctx)
         fid = compare(ref_out, _run(model, example)())
         if not fid.finite or fid.min_cosine < config.min_cosine:
@@ -420,7 +421,7 @@ def _fallback(recipe: Recipe, rejected: RecipeResult, workload: Workload, exampl
         rejected.fallback = {**info, "result": "not retried: rejected at another input shape, which layers in float do not change"}
         return None, None
     try:
-        ctx = Context(device=device, example=example, calibration=workload.calibration)
+        ctx = Context(device=device, example=example, calibration=validation.for_recipes(workload))
         prefix = apply(eval_mode(copy.deepcopy(workload.model).to(device)), Recipe(recipe.steps[:i]), ctx)
         probe = make_probe(prefix, step, ctx)
         ranking = measure_layers(probe, [example], [ref_out])

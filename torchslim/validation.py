@@ -55,7 +55,13 @@ def for_recipes(workload) -> Callable | None:
     if workload.calibration is None:
         return None
     held, kept = _split(workload)
-    return (lambda: kept) if held else workload.calibration
+    if not held:
+        return workload.calibration
+    # One function object per workload: static INT8's calibration cache keys on its identity.
+    cache = workload.__dict__[_CACHE]
+    if "for_recipes" not in cache:
+        cache["for_recipes"] = lambda: kept
+    return cache["for_recipes"]
 
 
 def _split(workload) -> tuple[list[Example], list[Example]]:

@@ -13,6 +13,7 @@ import importlib.util
 import json
 import os
 import shutil
+import struct
 import sys
 import time
 
@@ -116,7 +117,7 @@ def gguf_folder(path: str) -> str:
             model = transformers.AutoModelForCausalLM.from_pretrained(d, gguf_file=name, dtype="float32")
     except ImportError as e:
         raise SlimError(f"reading GGUF needs the gguf package ({first_line(e)})", "pip install gguf accelerate") from e
-    except (ValueError, KeyError, RuntimeError) as e:
+    except (ValueError, KeyError, RuntimeError, struct.error, OSError, IndexError, TypeError) as e:  # a corrupt or truncated file too
         raise SlimError(f"transformers cannot read '{path}': {first_line(e)}",
                         "only GGUF architectures transformers supports load (llama, mistral, qwen2, gemma, phi3, gpt2, ...); "
                         "or pass the original Hugging Face folder as hf:DIR") from e
