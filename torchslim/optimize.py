@@ -35,7 +35,7 @@ from .errors import NotApplicable, SlimError
 from .fidelity import compare
 from .fileio import write_json, write_text
 from .recipes import BASELINE, Recipe, apply, by_name, candidates, missing_hardware, ordered
-from .results import RecipeResult, RunResult
+from .results import RecipeResult, RunResult, kept_on_stop
 from .sensitivity import fewest_float_layers, make_probe, measure_layers, quantization_step, with_float_layers
 from .techniques import CompileConfig, Context
 from .workload import Workload, eval_mode
@@ -116,7 +116,7 @@ def optimize(workload: Workload, config: OptimizeConfig = OptimizeConfig(), prog
             config=asdict(config), recipes=[],
             created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         )
-        try:
+        with kept_on_stop(run, lambda r: _write(r, config)):
             from . import search_cache
             from .techniques.static_int8 import calibration_cache
 
@@ -133,15 +133,6 @@ def optimize(workload: Workload, config: OptimizeConfig = OptimizeConfig(), prog
                 run.search = {**(run.search or {}), "cache_key": key}
                 if hit is None:
                     search_cache.store(key, run)
-        except KeyboardInterrupt:
-            run.error = "interrupted: the recipes measured so far are kept"
-            _write(run, config)
-            raise
-        except SlimError as e:
-            run.error = str(e)
-            _write(run, config)
-            raise
-        _write(run, config)
     return run
 
 

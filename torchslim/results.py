@@ -1,8 +1,11 @@
 """What `optimize` found: one RecipeResult per recipe tried, and the whole run's summary."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Callable, Iterator
+
+from .errors import SlimError
 
 STATUSES = ("chosen", "ok", "rejected", "failed", "skipped", "baseline", "inconclusive")  # inconclusive: timing too noisy to call
 
@@ -53,3 +56,20 @@ class RunResult:
     @property
     def baseline(self) -> RecipeResult:
         return self.recipes[0]
+
+
+@contextlib.contextmanager
+def kept_on_stop(run: RunResult, write: Callable[[RunResult], None]) -> Iterator[RunResult]:
+    """Write `run` when the block ends; if it stops early (Ctrl-C, a SlimError), record why in
+    `run.error`, write what was measured so far, and re-raise."""
+    try:
+        yield run
+    except KeyboardInterrupt:
+        run.error = "interrupted: the recipes measured so far are kept"
+        write(run)
+        raise
+    except SlimError as e:
+        run.error = str(e)
+        write(run)
+        raise
+    write(run)

@@ -22,7 +22,7 @@ from .. import measure as tmeasure
 from ..errors import NotApplicable, SlimError
 from ..fileio import write_json, write_text
 from ..recipes import Recipe, apply
-from ..results import RecipeResult, RunResult
+from ..results import RecipeResult, RunResult, kept_on_stop
 from ..techniques import Context
 from ..techniques.lm_decode import LMDecodeConfig
 from ..techniques.lm_weights import LMWeightsConfig
@@ -147,18 +147,9 @@ def optimize_generation(lm: CausalLM, config: GenerationConfig = GenerationConfi
             machine={**dev.describe(device), **tmeasure.thread_info()},
             config=asdict(config), recipes=[],
             created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
-        try:
+        with kept_on_stop(run, lambda r: _write(r, config)):
             with torch._dynamo.config.patch(recompile_limit=256, accumulated_recompile_limit=4096):
                 _search(lm, config, device, run, progress)
-        except KeyboardInterrupt:
-            run.error = "interrupted: the recipes measured so far are kept"
-            _write(run, config)
-            raise
-        except SlimError as e:
-            run.error = str(e)
-            _write(run, config)
-            raise
-        _write(run, config)
     return run
 
 
