@@ -20,7 +20,7 @@ from torchslim.errors import SlimError
 from torchslim.inputs import Example
 from torchslim.loading import HFModel
 from torchslim.recipes import Recipe, apply
-from torchslim.techniques import _packing
+from torchslim.techniques.fast_transformer import packing
 from torchslim.techniques.base import Context, config_from_dict, handler
 from torchslim.techniques.compile import CompileConfig
 from torchslim.techniques.dynamic_int8 import DynamicInt8Config
@@ -206,6 +206,47 @@ def test_other_hf_families_match(family, side):
         out = fast(input_ids=ids, attention_mask=mask).last_hidden_state
     assert_same_on_real(ref, out, mask)
     assert (ref[:, 0] - out[:, 0]).abs().max() <= TOL  # the first position, read by classification heads
+
+
+# ----------------------------------------------------------------------------- the family mapping
+
+TORCH_BUILDERS = {
+    nn.TransformerEncoder: lambda: nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 32, batch_first=True), 1,
+                                                         enable_nested_tensor=False),
+    nn.TransformerEncoderLayer: lambda: nn.TransformerEncoderLayer(16, 2, 32, batch_first=True),
+    nn.MultiheadAttention: lambda: nn.MultiheadAttention(16, 2, batch_first=True),
+}
+
+
+def _module_of_type(key):
+    """A tiny module whose MODEL_MAPPING key should be `key`: a torch class mapped to it in TORCH_TYPES,
+    or a Hugging Face base model built from AutoConfig.for_model(key) (no downloads)."""
+    from torchslim.techniques.fast_transformer import TORCH_TYPES
+
+    if key.startswith("nn."):
+        classes = [c for c, k in TORCH_TYPES.items() if k == key and c in TORCH_BUILDERS]
+        assert classes, f"no torch class maps to MODEL_MAPPING key {key!r} (TORCH_TYPES)"
+        return TORCH_BUILDERS[classes[0]]().eval()
+    torch.manual_seed(0)
+    cfg = T.AutoConfig.for_model(key, vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                 intermediate_size=64, max_position_embeddings=64, image_size=32, patch_size=8,
+                                 bos_token_id=0, eos_token_id=0)
+    return T.AutoModel.from_config(cfg).eval()
+
+
+def test_every_model_mapping_key_is_reachable():
+    """Each family in MODEL_MAPPING is found by discovery and converted by its own class (a family added
+    to the mapping without a working handler, or that discovery cannot reach, fails here)."""
+    from torchslim.techniques.fast_transformer import MODEL_MAPPING, FastModule, classify, model_type
+
+    assert {"bert", "distilbert", "vit", "gpt2", "nn.TransformerEncoder", "nn.MultiheadAttention"} <= set(MODEL_MAPPING)
+    for key, cls in MODEL_MAPPING.items():
+        assert issubclass(cls, FastModule) and cls.forward is not FastModule.forward, key
+        model = _module_of_type(key)
+        assert model_type(model) == key, (key, type(model).__name__)
+        assert classify(model) == (cls, None, key), (key, classify(model))
+        fast, ctx = fast_of(model)
+        assert isinstance(fast, cls) and ctx.details["fast_transformer"]["converted"][0]["family"] == key
 
 
 # ----------------------------------------------------------------------------- refusals
@@ -518,25 +559,25 @@ def test_config_json_round_trip_and_validation():
 
 def test_plan_packs_by_mask_and_round_trips():
     keep = torch.tensor([[1, 1, 0, 0, 0], [0, 0, 1, 1, 1], [0, 0, 0, 0, 0], [1, 0, 1, 0, 1]], dtype=torch.bool)
-    p = _packing.plan(keep, 4, 5, CPU, max_buckets=2, align=1)
+    p = packing.plan(keep, 4, 5, CPU, max_buckets=2, align=1)
     assert p.total == 8 and sorted(p.lengths) == [2, 3, 3] and sum(b.end - b.start for b in p.buckets) == 8
     x = torch.randn(4, 5, 3)
-    back = _packing.unpack(_packing.pack(x, p), p)
+    back = packing.unpack(packing.pack(x, p), p)
     assert torch.equal(back[keep], x[keep]) and back[~keep].abs().max() == 0
-    q = _packing.plan(keep, 4, 5, CPU, first_position=True)  # adds position 0 of row 1 (left padded)
+    q = packing.plan(keep, 4, 5, CPU, first_position=True)  # adds position 0 of row 1 (left padded)
     assert q.total == 9 and q.key_index is not None and len(q.key_index) == 8
 
 
 def test_buckets_minimise_padded_attention_work():
     # 10 rows of 16, 10 of 32, 1 of 128 in two calls: {16, 32} + {128} pads far less than {16} + {32, 128}
-    assert _packing._partition([16, 32, 128], [10, 10, 1], 2) == [2, 3]
-    assert _packing._partition([16, 32, 128], [10, 10, 1], 1) == [3]
-    assert _packing._partition([16], [4], 4) == [1]
+    assert packing.partition([16, 32, 128], [10, 10, 1], 2) == [2, 3]
+    assert packing.partition([16, 32, 128], [10, 10, 1], 1) == [3]
+    assert packing.partition([16], [4], 4) == [1]
     g = torch.Generator().manual_seed(0)
     lens = torch.randint(1, 129, (64,), generator=g)
     keep = torch.arange(128)[None, :] < lens[:, None]
     for k in (1, 2, 4, 8):
-        p = _packing.plan(keep, 64, 128, CPU, max_buckets=k)
+        p = packing.plan(keep, 64, 128, CPU, max_buckets=k)
         assert len(p.buckets) <= k and all(b.length % 16 == 0 for b in p.buckets)
         assert sum(b.end - b.start for b in p.buckets) == p.total == int(lens.sum())
 

@@ -1,30 +1,15 @@
-"""Pure tensor primitives for running a Transformer encoder without work on padding.
-
-The padded batch [B, S, ...] is *packed*: its real tokens (mask True) are gathered into one
-[total, ...] tensor, every token-wise layer (projections, feed-forward, LayerNorm) runs on that,
-and attention runs per sequence. Rows are packed in order of increasing length, each row's tokens
-kept contiguous and in their original order, so that
-
-- rows of similar length (a bucket) are one contiguous slice of the packed tokens: one gather
-  lays every bucket out padded to its own longest row (rounded up to a multiple of 16), fused
-  SDPA runs per bucket with a key padding mask, and one gather brings the results back; where
-  the device has it (CUDA flash varlen), one varlen call runs on the packed tokens as they are;
-- packing follows the mask, not an assumption about where the padding is: right, left and
-  ragged masks (holes in the middle) all work, and rows with no real token simply vanish.
-
-`unpack` scatters back to [B, S, H] with zeros at padding positions.
-"""
+"""Packing core of fast_transformer: gather a padded batch's real tokens into one [total, ...] tensor,
+plan length buckets for attention, run attention per sequence, scatter back (zeros at padding)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-from ..errors import SlimError
+from ...errors import SlimError
 
 
-def _opaque(fn):
+def opaque(fn):
     """Run `fn` outside torch.compile's graphs: the packing is data-dependent (lengths read from the
     mask), so compiled code is split around it and only the token-wise layers in between are
     compiled (their token dimension becomes dynamic), instead of recompiling for every batch."""
@@ -32,7 +17,7 @@ def _opaque(fn):
     return disable(fn) if disable is not None else fn
 
 
-def _dynamic_tokens(x: torch.Tensor) -> torch.Tensor:
+def dynamic_tokens(x: torch.Tensor) -> torch.Tensor:
     """Tell torch.compile the packed token dimension varies from call to call (no-op in eager)."""
     mark = getattr(getattr(torch, "_dynamo", None), "maybe_mark_dynamic", None)
     if mark is not None and x.dim() > 0:
@@ -56,6 +41,11 @@ class Bucket:
 
 @dataclass
 class Packing:
+    """How a padded batch [B, S, ...] is packed. Rows are packed in order of increasing length, each
+    row's tokens contiguous and in their original order, so a bucket (rows of similar length) is one
+    contiguous slice: one gather lays every bucket out padded, one gather brings the results back.
+    Packing follows the mask (right, left and ragged padding); rows with no real token vanish."""
+
     batch: int
     seq: int
     total: int  # packed tokens (real tokens, plus query-only first positions, see plan)
@@ -82,7 +72,7 @@ class Packing:
 _INTS = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 
 
-@_opaque
+@opaque
 def keep_from_attention_mask(mask: torch.Tensor | None, shape: tuple[int, int], device: torch.device) -> torch.Tensor | None:
     """A Hugging Face attention mask (1 = real token, 0 = padding) as a bool [B, S] keep-mask.
 
@@ -108,7 +98,7 @@ def keep_from_attention_mask(mask: torch.Tensor | None, shape: tuple[int, int], 
     return (mask != 0).to(device)
 
 
-@_opaque
+@opaque
 def keep_from_key_padding_mask(mask: torch.Tensor | None, shape: tuple[int, int], device: torch.device) -> torch.Tensor | None:
     """nn.TransformerEncoder's src_key_padding_mask (True / -inf = padding) as a bool keep-mask."""
     if mask is None:
@@ -138,7 +128,7 @@ ALIGN = 16  # attention pads each bucket to a multiple of this: PyTorch's CPU fl
 # lengths that are multiples of 16 up to 3-4x faster than their neighbours (e.g. 96 vs 93)
 
 
-def _partition(lengths: list[int], counts: list[int], k: int) -> list[int]:
+def partition(lengths: list[int], counts: list[int], k: int) -> list[int]:
     """Split sorted distinct lengths into at most k contiguous groups, minimising the padded
     attention work sum(rows * group_max_length**2). Returns each group's end (exclusive)."""
     m = len(lengths)
@@ -164,7 +154,7 @@ def _partition(lengths: list[int], counts: list[int], k: int) -> list[int]:
     return ends[::-1]
 
 
-@_opaque
+@opaque
 def plan(keep: torch.Tensor | None, batch: int, seq: int, device: torch.device, max_buckets: int = 4,
          first_position: bool = False, align: int = ALIGN) -> Packing:
     """How to pack a batch with keep-mask `keep` ([B, S] bool, True = real; None = all real).
@@ -217,7 +207,7 @@ def plan(keep: torch.Tensor | None, batch: int, seq: int, device: torch.device, 
     pads, unpads = [], []
     needs_gather = False
     i = start = pstart = 0
-    for end in _partition(distinct, counts, int(max_buckets)):
+    for end in partition(distinct, counts, int(max_buckets)):
         length = distinct[end - 1]
         j = i
         while j < len(lens) and aligned[j] <= length:
@@ -243,14 +233,14 @@ def plan(keep: torch.Tensor | None, batch: int, seq: int, device: torch.device, 
 
 # ----------------------------------------------------------------------------- pack / unpack
 
-@_opaque
+@opaque
 def pack(x: torch.Tensor, p: Packing) -> torch.Tensor:
     """[B, S, ...] -> [total, ...] (the real tokens, in packed order)."""
     flat = x.reshape(p.batch * p.seq, *x.shape[2:])
-    return _dynamic_tokens(flat if p.index is None else flat.index_select(0, p.index))
+    return dynamic_tokens(flat if p.index is None else flat.index_select(0, p.index))
 
 
-@_opaque
+@opaque
 def unpack(x: torch.Tensor, p: Packing) -> torch.Tensor:
     """[total, ...] -> [B, S, ...], zeros at padding positions."""
     if p.index is None:
@@ -258,84 +248,3 @@ def unpack(x: torch.Tensor, p: Packing) -> torch.Tensor:
     out = x.new_zeros((p.batch * p.seq, *x.shape[1:]))
     out.index_copy_(0, p.index, x)
     return out.view(p.batch, p.seq, *x.shape[1:])
-
-
-# ----------------------------------------------------------------------------- attention
-
-def varlen_available(q: torch.Tensor, head_dim: int, causal: bool = False) -> bool:
-    """CUDA flash varlen attention (torch.nn.attention.varlen), feature-detected: CUDA tensors,
-    fp16/bf16, a head size flash supports, and the module present in this torch (for causal
-    attention: with a way to ask for it)."""
-    if not q.is_cuda or q.dtype not in (torch.float16, torch.bfloat16) or head_dim % 8 or head_dim > 256:
-        return False
-    try:
-        from torch.nn.attention.varlen import varlen_attn  # noqa: F401
-    except ImportError:
-        return False
-    return not causal or _varlen_causal() is not None
-
-
-def _varlen_causal() -> dict | None:
-    """The keyword that makes varlen_attn causal in this torch: window_size=(-1, 0) (2.10+), or an
-    older is_causal=True; None if neither exists."""
-    import inspect
-
-    from torch.nn.attention.varlen import varlen_attn
-
-    params = inspect.signature(varlen_attn).parameters
-    if "window_size" in params:
-        return {"window_size": (-1, 0)}
-    if "is_causal" in params:
-        return {"is_causal": True}
-    return None
-
-
-@_opaque
-def attention(q: torch.Tensor, k: torch.Tensor | None, v: torch.Tensor | None, p: Packing, heads: int,
-              scale: float | None = None, varlen: bool = False, causal: bool = False) -> torch.Tensor:
-    """Self-attention of packed tokens within each sequence.
-
-    q, k, v: [total, heads*head_dim] each; or k = v = None and q the fused [total, 3*heads*head_dim]
-    projection (q | k | v along the last dimension). Returns [total, heads*head_dim]. With
-    varlen=True (see varlen_available) one flash varlen call covers the whole batch; otherwise
-    one fused SDPA call per length bucket.
-
-    causal=True: each token attends to its sequence's tokens up to itself (in packed order, which
-    is the original order). In a bucket the padded slots follow each row's real tokens, so SDPA's
-    own causal mask alone keeps real queries off them. Plans made with first_position=True
-    (query-only tokens) are not causal and are refused."""
-    if causal and p.key_index is not None:
-        raise ValueError("causal attention with query-only first positions is not supported")
-    fused = k is None
-    total = q.shape[0]
-    width = q.shape[1] // 3 if fused else q.shape[1]
-    d = width // heads
-    if total == 0:
-        return q.new_zeros((0, width))
-    if not fused and not varlen and p.pad_index is not None:
-        q, fused = torch.cat((q, k, v), 1), True  # one gather for q, k and v
-    if varlen:
-        from torch.nn.attention.varlen import varlen_attn
-
-        if fused:
-            q, k, v = q.view(total, 3, heads, d).unbind(1)
-        q, k, v = (t.reshape(total, heads, d) for t in (q, k, v))
-        if p.key_index is not None:
-            k, v = k.index_select(0, p.key_index), v.index_select(0, p.key_index)
-        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        out = varlen_attn(q, k, v, p.cu_seqlens(q.device), p.cu_seqlens(q.device, keys=True),
-                          max(p.lengths), max(p.key_lengths), scale=scale, **(_varlen_causal() if causal else {}))
-        return _dynamic_tokens(out.reshape(total, width))
-    if p.pad_index is not None:
-        q = q.index_select(0, p.pad_index)  # [padded, 3 * width]: every bucket's rows, each padded to its length
-    parts = []
-    for b in p.buckets:
-        if fused:
-            qs, ks, vs = q[b.pstart:b.pend].reshape(b.rows, b.length, 3, heads, d).unbind(2)
-        else:
-            qs, ks, vs = (t[b.pstart:b.pend].reshape(b.rows, b.length, heads, d) for t in (q, k, v))
-        o = F.scaled_dot_product_attention(qs.transpose(1, 2), ks.transpose(1, 2), vs.transpose(1, 2),
-                                           attn_mask=None if causal else b.key_mask, is_causal=causal, scale=scale)
-        parts.append(o.transpose(1, 2).reshape(b.rows * b.length, width))
-    out = parts[0] if len(parts) == 1 else torch.cat(parts)
-    return _dynamic_tokens(out if p.unpad_index is None else out.index_select(0, p.unpad_index))
