@@ -139,6 +139,9 @@ def _describe(name: str, m: nn.Module) -> str:
 
 # ----------------------------------------------------------------------------- the technique
 
+# Why a forward of our own: Hugging Face dropped BetterTransformer for SDPA attention, but SDPA still computes
+# every padding token, in attention and in every Linear/LayerNorm; the packed path's cost follows the real tokens.
+
 def _applies(model, cfg: FastTransformerConfig, ctx: Context):
     if isinstance(model, torch.jit.ScriptModule):
         return "a TorchScript model cannot be rewritten"
