@@ -1,9 +1,4 @@
-"""Honest measurement: interleaved timing with medians and confidence intervals, memory, size.
-
-Timing A against B on a shared, noisy machine only means something when both run in the same
-process, interleaved round by round, after warm-up (compilation included). Every number here
-comes with its spread.
-"""
+"""Honest measurement: interleaved timing with medians and confidence intervals, memory, size."""
 from __future__ import annotations
 
 import contextlib
@@ -134,6 +129,8 @@ def interleaved(
     on_round: Callable[[int], None] | None = None,
 ) -> dict[str, list[float]]:
     """Per-call latencies (ms) of every function, measured round-robin so drift hits all alike.
+    (Timing A against B on a shared, noisy machine only means something when both run in the same
+    process, interleaved round by round, after warm-up, compilation included.)
 
     Each function is warmed up first; then in every round each runs for about `target_round_ms`
     (at least once), in an order rotated from round to round.

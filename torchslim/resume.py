@@ -1,16 +1,4 @@
-"""Interrupted and concurrent runs on one --out folder.
-
-`session(config, workload)` wraps a whole `optimize` run:
-- it takes an exclusive lock on OUT/.torchslim.lock (fcntl.flock, released by the kernel even after
-  kill -9), so a second run on the same folder stops at once with the first one's process id
-  instead of interleaving its writes with it; an --out that is a file or cannot be written is a
-  clear error here, before any work;
-- it reads OUT/results.json when an earlier run of the same model, inputs, options, torch version
-  and machine stopped before timing (killed, interrupted, out of memory): the rows it had already
-  settled as failed, skipped or rejected are reused as they are (`reused(name)`, a note in each),
-  and the recipes that had passed are applied again, since a model cannot be timed from a file.
-A finished results.json is never reused: rerunning a finished run measures again.
-"""
+"""Interrupted and concurrent runs on one --out folder: a lock, and the settled rows of an unfinished run."""
 from __future__ import annotations
 
 import contextlib
@@ -33,6 +21,18 @@ _previous: contextvars.ContextVar[dict | None] = contextvars.ContextVar("torchsl
 
 @contextlib.contextmanager
 def session(config, workload):
+    """Wrap a whole `optimize` run.
+
+    - Takes an exclusive lock on OUT/.torchslim.lock (fcntl.flock, released by the kernel even after
+      kill -9), so a second run on the same folder stops at once with the first one's process id
+      instead of interleaving its writes with it; an --out that is a file or cannot be written is a
+      clear error here, before any work.
+    - Reads OUT/results.json when an earlier run of the same model, inputs, options, torch version
+      and machine stopped before timing (killed, interrupted, out of memory): the rows it had already
+      settled as failed, skipped or rejected are reused as they are (`reused(name)`, a note in each),
+      and the recipes that had passed are applied again, since a model cannot be timed from a file.
+      A finished results.json is never reused: rerunning a finished run measures again.
+    """
     out = config.out
     if not out:
         yield

@@ -8,7 +8,9 @@ def _f(v, fmt: str) -> str:
     return "-" if v is None else format(v, fmt)
 
 
-def format_generation_table(run: dict) -> str:
+def format_generation_table(run) -> str:
+    """The table of a generation run (a RunResult, or its results.json dict)."""
+    run = run if isinstance(run, dict) else run.to_dict()
     wl, m = run.get("workload") or {}, run.get("machine") or {}
     head = [f"text generation: {wl.get('spec')}  (prompt {wl.get('prompt_len')} tokens, {wl.get('new_tokens')} new, "
             f"batch {wl.get('batch_size')}, greedy)",
