@@ -3,6 +3,8 @@ import os
 import re
 from html.parser import HTMLParser
 
+from markupsafe import escape
+
 from torchslim import report
 from torchslim.results import RecipeResult, RunResult
 
@@ -108,21 +110,22 @@ def test_write_html(tmp_path):
     text = path.read_text(encoding="utf-8")
     _check_html(text)
     assert "<svg" in text
-    assert "&lt;script&gt;&amp;&quot;" in text and EVIL not in text and "<script" not in text
+    # escaped as Jinja2/markupsafe write it (&#34; for a double quote)
+    assert "&lt;script&gt;&amp;&#34;" in text and EVIL not in text and "<script" not in text
     assert "a&lt;b&gt;.py" in text and "a &lt; b &amp; c" in text  # spec and snippet escaped too
     for r in run["recipes"]:
-        assert report._esc(r["name"]) in text
+        assert str(escape(r["name"])) in text
     assert not re.search(r"(src|href)\s*=\s*[\"']?\s*(https?:)?//", text) and "http" not in text
     timed = [r for r in run["recipes"] if r["timing"]]
     assert len(re.findall(r"<circle\b", text)) == len(timed) == 4
     assert 'class="pt chosen"' in text and "polyline" in text and "stroke-dasharray" in text
     assert "timing.median_ms" in text and "fidelity.sqnr_db" in text and "metric_drop" in text
-    assert "3 layers left in float" in text and "&quot;technique&quot;: &quot;dynamic_int8&quot;" in text
+    assert "3 layers left in float" in text and "&#34;technique&#34;: &#34;dynamic_int8&#34;" in text
     assert "Reproduce" in text
 
 
 def test_pareto_geometry():
-    svg = report._pareto_svg(_run())
+    svg = report.pareto_svg(_run())
     width, height = (int(v) for v in re.search(r'width="(\d+)" height="(\d+)"', svg).groups())
     pts = {m[0]: (float(m[1]), float(m[2])) for m in re.findall(
         r'<circle class="pt (\w+)" cx="([\d.]+)" cy="([\d.]+)"', svg)}
@@ -145,14 +148,14 @@ def _texts_inside(svg, char_px=7.0):
 
 def test_chart_labels_fit():
     run = _run()
-    _texts_inside(report._pareto_svg(run))
-    _texts_inside(report._size_svg(run))
+    _texts_inside(report.pareto_svg(run))
+    _texts_inside(report.size_svg(run))
 
 
 def test_cosine_axis_without_metric():
     run = _run()
     run["workload"]["metric"] = None
-    svg = report._pareto_svg(run)
+    svg = report.pareto_svg(run)
     assert "min cosine" in svg
     ys = {m[0]: float(m[1]) for m in re.findall(r'<circle class="pt (\w+)" cx="[\d.]+" cy="([\d.]+)"', svg)}
     assert ys["baseline"] < ys["ok"] < ys["chosen"] < ys["rejected"]  # SVG y grows downwards
@@ -160,7 +163,7 @@ def test_cosine_axis_without_metric():
 
 def test_frontier_drops_dominated_points():
     points = [(1.0, 1.0, "a", "baseline"), (2.0, 0.99, "b", "ok"), (1.5, 0.98, "c", "ok"), (3.0, 0.9, "d", "ok")]
-    assert [p[2] for p in report._frontier(points)] == ["a", "b", "d"]
+    assert [p[2] for p in report.charts.frontier(points)] == ["a", "b", "d"]
 
 
 def test_html_with_error_and_only_baseline(tmp_path):
@@ -184,3 +187,87 @@ def test_nulls_everywhere(tmp_path):
     report.write_html(run, str(tmp_path / "r.html"))
     _check_html((tmp_path / "r.html").read_text(encoding="utf-8"))
     report.write_html({}, str(tmp_path / "empty.html"))
+
+
+def test_real_run_renders_typed(tmp_path):
+    """A real (tiny) optimize run, rendered from the RunResult and from its results.json."""
+    import json
+
+    import torch
+    import torch.nn as nn
+
+    from torchslim.inputs import Example
+    from torchslim.optimize import OptimizeConfig, optimize
+    from torchslim.workload import Workload
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4)).eval()
+    wl = Workload(model=model, example=Example((torch.randn(4, 16),)), name="tiny <mlp>")
+    run = optimize(wl, OptimizeConfig(recipes=("inference-mode", "dynamic-int8", "torchscript-freeze"), rounds=2,
+                                      target_round_ms=2.0, out=str(tmp_path), save_model=False, cache=False), progress=False)
+    run.recipes[1].reason = f"checked {EVIL}"
+    if run.chosen is None:  # timing decides; mark one to check the row
+        run.recipes[2].status, run.chosen = "chosen", run.recipes[2].name
+    run.recipes.append(RecipeResult("fp16 & friends", [], status="skipped", reason="no FP16 <here>"))
+    for text in (report.render_html(run), report.render_html(json.loads(json.dumps(run.to_dict())))):
+        _check_html(text)
+        assert "checked &lt;script&gt;&amp;&#34;" in text and EVIL not in text and "<script" not in text
+        assert "tiny &lt;mlp&gt;" in text and "no FP16 &lt;here&gt;" in text
+        for r in run.recipes:
+            assert str(escape(r.name)) in text
+        chosen_rows = re.findall(r'<tr class="chosen">\s*<td>([^<]*)</td>', text)
+        assert chosen_rows == [run.chosen]
+        skipped = text[text.index("<details>"):text.index("</details>")]
+        assert "fp16 &amp; friends" in skipped and "1 recipe(s) skipped" in skipped
+    saved = (tmp_path / "report.html").read_text(encoding="utf-8")  # what optimize itself wrote
+    _check_html(saved)
+    assert "tiny &lt;mlp&gt;" in saved
+
+
+def test_old_results_json_renders(tmp_path):
+    from test_results import OLD_RUN
+
+    text = report.render_html(OLD_RUN)
+    _check_html(text)
+    assert all(str(escape(r["name"])) in text for r in OLD_RUN["recipes"])
+    assert "0.500 [0.490-0.510]" in report.format_table(OLD_RUN)
+
+
+def test_templates_are_package_data():
+    """An installed (non-editable) torchslim finds its templates: every file under report/templates
+    is matched by pyproject's package-data."""
+    import fnmatch
+    import pathlib
+
+    import pytest
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    root = pathlib.Path(__file__).resolve().parent.parent
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["torchslim"]
+    files = [p.relative_to(root / "torchslim").as_posix() for p in (root / "torchslim/report/templates").iterdir()]
+    assert files and all(any(fnmatch.fnmatch(f, g) for g in globs) for f in files), (files, globs)
+
+
+def test_shared_fixed_table():
+    table = report.fixed_table(["a", "long column"], [["xyz", 1], ["q", None]], ["head"], ["tail"])
+    assert table.splitlines() == ["head", "", "a    long column", "---  -----------", "xyz  1", "q    None", "tail"]
+
+
+def test_crowded_pareto_labels_do_not_overlap():
+    """A dozen recipes at nearly the same speed and quality: every name or number stays readable."""
+    step = [{"technique": "compile"}]
+    recipes = [RecipeResult("baseline", [], status="baseline", timing=_timing(20.0), speedup=1.0, fidelity=_fidelity(1.0))]
+    recipes += [RecipeResult(f"recipe-number-{i}", step, status="ok" if i else "chosen", timing=_timing(10.0),
+                             speedup=2.0 + 0.01 * i, fidelity=_fidelity(0.999 - 0.00001 * i)) for i in range(14)]
+    run = RunResult(workload={"name": "crowd"}, machine={}, config={}, recipes=recipes, chosen="recipe-number-0")
+    svg = report.pareto_svg(run)
+    _texts_inside(svg)
+    boxes = []
+    for x, y, anchor, body in re.findall(r'<text x="([\d.]+)" y="([\d.]+)" class="(?:label|key)" text-anchor="(\w+)">([^<]*)<', svg):
+        w = len(html.unescape(body)) * 6.5
+        x0 = float(x) - w if anchor == "end" else float(x)
+        boxes.append((x0, x0 + w, float(y) - 11, float(y) + 2))
+    assert len(boxes) >= 15
+    assert not [(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:]
+                if a[0] < b[1] and b[0] < a[1] and a[2] < b[3] and b[2] < a[3]]
+    assert "recipe-number-0" in svg and all(f"recipe-number-{i}" in svg for i in range(14))  # named or in the key

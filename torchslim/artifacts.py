@@ -1,9 +1,8 @@
-"""Save the chosen model with its recipe; load it back to a model with identical outputs.
+"""Save the chosen model with its recipe; load it back to a model with identical outputs."""
 
-Like optimum-quanto's quantization map beside safetensors: we store the FP32 weights, the recipe
-(JSON) and how to rebuild the architecture, and re-apply the recipe on load. Every technique is
-deterministic, so the reloaded model reproduces the saved reference outputs (checked on load).
-"""
+# Like optimum-quanto's quantization map beside safetensors: we store the FP32 weights, the recipe
+# (JSON) and how to rebuild the architecture, and re-apply the recipe on load. Every technique is
+# deterministic, so the reloaded model reproduces the saved reference outputs (checked on load).
 from __future__ import annotations
 
 import datetime
@@ -13,7 +12,7 @@ import os
 import torch
 import torch.nn as nn
 
-from . import __version__, engines
+from . import engines
 from .errors import SlimError
 from .fidelity import compare, output_tensors
 from .techniques.torchscript import script_module
@@ -21,6 +20,7 @@ from .fileio import atomic_write, write_json
 from .inputs import Example
 from .recipes import Recipe, apply
 from .techniques import Context
+from .version import __version__
 from .workload import eval_mode
 
 MANIFEST = "torchslim.json"

@@ -1,16 +1,4 @@
-"""Interrupted and concurrent runs on one --out folder.
-
-`session(config, workload)` wraps a whole `optimize` run:
-- it takes an exclusive lock on OUT/.torchslim.lock (fcntl.flock, released by the kernel even after
-  kill -9), so a second run on the same folder stops at once with the first one's process id
-  instead of interleaving its writes with it; an --out that is a file or cannot be written is a
-  clear error here, before any work;
-- it reads OUT/results.json when an earlier run of the same model, inputs, options, torch version
-  and machine stopped before timing (killed, interrupted, out of memory): the rows it had already
-  settled as failed, skipped or rejected are reused as they are (`reused(name)`, a note in each),
-  and the recipes that had passed are applied again, since a model cannot be timed from a file.
-A finished results.json is never reused: rerunning a finished run measures again.
-"""
+"""Interrupted and concurrent runs on one --out folder: a lock, and the settled rows of an unfinished run."""
 from __future__ import annotations
 
 import contextlib
@@ -33,6 +21,18 @@ _previous: contextvars.ContextVar[dict | None] = contextvars.ContextVar("torchsl
 
 @contextlib.contextmanager
 def session(config, workload):
+    """Wrap a whole `optimize` run.
+
+    - Takes an exclusive lock on OUT/.torchslim.lock (fcntl.flock, released by the kernel even after
+      kill -9), so a second run on the same folder stops at once with the first one's process id
+      instead of interleaving its writes with it; an --out that is a file or cannot be written is a
+      clear error here, before any work.
+    - Reads OUT/results.json when an earlier run of the same model, inputs, options, torch version
+      and machine stopped before timing (killed, interrupted, out of memory): the rows it had already
+      settled as failed, skipped or rejected are reused as they are (`reused(name)`, a note in each),
+      and the recipes that had passed are applied again, since a model cannot be timed from a file.
+      A finished results.json is never reused: rerunning a finished run measures again.
+    """
     out = config.out
     if not out:
         yield
@@ -53,8 +53,7 @@ def reused(name: str):
         return None
     from .results import RecipeResult
 
-    fields = {f.name for f in dataclasses.fields(RecipeResult)}
-    row = RecipeResult(**{k: v for k, v in prev["rows"][name].items() if k in fields})
+    row = RecipeResult.from_dict(prev["rows"][name])
     row.notes = list(row.notes or []) + [f"reused from the interrupted run of {prev['created']} ({prev['path']}): not applied again"]
     return row
 

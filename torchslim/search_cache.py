@@ -1,14 +1,5 @@
-"""Remember searches: re-running the same command on the same model, data, machine and versions
-reuses the measured rows (`torchslim optimize` caches by default; --fresh searches anew).
-
-The key is a SHA-256 over everything that can change a row: the weights (every parameter and
-buffer, bytes), the model's module types, the example inputs (shapes, dtypes, values), the
-calibration batches (values), the task metric (its function's module, name and code; not data it
-reads from elsewhere), the workload's name/spec/source, the OptimizeConfig (less where the results
-are written), the recipe list, torch/torchao/transformers versions, the device, the CPU flags and
-the thread count. Entries live in $TORCHSLIM_SEARCH_CACHE, else $TORCHSLIM_CACHE/search/ (default
-~/.cache/torchslim/search).
-"""
+"""Remember searches: the same command on the same model, data, machine and versions reuses the
+measured rows (`torchslim optimize` caches by default; --fresh searches anew)."""
 from __future__ import annotations
 
 import dataclasses
@@ -28,6 +19,7 @@ _NOT_IN_KEY = ("out", "save_model", "debug", "cache", "fresh")
 
 
 def folder() -> str:
+    """$TORCHSLIM_SEARCH_CACHE, else $TORCHSLIM_CACHE/search/ (default ~/.cache/torchslim/search)."""
     if os.environ.get("TORCHSLIM_SEARCH_CACHE"):
         return os.environ["TORCHSLIM_SEARCH_CACHE"]
     root = os.environ.get("TORCHSLIM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "torchslim")
@@ -66,7 +58,12 @@ def _version(pkg: str) -> str | None:
 
 
 def key(workload, config, device: torch.device) -> str:
-    """The cache key of searching `workload` under `config` on `device` (hex SHA-256)."""
+    """The cache key of searching `workload` under `config` on `device` (hex SHA-256) over everything
+    that can change a row: the weights (every parameter and buffer, bytes), the model's module
+    types, the example inputs (shapes, dtypes, values), the calibration batches (values), the task
+    metric (its function's module, name and code; not data it reads from elsewhere), the workload's
+    name/spec/source, the OptimizeConfig (less where the results are written), the recipe list,
+    torch/torchao/transformers versions, the device, the CPU flags and the thread count."""
     from .recipes import by_name, candidates
 
     h = hashlib.sha256(f"torchslim-search-v{VERSION}".encode())

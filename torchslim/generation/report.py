@@ -1,12 +1,16 @@
 """The terminal table of a generation run: prefill and decode apart, quality beside them."""
 from __future__ import annotations
 
+from ..report.text import fixed_table
+
 
 def _f(v, fmt: str) -> str:
     return "-" if v is None else format(v, fmt)
 
 
-def format_generation_table(run: dict) -> str:
+def format_generation_table(run) -> str:
+    """The table of a generation run (a RunResult, or its results.json dict)."""
+    run = run if isinstance(run, dict) else run.to_dict()
     wl, m = run.get("workload") or {}, run.get("machine") or {}
     head = [f"text generation: {wl.get('spec')}  (prompt {wl.get('prompt_len')} tokens, {wl.get('new_tokens')} new, "
             f"batch {wl.get('batch_size')}, greedy)",
@@ -27,6 +31,4 @@ def format_generation_table(run: dict) -> str:
                      _f(r.get("perplexity"), ".2f"), _f(r.get("ppl_increase_pct"), "+.1f"),
                      _f(r.get("greedy_agreement"), ".0%"), _f((r.get("first_call_ms") or 0) / 1000 if r.get("first_call_ms") else None, ".1f"),
                      (r.get("reason") or "-")[:70]])
-    widths = [max(len(str(c)) for c in col) for col in zip(cols, *rows)]
-    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
-    return "\n".join(head + ["", line(cols), line(["-" * w for w in widths])] + [line(r) for r in rows])
+    return fixed_table(cols, rows, head)
