@@ -39,7 +39,7 @@ def run_one(name: str, recipes: tuple[str, ...], rounds: int, threads: int | Non
     bad = [f"{r.name}: {r.reason.splitlines()[0][:110]}" for r in run.recipes
            if r.status == "failed" or (r.status == "rejected" and r.name not in slower)]
     bad += [f"slower than the baseline: {', '.join(slower)}"] if slower else []
-    base = run.recipes[0].timing or {}
+    base = run.recipes[0].timing.to_dict() if run.recipes[0].timing else {}
     return {"model": name, "chosen": chosen.name if chosen else "none", "speedup": chosen.speedup if chosen else None,
             "baseline": f"{base.get('median_ms', float('nan')):.2f} [{(base.get('ci95_ms') or [0, 0])[0]:.2f}-{(base.get('ci95_ms') or [0, 0])[1]:.2f}]",
             "rows": len(run.recipes) - 1, "failed": sum(r.status == "failed" for r in run.recipes),

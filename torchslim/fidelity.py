@@ -67,6 +67,24 @@ class Fidelity:
     def to_dict(self) -> dict:
         return {k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in asdict(self).items()}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> Fidelity | None:
+        """The inverse of to_dict (null -> inf: SQNR of identical outputs, error of non-finite ones);
+        None for a dict without `min_cosine`. Unknown keys are ignored."""
+        if not isinstance(d, dict) or "min_cosine" not in d:
+            return None
+        num = lambda k: math.inf if d.get(k) is None else float(d[k])  # noqa: E731
+        return cls(sqnr_db=num("sqnr_db"), cosine=num("cosine"), min_cosine=num("min_cosine"),
+                   max_abs_err=num("max_abs_err"), top1_agreement=d.get("top1_agreement"),
+                   finite=bool(d.get("finite", True)), exact_match=d.get("exact_match"))
+
+    def __getitem__(self, key: str):
+        """Dict-style reads (`fidelity["min_cosine"]`), as when RecipeResult.fidelity was a dict."""
+        return self.to_dict()[key]
+
+    def get(self, key: str, default=None):
+        return self.to_dict().get(key, default)
+
 
 def compare(ref_out: Any, out: Any) -> Fidelity:
     """Fidelity of `out` against `ref_out`, over all floating-point output tensors concatenated."""

@@ -56,11 +56,36 @@ class Timing:
         """Items per second at the median latency."""
         return self.batch_size * 1000.0 / self.median_ms if self.median_ms > 0 else math.inf
 
+    @property
+    def throughput_per_s(self) -> float:
+        """The same as `throughput`, under the name results.json gives it."""
+        return self.throughput
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["ci95_ms"] = list(self.ci95_ms)
         d["throughput_per_s"] = self.throughput
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Timing | None:
+        """The inverse of to_dict; None without a median. Derived (`throughput_per_s`) and unknown
+        keys are ignored; a statistic an older file lacks reads as NaN."""
+        if not isinstance(d, dict) or d.get("median_ms") is None:
+            return None
+        nan = math.nan
+        ci = d.get("ci95_ms") or (nan, nan)
+        return cls(n=int(d.get("n") or 0), median_ms=float(d["median_ms"]),
+                   **{k: nan if d.get(k) is None else float(d[k]) for k in ("p90_ms", "mean_ms", "stdev_ms", "iqr_ms")},
+                   ci95_ms=(float(ci[0]), float(ci[1])), first_call_ms=d.get("first_call_ms"),
+                   batch_size=int(d.get("batch_size") or 1))
+
+    def __getitem__(self, key: str):
+        """Dict-style reads (`timing["median_ms"]`), as when RecipeResult.timing was a dict."""
+        return self.to_dict()[key]
+
+    def get(self, key: str, default=None):
+        return self.to_dict().get(key, default)
 
 
 def summarize(samples_ms: list[float], first_call_ms: float | None = None, batch_size: int = 1) -> Timing:
@@ -235,15 +260,15 @@ def thread_info() -> dict:
 WIDE_SPREAD = 1.25  # a baseline whose median's 95% interval spans more than this ratio is too noisy
 
 
-def spread(timing: dict) -> float:
-    """hi/lo of a Timing dict's 95% interval of the median (1.0 = perfectly tight)."""
-    lo, hi = timing["ci95_ms"]
+def spread(timing: Timing) -> float:
+    """hi/lo of a Timing's 95% interval of the median (1.0 = perfectly tight)."""
+    lo, hi = timing.ci95_ms
     return hi / lo if lo > 0 else math.inf
 
 
-def speedup_interval(base: dict, other: dict) -> tuple[float, float]:
+def speedup_interval(base: Timing, other: Timing) -> tuple[float, float]:
     """A conservative 95% interval of base/other from the two medians' intervals."""
-    (blo, bhi), (olo, ohi) = base["ci95_ms"], other["ci95_ms"]
+    (blo, bhi), (olo, ohi) = base.ci95_ms, other.ci95_ms
     return (blo / ohi if ohi > 0 else 0.0, bhi / olo if olo > 0 else math.inf)
 
 
@@ -253,9 +278,9 @@ def quick_ratio(base: Callable[[], Any], fn: Callable[[], Any], *, rounds: int =
     its 95% interval, from `rounds` short rounds after two warm-up calls each."""
     xs = interleaved({"base": base, "fn": fn}, rounds=rounds, target_round_ms=target_round_ms, warmup=2,
                      max_iters=20, device=device)
-    b, f = summarize(xs["base"]).to_dict(), summarize(xs["fn"]).to_dict()
+    b, f = summarize(xs["base"]), summarize(xs["fn"])
     lo, hi = speedup_interval(b, f)
-    return {"speedup": b["median_ms"] / f["median_ms"], "ci95": [lo, hi], "calls": len(xs["base"]) + len(xs["fn"]),
+    return {"speedup": b.median_ms / f.median_ms, "ci95": [lo, hi], "calls": len(xs["base"]) + len(xs["fn"]),
             "baseline_spread": spread(b)}
 
 
@@ -268,7 +293,7 @@ def machine_load() -> dict:
     return {"loadavg_1m": load1, "cores": os.cpu_count()}
 
 
-def verdict(base: dict, others: dict[str, dict], threads: int) -> dict:
+def verdict(base: Timing, others: dict[str, Timing], threads: int) -> dict:
     """Is the final interleaved timing good enough to call recipes slower? Returns {"reliable",
     "why", "suggestion", "baseline_spread", "undecided", load...}: unreliable when the baseline's
     own interval is wider than WIDE_SPREAD (then no recipe is called slower unless its interval

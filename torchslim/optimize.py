@@ -148,7 +148,7 @@ def _search(workload: Workload, config: OptimizeConfig, device: torch.device, ru
         raise _forward_error(e, workload, config) from e
     base.size_bytes = measure.serialized_bytes(base_model)
     validation.check_baseline(ref_out, workload.example)
-    base.fidelity = compare(ref_out, ref_out).to_dict()
+    base.fidelity = compare(ref_out, ref_out)
     base_metric = None
     if workload.evaluate is not None:
         base.metrics = _evaluate(workload, base_model)
@@ -236,9 +236,8 @@ def _replay(hit: dict, workload: Workload, config: OptimizeConfig, device, run: 
     outputs on the example, and saved."""
     t_start = time.perf_counter()
     when = hit.get("created") or "?"
-    fields = set(RecipeResult.__dataclass_fields__)
     for d in hit["recipes"]:
-        r = RecipeResult(**{k: v for k, v in d.items() if k in fields})
+        r = RecipeResult.from_dict(d)
         r.cached = r.cached or when
         run.recipes.append(r)
     run.search = {**(hit.get("search") or {}), "from_cache": when}
@@ -323,7 +322,7 @@ def _final_timing(models: dict, example, workload: Workload, config: OptimizeCon
     samples = measure.interleaved(fns, rounds=config.rounds, target_round_ms=config.target_round_ms, device=device)
     extra = 0
     while True:
-        timings = {n: measure.summarize(xs, by[n].first_call_ms, workload.example.batch_size).to_dict() for n, xs in samples.items()}
+        timings = {n: measure.summarize(xs, by[n].first_call_ms, workload.example.batch_size) for n, xs in samples.items()}
         verdict = measure.verdict(timings["baseline"], {n: t for n, t in timings.items() if n != "baseline"},
                                   torch.get_num_threads())
         per_set = (time.perf_counter() - t0) / (1 + extra)
@@ -341,7 +340,7 @@ def _final_timing(models: dict, example, workload: Workload, config: OptimizeCon
     for name, m in models.items():
         r = by[name]
         r.timing = timings[name]
-        r.speedup = base_t["median_ms"] / r.timing["median_ms"]
+        r.speedup = base_t.median_ms / r.timing.median_ms
         peak = measure.peak_memory(_run(m, example), device)
         r.peak_memory_bytes = peak["peak_bytes"]
         run.machine["peak_memory_method"] = peak["method"]
@@ -372,7 +371,7 @@ def _try(recipe: Recipe, workload: Workload, example, device, ref_out, base_metr
         res.notes = ctx.notes
         res.size_bytes = measure.serialized_bytes(model)
         fid = compare(ref_out, out)
-        res.fidelity = fid.to_dict()
+        res.fidelity = fid
         if early is not None and (slower := early(model, res)):
             res.status, res.reason = "rejected", slower
             return res, None
@@ -437,7 +436,7 @@ def _fallback(recipe: Recipe, rejected: RecipeResult, workload: Workload, exampl
         retry = Recipe(recipe.steps[:i] + (with_float_layers(step, keep),) + recipe.steps[i + 1:])
         res, model = _try(retry, workload, example, device, ref_out, base_metric, config)
         attempts.append({"float_layers": list(keep), "status": res.status, "reason": res.reason,
-                         "metric_drop": res.metric_drop, "min_cosine": (res.fidelity or {}).get("min_cosine")})
+                         "metric_drop": res.metric_drop, "min_cosine": res.fidelity.min_cosine if res.fidelity else None})
         if res.status != "rejected" or len(keep) >= limit:
             break
         keep = order[:len(keep) + 1]
@@ -485,10 +484,10 @@ def _choose(results: list[RecipeResult], objective: str) -> RecipeResult | None:
     if not ok:
         return None
     key = {
-        "latency": lambda r: r.timing["median_ms"],
-        "throughput": lambda r: -r.timing["throughput_per_s"],
-        "size": lambda r: (r.size_bytes, r.timing["median_ms"]),
-        "memory": lambda r: (r.peak_memory_bytes, r.timing["median_ms"]),
+        "latency": lambda r: r.timing.median_ms,
+        "throughput": lambda r: -r.timing.throughput_per_s,
+        "size": lambda r: (r.size_bytes, r.timing.median_ms),
+        "memory": lambda r: (r.peak_memory_bytes, r.timing.median_ms),
     }[objective]
     return min(ok, key=key)
 
@@ -496,7 +495,7 @@ def _choose(results: list[RecipeResult], objective: str) -> RecipeResult | None:
 def _why(r: RecipeResult, base: RecipeResult, objective: str) -> str:
     size = base.size_bytes / r.size_bytes if r.size_bytes else float("nan")
     return (f"best {objective} among recipes that kept the outputs: {r.speedup:.2f}x faster, "
-            f"{size:.2f}x smaller, min cosine {r.fidelity['min_cosine']:.4f}")
+            f"{size:.2f}x smaller, min cosine {r.fidelity.min_cosine:.4f}")
 
 
 def _evaluate(workload: Workload, model: nn.Module) -> dict:

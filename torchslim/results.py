@@ -2,37 +2,91 @@
 from __future__ import annotations
 
 import contextlib
-from dataclasses import asdict, dataclass, field
+import enum
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Iterator
 
 from .errors import SlimError
+from .fidelity import Fidelity
+from .measure import Timing
 
-STATUSES = ("chosen", "ok", "rejected", "failed", "skipped", "baseline", "inconclusive")  # inconclusive: timing too noisy to call
+
+class Status(str, enum.Enum):
+    """What became of a recipe. A str: `Status.OK == "ok"`, and JSON writes the plain value."""
+
+    CHOSEN = "chosen"
+    OK = "ok"
+    REJECTED = "rejected"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    BASELINE = "baseline"
+    INCONCLUSIVE = "inconclusive"  # timing too noisy to call
+
+    __str__ = str.__str__  # f"{status}" is "ok", not "Status.OK"
+    __format__ = str.__format__
+
+
+STATUSES = tuple(s.value for s in Status)
+
+
+def _known(cls, d: dict) -> tuple[dict, dict]:
+    """Split a JSON dict into the dataclass's fields and the keys it does not know."""
+    names = {f.name for f in fields(cls)} - {"extra"}
+    return {k: v for k, v in d.items() if k in names}, {k: v for k, v in d.items() if k not in names}
 
 
 @dataclass
 class RecipeResult:
     name: str
     steps: list[dict]  # the recipe's technique configs, as JSON
-    status: str = "ok"  # one of STATUSES
+    status: Status = Status.OK
     reason: str = ""  # why rejected/failed/skipped, or why chosen
     notes: list[str] = field(default_factory=list)  # what the techniques said (layers left in float, legacy, ...)
     prepare_s: float | None = None  # time to apply the recipe (compilation happens at first call)
     first_call_ms: float | None = None  # includes torch.compile / TorchScript optimisation
-    timing: dict | None = None  # measure.Timing.to_dict(): median_ms, p90_ms, ci95_ms, throughput_per_s, ...
+    timing: Timing | None = None  # the final interleaved timing: median_ms, p90_ms, ci95_ms, throughput_per_s, ...
     speedup: float | None = None  # baseline median / this median, measured in the same interleaved run
     size_bytes: int | None = None  # serialized weights
     peak_memory_bytes: int | None = None  # extra memory while running (see measure.peak_memory)
-    fidelity: dict | None = None  # fidelity.Fidelity.to_dict() vs the baseline's outputs on the example
+    fidelity: Fidelity | None = None  # vs the baseline's outputs on the example
     metrics: dict | None = None  # the task metric(s) from the workload's evaluate()
     metric_drop: float | None = None  # baseline primary metric - this one (positive = worse)
     validation: dict | None = None  # validation.check: held-out inputs and other shapes, one entry per check
     fallback: dict | None = None  # a retry with the most sensitive layers in float: which, why, the trials
     early: dict | None = None  # the brief A/B after the first call: speedup, ci95, calls (optimize._early)
     cached: str | None = None  # set when the row was reused from the search cache: when it was measured
+    extra: dict = field(default_factory=dict, repr=False)  # keys read from JSON that no field holds, written back
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # plain values as earlier versions stored them are typed on the way in: "rejected" ->
+        # Status.REJECTED, a Timing or Fidelity dict (results.json) -> the dataclass
+        if name == "status":
+            value = Status(value)
+        elif name == "timing" and isinstance(value, dict):
+            value = Timing.from_dict(value)
+        elif name == "fidelity" and isinstance(value, dict) and "min_cosine" in value:
+            value = Fidelity.from_dict(value)  # else a runner's own dict (generation: greedy agreement)
+        object.__setattr__(self, name, value)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The JSON row of results.json (timing and fidelity as their to_dict, status as its value)."""
+        d = asdict(self)
+        d["status"] = self.status.value
+        for key in ("timing", "fidelity"):
+            value = getattr(self, key)
+            if hasattr(value, "to_dict"):
+                d[key] = value.to_dict()
+        d.update(d.pop("extra"))
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RecipeResult:
+        """A row of results.json, also one an earlier version wrote: missing keys take the defaults,
+        keys no field holds are kept in `extra` (and written back by to_dict)."""
+        kw, extra = _known(cls, d)
+        kw.setdefault("name", "?")
+        kw.setdefault("steps", [])
+        return cls(**kw, extra=extra)
 
 
 @dataclass
@@ -47,11 +101,22 @@ class RunResult:
     error: str | None = None  # set when the run stopped early; the recipes done so far are kept
     search: dict | None = None  # order, time budget, elapsed, model kind/hardware tier, cache (optimize._search)
     measurement: dict | None = None  # is the final timing trustworthy (measure.verdict)
+    extra: dict = field(default_factory=dict, repr=False)  # keys read from JSON that no field holds (snippet, ...)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["recipes"] = [r.to_dict() for r in self.recipes]
+        d.update(d.pop("extra"))
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict, recipe: type[RecipeResult] = RecipeResult) -> RunResult:
+        """A results.json, also one an earlier version wrote; `recipe` is the row class to read."""
+        kw, extra = _known(cls, d)
+        kw["recipes"] = [recipe.from_dict(r) for r in kw.get("recipes") or [] if isinstance(r, dict)]
+        for key in ("workload", "machine", "config"):
+            kw[key] = kw.get(key) or {}
+        return cls(**kw, extra=extra)
 
     @property
     def baseline(self) -> RecipeResult:

@@ -53,8 +53,7 @@ def reused(name: str):
         return None
     from .results import RecipeResult
 
-    fields = {f.name for f in dataclasses.fields(RecipeResult)}
-    row = RecipeResult(**{k: v for k, v in prev["rows"][name].items() if k in fields})
+    row = RecipeResult.from_dict(prev["rows"][name])
     row.notes = list(row.notes or []) + [f"reused from the interrupted run of {prev['created']} ({prev['path']}): not applied again"]
     return row
 

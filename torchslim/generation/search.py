@@ -77,6 +77,7 @@ class GenRecipeResult(RecipeResult):
     perplexity: float | None = None
     ppl_increase_pct: float | None = None
     greedy_agreement: float | None = None
+    fidelity: dict | None = None  # quality.agreement(): greedy agreement with the baseline's tokens
     generation: dict | None = None  # measure.summary() at the asked batch size
     large_batch: dict | None = None  # the same at the larger batch size
 
@@ -206,7 +207,7 @@ def _search(lm: CausalLM, config: GenerationConfig, device, run: RunResult, prog
     for name, s in samples.items():
         r = by[name]
         r.generation = measure.summary(s, config.batch_size, config.new_tokens)
-        r.timing = tmeasure.summarize(s.step_ms, r.first_call_ms, config.batch_size).to_dict() if s.step_ms else None
+        r.timing = tmeasure.summarize(s.step_ms, r.first_call_ms, config.batch_size) if s.step_ms else None
         r.ttft_ms, r.decode_ms_per_token = r.generation["ttft_ms"], r.generation["decode_ms_per_token"]
         r.decode_tokens_per_s = r.generation["decode_tokens_per_s"]
     if ev.big is not None and config.large_batch != config.batch_size:
