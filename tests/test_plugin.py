@@ -54,7 +54,7 @@ def test_the_default_search_tries_a_plugin_technique(plugin, tmp_path, monkeypat
     assert run.search["order"][0] == "contiguous-weights" and len(run.search["order"]) > 1
     row = next(r for r in run.recipes if r.name == "contiguous-weights")
     assert row.status in ("ok", "chosen", "rejected", "inconclusive"), row.reason
-    assert row.timing["median_ms"] > 0 and row.speedup > 0 and row.fidelity["min_cosine"] > 0.9999
+    assert row.timing.median_ms > 0 and row.speedup > 0 and row.fidelity.min_cosine > 0.9999
     assert "made 1 tensor(s) contiguous: net.0.weight" in row.notes
     assert all(r.status == "skipped" for r in run.recipes[2:])  # the rest: cut by the time budget
     on_disk = json.loads((tmp_path / "results.json").read_text())
