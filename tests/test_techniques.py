@@ -1,6 +1,7 @@
 """Each technique on real small models: applies where it should, refuses with a reason where it
 should not, and keeps the outputs within a stated threshold of FP32 eager."""
 import copy
+import dataclasses
 import json
 
 import pytest
@@ -11,10 +12,12 @@ from torchslim import NotApplicable, SlimError
 from torchslim.fidelity import compare
 from torchslim.inputs import Example
 from torchslim.measure import serialized_bytes
-from torchslim.recipes import Recipe, apply, candidates
+from torchslim.recipes import Recipe, apply, candidates, contributed
 from torchslim.techniques import (
-    CONFIGS, ChannelsLastConfig, CompileConfig, Context, DynamicInt8Config, LowPrecisionConfig, config_from_dict,
+    CONFIGS, ChannelsLastConfig, CompileConfig, Context, DynamicInt8Config, InferenceModeConfig, LowPrecisionConfig,
+    TorchScriptConfig, config_from_dict, with_per_layer_skip,
 )
+from torchslim.techniques.base import engine_of
 
 CPU = torch.device("cpu")
 MODELS = {
@@ -22,15 +25,17 @@ MODELS = {
     "mlp": (tiny_models.mlp, lambda: Example((torch.randn(8, 64, generator=torch.Generator().manual_seed(1)),))),
     "lstm": (tiny_models.lstm, lambda: Example((torch.randn(4, 12, 32, generator=torch.Generator().manual_seed(1)),))),
 }
-# Engine recipes (an `engine` on a step: AOTInductor, ONNX Runtime, OpenVINO) have their own tests
+# Engine recipes (a step's `engine`: AOTInductor, ONNX Runtime, OpenVINO) have their own tests
 # (tests/test_engines.py), on fewer and smaller compiles.
-RECIPES = {r.name: r for r in candidates(CPU) if not any(hasattr(s, "engine") for s in r.steps)}
+RECIPES = {r.name: r for r in candidates(CPU) if all(engine_of(s) in ("torch", "torchscript") for s in r.steps)}
+# Quantization by name until every quantization config declares `lossy` (issue 15 merge), then only `lossy`.
+QUANTIZED = {"dynamic_int8", "static_int8", "static_int8_fx", "pt2e_dynamic_int8", "ao_int8_dynamic", "weight_only"}
 
 
 def min_cosine_for(recipe: Recipe) -> float:
     """The fidelity each family of techniques must keep on these models."""
     names = [s.name for s in recipe.steps]
-    if {"dynamic_int8", "static_int8", "static_int8_fx", "pt2e_dynamic_int8", "ao_int8_dynamic", "weight_only"} & set(names):
+    if any(s.lossy and s.name != "low_precision" or s.name in QUANTIZED for s in recipe.steps):
         return 0.99  # measured: INT8 >= 0.9998, INT4 >= 0.994 on these models
     if "low_precision" in names:
         return 0.995
@@ -147,3 +152,28 @@ def test_channels_last_converts_inputs_for_the_caller():
     slim.inner.register_forward_pre_hook(lambda m, args: seen.__setitem__("cl", args[0].is_contiguous(memory_format=torch.channels_last)))
     ex(slim)
     assert seen["cl"]
+
+
+def test_registry_metadata_is_well_formed():
+    engines = {"torch", "torchscript", "aoti", "onnxruntime", "openvino"}
+    for name, cls in CONFIGS.items():
+        fields = {f.name for f in dataclasses.fields(cls)}
+        assert isinstance(cls.lossy, bool) and isinstance(cls.needs_calibration, bool), name
+        assert engine_of(cls) in engines and cls.speeds_up in ("", "prefill", "decode", "both"), name
+        assert not cls.per_layer_skip or "skip" in fields, f"{name}: per_layer_skip without a skip field"
+        assert isinstance(cls.candidates(CPU), list), name
+    assert set(with_per_layer_skip()) <= set(CONFIGS)
+    assert LowPrecisionConfig.lossy and engine_of(TorchScriptConfig()) == "torchscript"
+
+
+def test_candidates_hook_recipes_are_wrapped_and_deduplicated(monkeypatch):
+    """A hook's eager steps get inference mode as the built-ins do; steps another engine runs do
+    not; a recipe already listed (same name) is not listed twice."""
+    hooked = [(TorchScriptConfig(),), (TorchScriptConfig(freeze=False),), (ChannelsLastConfig(), CompileConfig(mode="max-autotune"))]
+    monkeypatch.setattr(TorchScriptConfig, "candidates", classmethod(lambda cls, device: hooked))
+    assert len(contributed(CPU)) == 3
+    names = [r.name for r in candidates(CPU)]
+    assert len(names) == len(set(names)) and "torchscript-freeze" in names
+    by = {r.name: r for r in candidates(CPU)}
+    assert by["torchscript"].steps == hooked[1]  # run by TorchScript: no inference-mode wrapper
+    assert by["channels_last+compile-max-autotune"].steps == (*hooked[2], InferenceModeConfig())

@@ -12,7 +12,9 @@ from .techniques import (
     AoFloat8Config, AoInt8DynamicConfig, FastTransformerConfig, WeightOnlyConfig,
     ChannelsLastConfig, CompileConfig, Context, DynamicInt8Config, InferenceModeConfig,
     LowPrecisionConfig, Pt2eDynamicInt8Config, StaticInt8Config, StaticInt8FxConfig, StaticLinearInt8Config, TechniqueConfig, TorchScriptConfig, config_from_dict, handler,
+    registered,
 )
+from .techniques.base import engine_of
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,24 @@ def candidates(device: torch.device) -> list[Recipe]:
     from .engines import engine_candidates
 
     out += engine_candidates(device)  # AOTInductor, ONNX Runtime, OpenVINO (engines.py)
+    seen = {r.name for r in out}
+    for r in contributed(device):
+        if r.name not in seen:
+            seen.add(r.name)
+            out.append(r)
+    return out
+
+
+def contributed(device: torch.device) -> list[Recipe]:
+    """The recipes registered techniques add through their `candidates(device)` hook, in registration
+    order. Each is wrapped in inference mode as the built-ins are, unless its steps already hold it
+    or a step's result runs outside eager torch (`engine` other than "torch": nothing records autograd)."""
+    out = []
+    for cls in registered():
+        for steps in cls.candidates(device):
+            steps = tuple(steps)
+            eager = all(engine_of(s) == "torch" for s in steps)
+            out.append(_im(*steps) if eager and not any(isinstance(s, InferenceModeConfig) for s in steps) else Recipe(steps))
     return out
 
 

@@ -1,7 +1,7 @@
 """Validation beyond the example: held-out inputs and other shapes, for every recipe that kept the
 example's outputs.
 
-A recipe is first judged on the example batch (optimize._validate). Users then call the saved model
+A recipe is first judged on the example batch (search.choose.validate). Users then call the saved model
 on other data and other shapes, and traced, frozen or compiled models can bake the example's shape
 in. So each surviving recipe is also run on:
 

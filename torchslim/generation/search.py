@@ -323,6 +323,6 @@ def _write(run: RunResult, config: GenerationConfig) -> None:
 
 
 def _progress(total: int, enabled: bool):
-    from ..optimize import _progress as bar
+    from ..search.output import progress_bar as bar
 
     return bar(total, enabled, "generation recipes")

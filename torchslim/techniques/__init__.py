@@ -1,11 +1,15 @@
-"""Techniques: import each module so it registers its config and handler."""
-from . import (  # noqa: F401
-    ao_dynamic, ao_float8, aoti, channels_last, compile, dynamic_int8, fast_transformer, inference_mode, lm_decode, lm_weights, low_precision, openvino, ort, static_int8, static_int8_fx, static_linear_int8, torchscript, weight_only,
-)
+"""Techniques: every module of this package is imported so it registers its config and handler."""
+import importlib
+import pkgutil
+
+for _mod in pkgutil.iter_modules(__path__):  # a new technique file needs no edit here
+    if not _mod.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_mod.name}")
+del _mod
 from .ao_dynamic import AoInt8DynamicConfig
 from .ao_float8 import AoFloat8Config
 from .aoti import AotiConfig
-from .base import CONFIGS, Context, TechniqueConfig, config_from_dict, handler
+from .base import CONFIGS, Context, TechniqueConfig, config_from_dict, handler, register, registered, with_per_layer_skip
 from .channels_last import ChannelsLastConfig
 from .compile import CompileConfig
 from .dynamic_int8 import DynamicInt8Config
@@ -23,7 +27,7 @@ from .torchscript import TorchScriptConfig
 from .weight_only import WeightOnlyConfig
 
 __all__ = [
-    "CONFIGS", "Context", "TechniqueConfig", "config_from_dict", "handler",
+    "CONFIGS", "Context", "TechniqueConfig", "config_from_dict", "handler", "register", "registered", "with_per_layer_skip",
     "ChannelsLastConfig", "CompileConfig", "DynamicInt8Config", "InferenceModeConfig",
     "LowPrecisionConfig", "TorchScriptConfig", "StaticInt8Config", "StaticInt8FxConfig", "StaticLinearInt8Config", "Pt2eDynamicInt8Config",
     "AoInt8DynamicConfig", "AoFloat8Config", "WeightOnlyConfig", "FastTransformerConfig", "LMDecodeConfig", "LMWeightsConfig",

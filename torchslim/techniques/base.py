@@ -1,9 +1,5 @@
-"""The technique registry: a frozen config dataclass per technique, and a handler registered for it.
-
-A handler is two plain functions: `applies(model, cfg, ctx)` returns None or the reason the
-technique does not apply, and `apply(model, cfg, ctx)` returns the transformed model. Adding a
-technique touches one file (and its tests).
-"""
+"""The technique registry: a frozen config dataclass per technique (with what the search needs to
+know about it), and a handler `apply`/`applies` registered for it. A technique is one file."""
 from __future__ import annotations
 
 import dataclasses
@@ -38,6 +34,19 @@ class TechniqueConfig:
     # from the config, e.g. ("native_{dtype}",). The search skips a recipe whose hardware is absent
     # (with the reason) unless the user names it; see requirements().
     requires: ClassVar[tuple[str, ...]] = ()
+    lossy: ClassVar[bool] = False  # changes numerics beyond float rounding (quantization, 16-bit types)
+    # The config has a `skip` field whose fnmatch patterns keep named layers in float (the
+    # sensitivity analysis and the search's float fallback use it).
+    per_layer_skip: ClassVar[bool] = False
+    speeds_up: ClassVar[str] = ""  # generation recipes: "prefill", "decode" or "both" ("": not declared)
+    engine: ClassVar[str] = "torch"  # who runs the result: torch, torchscript, aoti, onnxruntime, openvino
+
+    @classmethod
+    def candidates(cls, device: torch.device) -> list[tuple["TechniqueConfig", ...]]:
+        """Recipes (tuples of steps) this technique adds to the search on `device`, besides the
+        built-in list in recipes.py. Steps are wrapped in inference mode unless they say otherwise
+        (recipes.contributed)."""
+        return []
 
     def requirements(self) -> tuple[str, ...]:
         """`requires` with this config's field values filled in."""
@@ -73,6 +82,33 @@ def register(config_cls: type[TechniqueConfig], applies: Callable[..., str | Non
     return deco
 
 
+def registered() -> list[type[TechniqueConfig]]:
+    """Every registered config class, in registration order."""
+    return list(CONFIGS.values())
+
+
+def with_per_layer_skip() -> list[str]:
+    """Names of the techniques that can keep single layers in float (`per_layer_skip`)."""
+    return [name for name, cls in CONFIGS.items() if cls.per_layer_skip]
+
+
+def engine_of(cfg: TechniqueConfig | type[TechniqueConfig]) -> str:
+    """Who runs a step's result: the `engine` ClassVar. A config whose `engine` is one of its options
+    (a dataclass field, e.g. a quantized-kernel engine) shadows it: the nearest base's is read."""
+    cls = cfg if isinstance(cfg, type) else type(cfg)
+    for k in cls.__mro__:
+        if not (dataclasses.is_dataclass(k) and "engine" in {f.name for f in dataclasses.fields(k)}):
+            return getattr(k, "engine", "torch")
+    return "torch"
+
+
+def unregister(config_cls: type[TechniqueConfig]) -> None:
+    """Remove a registered technique (tests that register one of their own clean up with it)."""
+    if CONFIGS.get(config_cls.name) is config_cls:
+        del CONFIGS[config_cls.name]
+    HANDLERS.pop(config_cls, None)
+
+
 def config_from_dict(d: dict[str, Any]) -> TechniqueConfig:
     d = dict(d)
     name = d.pop("technique", None)
@@ -87,6 +123,7 @@ def config_from_dict(d: dict[str, Any]) -> TechniqueConfig:
 
 
 def handler(cfg: TechniqueConfig) -> Handler:
+    """The registered handler of `cfg`'s technique."""
     return HANDLERS[type(cfg)]
 
 

@@ -17,6 +17,7 @@ class LowPrecisionConfig(TechniqueConfig):
 
     name = "low_precision"
     requires = ("native_{dtype}",)
+    lossy = True
     dtype: str = "bf16"
     mode: str = "cast"
 

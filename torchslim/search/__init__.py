@@ -1,0 +1,1 @@
+"""The search behind `optimize`: trying candidates, the float fallback, interleaved timing, the choice, replay."""

@@ -1,0 +1,57 @@
+"""The final interleaved timing of the survivors, and the verdict on each against the baseline."""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from .. import measure
+from ..results import RunResult
+from ..workload import Workload
+from .trial import caller
+
+MAX_EXTRA_TIMING = 2  # while the baseline's interval is too wide, up to this many more sets of `rounds`
+
+
+def final_timing(models: dict, example, workload: Workload, config, device, run: RunResult,
+                 deadline: float | None = None) -> None:
+    """Interleaved timing of the survivors; more rounds while the baseline's own interval is too wide
+    (and the time budget, if any, has time left for another set as long as the first took); a
+    recipe is called slower only when its interval says so (measure.verdict)."""
+    t0 = time.perf_counter()
+    by = {r.name: r for r in run.recipes}
+    fns = {n: caller(m, example) for n, m in models.items()}
+    samples = measure.interleaved(fns, rounds=config.rounds, target_round_ms=config.target_round_ms, device=device)
+    extra = 0
+    while True:
+        timings = {n: measure.summarize(xs, by[n].first_call_ms, workload.example.batch_size) for n, xs in samples.items()}
+        verdict = measure.verdict(timings["baseline"], {n: t for n, t in timings.items() if n != "baseline"},
+                                  torch.get_num_threads())
+        per_set = (time.perf_counter() - t0) / (1 + extra)
+        out_of_time = deadline is not None and time.perf_counter() + per_set > deadline
+        if verdict["reliable"] or extra >= MAX_EXTRA_TIMING or out_of_time:
+            if not verdict["reliable"] and out_of_time:
+                verdict["why"] += "; no time left in the budget for more rounds"
+            break
+        extra += 1
+        more = measure.interleaved(fns, rounds=config.rounds, target_round_ms=config.target_round_ms, device=device)
+        samples = {n: samples[n] + more[n] for n in samples}
+    verdict["rounds"] = config.rounds * (1 + extra)
+    run.measurement = verdict
+    base_t = timings["baseline"]
+    for name, m in models.items():
+        r = by[name]
+        r.timing = timings[name]
+        r.speedup = base_t.median_ms / r.timing.median_ms
+        peak = measure.peak_memory(caller(m, example), device)
+        r.peak_memory_bytes = peak["peak_bytes"]
+        run.machine["peak_memory_method"] = peak["method"]
+        if r.status != "ok" or r.speedup > 1.0:
+            continue
+        lo, hi = measure.speedup_interval(base_t, r.timing)
+        if hi < 1.0:
+            r.status, r.reason = "rejected", f"slower than the baseline ({r.speedup:.2f}x, 95% interval {lo:.2f}-{hi:.2f}x)"
+        elif verdict["reliable"]:
+            r.status, r.reason = "rejected", f"not faster than the baseline ({r.speedup:.2f}x, 95% interval {lo:.2f}-{hi:.2f}x)"
+        else:
+            r.status, r.reason = "inconclusive", f"{verdict['why']}: {r.speedup:.2f}x, 95% interval {lo:.2f}-{hi:.2f}x"

@@ -1,0 +1,95 @@
+"""One trial: apply a recipe to a fresh copy, first call, fidelity, task metric, the verdict."""
+from __future__ import annotations
+
+import copy
+import time
+import traceback
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from .. import measure, resume, validation
+from ..calibration_sources import missing_hint
+from ..errors import NotApplicable, SlimError
+from ..fidelity import compare
+from ..recipes import Recipe, apply
+from ..results import RecipeResult
+from ..techniques import Context
+from ..workload import Workload, eval_mode
+from .choose import validate
+
+
+def caller(model: nn.Module, example) -> Callable[[], object]:
+    """A no-argument call of `model` on `example` under torch.no_grad() (what every timing calls)."""
+    def call():
+        with torch.no_grad():
+            return example(model)
+    return call
+
+
+def try_recipe(recipe: Recipe, workload: Workload, example, device, ref_out, base_metric, config, early=None):
+    """Apply and validate one recipe on a fresh copy. Returns (result, model or None). `early`
+    (model, result) -> reason or None runs after the first call: a reason rejects the recipe
+    before the task metric (the search's early check)."""
+    if (settled := resume.reused(recipe.name)) is not None:
+        return settled, None
+    res = RecipeResult(name=recipe.name, steps=recipe.to_list())
+    ctx = Context(device=device, example=example, calibration=validation.for_recipes(workload))
+    try:
+        t0 = time.perf_counter()
+        model = apply(eval_mode(copy.deepcopy(workload.model).to(device)), recipe, ctx)
+        res.prepare_s = time.perf_counter() - t0
+        res.first_call_ms, out = measure.time_call(caller(model, example), device)
+        res.notes = ctx.notes
+        res.size_bytes = measure.serialized_bytes(model)
+        fid = compare(ref_out, out)
+        res.fidelity = fid
+        if early is not None and (slower := early(model, res)):
+            res.status, res.reason = "rejected", slower
+            return res, None
+        if workload.evaluate is not None:
+            res.metrics = evaluate(workload, model)
+            res.metric_drop = base_metric - res.metrics[workload.metric]
+    except NotApplicable as e:
+        res.status, res.reason, res.notes = "skipped", f"not applicable: {missing_hint(e.what, workload)}", ctx.notes
+        return res, None
+    except (torch.OutOfMemoryError, MemoryError) as e:
+        res.status, res.reason = "failed", f"out of memory ({type(e).__name__}): try a smaller batch in --input-shape"
+        return res, None
+    except Exception as e:  # noqa: BLE001 - a recipe's failure is a result, not a crash
+        res.status, res.reason, res.notes = "failed", failure_reason(e, config.debug), ctx.notes
+        return res, None
+    res.status, res.reason = validate(res, fid, workload, config)
+    if res.status == "ok":
+        res.status, res.reason = validation.check(res, model, workload, example, config)
+    return res, model
+
+
+def evaluate(workload: Workload, model: nn.Module) -> dict:
+    """The workload's task metrics for `model`, as floats; a clear error when the primary one is missing."""
+    with torch.no_grad():
+        metrics = workload.evaluate(model)
+    if workload.metric not in metrics:
+        raise SlimError(f"the evaluate function returned {sorted(metrics)} without the metric '{workload.metric}'",
+                        "return a dict that includes the primary metric")
+    return {k: float(v) for k, v in metrics.items()}
+
+
+def forward_error(e: Exception, workload: Workload) -> SlimError:
+    """The clear error for a baseline model that fails on its example inputs."""
+    if isinstance(e, (torch.OutOfMemoryError, MemoryError)):
+        return SlimError(f"out of memory running the model on {workload.example.describe()}", "use a smaller batch in --input-shape")
+    return SlimError(f"the model raised {type(e).__name__} on example inputs {workload.example.describe()}: {_first_line(e)}",
+                     "check --input-shape/--dtype match what the model expects (run with --debug for the traceback)")
+
+
+def failure_reason(e: Exception, debug: bool) -> str:
+    """A failed recipe's reason: the exception's type and first line (with the traceback under --debug)."""
+    msg = f"{type(e).__name__}: {_first_line(e)}"
+    return msg + ("\n" + traceback.format_exc() if debug else "")
+
+
+def _first_line(e: Exception) -> str:
+    lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+    return (lines[0] if lines else repr(e))[:300]
