@@ -41,7 +41,7 @@ def inductor_freezing(on: bool = True):
 class Compiled(Wrapper):
     """`inner` under torch.compile, called with freezing on and autograd off. The compiled callable
     is not a submodule, so the state dict holds only `inner.*` (the real weights).
-    quiet_warnings: messages of warnings the first call (the compilation) may give, silenced there."""
+    quiet_warnings: messages of warnings compiling may give, silenced in the calls that compile."""
 
     # Freezing only happens when Inductor's *global* `freezing` flag is on while Dynamo captures the
     # graph (torch 2.13): options={"freezing": True} to torch.compile leaves the weights as graph
@@ -53,6 +53,7 @@ class Compiled(Wrapper):
         super().__init__(inner)
         self.freezing = freezing
         self.quiet_warnings = tuple(quiet_warnings)
+        self._quiet_seen: set = set()
         # CUDA graphs replay into the same output buffers: each call starts a new step and hands
         # back copies, so outputs a caller keeps are never overwritten by the next call.
         self.cudagraphs = compile_kwargs.get("mode") == "reduce-overhead"
@@ -64,13 +65,17 @@ class Compiled(Wrapper):
         return self
 
     def forward(self, *args, **kwargs):
-        if self.quiet_warnings:  # the first call compiles: later ones need no filter (and pay none)
-            with warnings.catch_warnings():
-                for message in self.quiet_warnings:
-                    warnings.filterwarnings("ignore", message=message)
-                out = self._call(*args, **kwargs)
-            self.quiet_warnings = ()
-            return out
+        if self.quiet_warnings:
+            # Compilation happens on the first call with each input shape (static shapes recompile):
+            # filter there only, so later calls pay nothing.
+            key = tuple(getattr(a, "shape", None) for a in (*args, *kwargs.values()))
+            if key not in self._quiet_seen:
+                with warnings.catch_warnings():
+                    for message in self.quiet_warnings:
+                        warnings.filterwarnings("ignore", message=message)
+                    out = self._call(*args, **kwargs)
+                self._quiet_seen.add(key)
+                return out
         return self._call(*args, **kwargs)
 
     def _call(self, *args, **kwargs):
