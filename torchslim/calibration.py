@@ -114,7 +114,7 @@ def cap(batches: Iterable[Example], samples: int) -> list[Example]:
 
 def check_batch(batch: Example, example: Example, index: int | None = None) -> None:
     """Refuse a calibration batch whose inputs differ from the example's: in structure (positional/
-    keyword inputs, their count), then per tensor in rank, dtype or shape. `index` names the batch."""
+    keyword inputs, their count), then per tensor in dtype or shape. `index` names the batch."""
     where = "a calibration batch" if index is None else f"calibration batch {index} ({batch.describe()})"
     leaves, tree = pytree.tree_flatten((tuple(batch.args), dict(batch.kwargs)))
     want, want_tree = pytree.tree_flatten((tuple(example.args), dict(example.kwargs)))
@@ -128,13 +128,11 @@ def check_batch(batch: Example, example: Example, index: int | None = None) -> N
         if not isinstance(g, torch.Tensor):
             raise SlimError(f"{where}: input {i} is a {type(g).__name__}, the example's is a tensor {tuple(w.shape)}",
                             "give calibration inputs shaped like the example inputs")
-        if g.dim() != w.dim():
-            raise SlimError(f"{where}: input {i} has shape {tuple(g.shape)} (rank {g.dim()}), "
-                            f"the example's has shape {tuple(w.shape)} (rank {w.dim()})",
-                            "give calibration inputs shaped like the example inputs")
         if g.dtype != w.dtype or g.shape != w.shape:
+            rank = (f" (the rank differs: shape {tuple(g.shape)} (rank {g.dim()}) vs shape {tuple(w.shape)} (rank {w.dim()}))"
+                    if g.dim() != w.dim() else "")
             raise SlimError(f"{where}: calibration input {i} is {tuple(g.shape)}:{_name(g.dtype)}, "
-                            f"the example is {tuple(w.shape)}:{_name(w.dtype)}",
+                            f"the example is {tuple(w.shape)}:{_name(w.dtype)}{rank}",
                             "give calibration batches of the same shape and dtype as the example inputs")
 
 
