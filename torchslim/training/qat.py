@@ -1,8 +1,5 @@
 """Quantization-aware training with static_int8's PTQ scheme, ending on the same INT8 kernels:
-PTQ baseline, QAT from PTQ's ranges, conversion (see fit_qat).
-
-    result = fit_qat(model, train_set, test_set, QatConfig(weight_bits=3), TrainConfig(epochs=2, lr=1e-4))
-"""
+PTQ baseline, QAT from PTQ's ranges, conversion (see fit_qat)."""
 from __future__ import annotations
 
 import copy
@@ -84,6 +81,8 @@ def fit_qat(model: nn.Module, train_set: Dataset, test_set: Dataset, cfg: QatCon
             out: str | None = None, restart: bool = False, progress: bool = True) -> QatResult:
     """PTQ baseline, QAT from PTQ's ranges, conversion to INT8. `model` is the trained FP32 model
     (left unchanged; it is the distillation teacher).
+
+        result = fit_qat(model, train_set, test_set, QatConfig(weight_bits=3), TrainConfig(epochs=2, lr=1e-4))
 
     1. PTQ baseline: static_int8's flow (export -> histogram observers, per-channel weights ->
        calibrate -> convert) on `calib_samples` training samples; its accuracy is what QAT must beat.
