@@ -22,7 +22,9 @@ from .loop import Hooks, LossFn, TrainConfig, TrainResult, accuracy, fit
 
 @dataclass(frozen=True)
 class QatConfig:
-    weight_bits: int = 8  # 2..8; below 8 the int8 weights use a narrower range (see the module docstring)
+    # 2..8. Below 8: int8 values restricted to [-2^(b-1), 2^(b-1)-1]; the same INT8 kernels run them, so
+    # they cost accuracy without saving size or time. They make PTQ lose accuracy: where QAT earns its keep.
+    weight_bits: int = 8
     distill: float = 0.0  # weight of the KL term to the FP32 model's logits (0: cross-entropy only)
     temperature: float = 2.0  # distillation softmax temperature
     freeze_bn_after: int | None = None  # steps; None: after 60 % of the steps
