@@ -31,10 +31,10 @@ BEGIN, END = "<!-- techniques:begin -->", "<!-- techniques:end -->"
 def run_case(index: int, rounds: int, out_json: str, recipes: str | None) -> None:
     """Child process: optimize one case and write its results."""
     from torchslim import OptimizeConfig, optimize
-    from torchslim.loading import _load_factory_fn
+    from torchslim.loading import load_factory_fn
 
     title, spec, kwargs = CASES[index]
-    workload = _load_factory_fn(spec)(**kwargs)
+    workload = load_factory_fn(spec)(**kwargs)
     with tempfile.TemporaryDirectory() as tmp:
         config = OptimizeConfig(rounds=rounds, out=tmp, save_model=False,
                                 recipes=tuple(recipes.split(",")) if recipes else None)

@@ -159,9 +159,9 @@ def _step_times(model, res, batch, rounds) -> tuple[float, float]:
     x, y = batch
     prepared = prepare(model, Example((x,)), 8)
     start_from_ptq(prepared, [x])
-    from torchslim import backends
+    from torchslim.quant import qat
 
-    backends.pt2e_set_training(prepared, True)
+    qat.set_training(prepared, True)
     fp32 = copy.deepcopy(model).train()
 
     def stepper(m):

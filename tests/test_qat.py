@@ -12,12 +12,13 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from torchslim import backends, cli
+from torchslim import cli
+from torchslim.quant import pt2e, qat
 from torchslim.training import checkpoint, data
 from torchslim.training.loop import TrainConfig, accuracy
 from torchslim.training.qat import QatConfig, fit_qat, load_int8, prepare, ptq, start_from_ptq
 
-pytestmark = pytest.mark.skipif(backends.pt2e_missing() is not None, reason="needs torchao's PT2E quantization")
+pytestmark = pytest.mark.skipif(pt2e.missing() is not None, reason="needs torchao's PT2E quantization")
 
 
 @pytest.fixture(scope="module")
@@ -126,8 +127,8 @@ def test_freezer_stops_batchnorm_statistics_and_observers_at_their_steps():
     opt = torch.optim.SGD(prepared.parameters(), lr=0.5)
     freeze = Freezer(bn_at=2, observers_at=2)
     bn_mean = next(b for n, b in prepared.named_buffers() if n.endswith("running_mean"))
-    weight_fq = [m for _, m in backends.pt2e_fake_quantizers(prepared) if m.dtype == torch.int8]
-    act_fq = [m for _, m in backends.pt2e_fake_quantizers(prepared) if m.dtype == torch.uint8]
+    weight_fq = [m for _, m in qat.fake_quantizers(prepared) if m.dtype == torch.int8]
+    act_fq = [m for _, m in qat.fake_quantizers(prepared) if m.dtype == torch.uint8]
     act_scales = [m.scale.clone() for m in act_fq]
     seen = []
     set_mode(prepared, True)

@@ -270,18 +270,18 @@ class FlattenTwice(nn.Module):
 @pytest.mark.parametrize("per_channel", [True, False])
 def test_channels_last_flatten_gives_the_same_outputs_bit_for_bit(per_channel):
     """flatten(permute(x)) into a Linear with permuted weight columns: the same integer dot products."""
-    from torchslim import backends
+    from torchslim.quant import fx
     from torchslim.techniques.static_int8_fx import _flatten_channels_last, _inline_flatten
 
     model = tiny_models.cnn()
     _inline_flatten(model)
     x = randn(4, 3, 16, 16)
-    engine = backends.fx_static_engine(False)
-    prepared = backends.fx_static_prepare(model, (x,), engine, "minmax", per_channel, False)
+    engine = fx.engine(False)
+    prepared = fx.prepare(model, (x,), engine, "minmax", per_channel, False)
     with torch.no_grad():
         for ex in batches((4, 3, 16, 16), n=4):
             ex(prepared)
-        converted = backends.fx_static_convert(prepared, engine)
+        converted = fx.convert(prepared, engine)
         other = randn(3, 3, 16, 16, seed=9)
         ref, ref_other = converted(x), converted(other)
         assert _flatten_channels_last(converted, Example((x,)), engine) == 1

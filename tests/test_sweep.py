@@ -42,10 +42,10 @@ def test_pt2e_leaves_integer_arithmetic_unobserved():
     mul and PT2E failed; now only the float Linear gets observers, and the prepared model runs."""
     import torch
 
-    from torchslim import backends
+    from torchslim.quant import pt2e
 
-    if backends.pt2e_missing():
-        pytest.skip(backends.pt2e_missing())
+    if pt2e.missing():
+        pytest.skip(pt2e.missing())
 
     class PositionIds(torch.nn.Module):
         def __init__(self):
@@ -59,7 +59,7 @@ def test_pt2e_leaves_integer_arithmetic_unobserved():
 
     mask = torch.ones(2, 8, dtype=torch.int32)
     gm = torch.export.export(PositionIds().eval(), (mask,)).module()
-    prepared = backends.pt2e_prepare(gm, backends.pt2e_x86_quantizer(is_dynamic=True))
+    prepared = pt2e.prepare(gm, pt2e.x86_quantizer(is_dynamic=True))
     with torch.no_grad():
         assert prepared(mask).shape == (2, 8, 16)
     observed = [n for n in prepared.graph.nodes if n.op == "call_module" and "activation_post_process" in n.target]

@@ -62,11 +62,11 @@ def test_shape_rejection_is_not_retried_with_layers_in_float(tmp_path, monkeypat
     tried (float layers cannot fix that)."""
     import sweep_models
 
-    from torchslim import backends
+    from torchslim.quant import pt2e as pt2e_flow
 
     monkeypatch.setattr(validation, "SHAPE_CHECK_BUDGET_MS", 0.0)  # as if every compile were slow: checks run compilation off
     model, ex = sweep_models.MODELS["shape-control-flow"]()
-    pt2e = () if backends.pt2e_missing() else ("pt2e-dynamic-int8",)
+    pt2e = () if pt2e_flow.missing() else ("pt2e-dynamic-int8",)
     run = optimize(Workload(model, Example(ex), name="flow"),
                    OptimizeConfig(recipes=("torchscript-freeze", "dynamic-int8") + pt2e, rounds=1, early_reject=False), progress=False)
     for name in pt2e:

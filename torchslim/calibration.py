@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
 
 import torch
+import torch.utils._pytree as pytree
 
+from .calibration_sources import NO_CALIBRATION
 from .errors import SlimError
 from .inputs import Example, as_example
 
 DEFAULT_SAMPLES = 256
+__all__ = ["NO_CALIBRATION", "DEFAULT_SAMPLES", "from_spec", "from_batches", "rebatch", "split", "cap", "check_batch"]
 
 
 def from_spec(spec: str, example: Example, samples: int = DEFAULT_SAMPLES, model_spec: str | None = None) -> Callable[[], list[Example]]:
@@ -41,9 +44,9 @@ def from_spec(spec: str, example: Example, samples: int = DEFAULT_SAMPLES, model
         data = read_safely(path, "calibration data", "save the inputs with torch.save(tensor_or_tuple_or_dict, path)")
         batches = split(as_example(data), example.batch_size)
     elif ":" in spec:
-        from .loading import _load_factory_fn
+        from .loading import load_factory_fn
 
-        made = _load_factory_fn(spec)()
+        made = load_factory_fn(spec)()
         made = made if isinstance(made, Iterable) or hasattr(made, "__getitem__") else [made]
         batches = rebatch((as_example(b) for b in src.loader_batches(made, example)), example, samples)
     else:
@@ -83,8 +86,8 @@ def from_batches(batches, example: Example, samples: float = DEFAULT_SAMPLES,
 def _checked(batches: Iterable[Example], example: Example, samples: float, what: str) -> Callable[[], list[Example]]:
     """The first `samples` samples of `batches`, each checked against `example`; none is an error."""
     batches = cap(batches, samples)
-    for b in batches:
-        check_batch(b, example)
+    for i, b in enumerate(batches):
+        check_batch(b, example, i)
     if not batches:
         raise SlimError(f"{what} is empty", "give at least one batch of real inputs")
     return lambda: batches
@@ -109,16 +112,33 @@ def cap(batches: Iterable[Example], samples: int) -> list[Example]:
     return out
 
 
-def check_batch(batch: Example, example: Example) -> None:
-    """Refuse a calibration batch whose inputs differ in count, dtype or shape from the example's."""
-    got, want = batch.tensors(), example.tensors()
-    if len(got) != len(want):
-        raise SlimError(f"a calibration batch has {len(got)} input tensor(s), the model takes {len(want)}",
-                        f"give batches shaped like the example inputs: {example.describe()}")
-    for i, (g, w) in enumerate(zip(got, want)):
+def check_batch(batch: Example, example: Example, index: int | None = None) -> None:
+    """Refuse a calibration batch whose inputs differ from the example's: in structure (positional/
+    keyword inputs, their count), then per tensor in dtype or shape. `index` names the batch."""
+    where = "a calibration batch" if index is None else f"calibration batch {index} ({batch.describe()})"
+    leaves, tree = pytree.tree_flatten((tuple(batch.args), dict(batch.kwargs)))
+    want, want_tree = pytree.tree_flatten((tuple(example.args), dict(example.kwargs)))
+    if tree != want_tree:
+        raise SlimError(f"{where} has {len(batch.tensors())} input tensor(s), the model takes {len(example.tensors())}: "
+                        f"it is structured differently from the example inputs ({_brief(tree)} vs the example's "
+                        f"{_brief(want_tree)})", f"give batches shaped like the example inputs: {example.describe()}")
+    for i, (g, w) in enumerate(zip(leaves, want)):
+        if not isinstance(w, torch.Tensor):
+            continue
+        if not isinstance(g, torch.Tensor):
+            raise SlimError(f"{where}: input {i} is a {type(g).__name__}, the example's is a tensor {tuple(w.shape)}",
+                            "give calibration inputs shaped like the example inputs")
         if g.dtype != w.dtype or g.shape != w.shape:
-            raise SlimError(f"calibration input {i} is {tuple(g.shape)}:{_name(g.dtype)}, the example is {tuple(w.shape)}:{_name(w.dtype)}",
+            rank = (f" (the rank differs: shape {tuple(g.shape)} (rank {g.dim()}) vs shape {tuple(w.shape)} (rank {w.dim()}))"
+                    if g.dim() != w.dim() else "")
+            raise SlimError(f"{where}: calibration input {i} is {tuple(g.shape)}:{_name(g.dtype)}, "
+                            f"the example is {tuple(w.shape)}:{_name(w.dtype)}{rank}",
                             "give calibration batches of the same shape and dtype as the example inputs")
+
+
+def _brief(tree) -> str:
+    s = str(tree).replace("\n", " ")
+    return s if len(s) < 160 else s[:157] + "..."
 
 
 def _name(dtype: torch.dtype) -> str:

@@ -1,14 +1,5 @@
 """Calibration data from what users hold: image folders, text files, NumPy arrays, saved `datasets`
-folders and torch Datasets. Each reader returns an Example of N samples (or a list of batches) that
-calibration.from_spec cuts to the example's batch size and checks.
-
-Images are preprocessed as torchvision's classification presets do: the shorter side resized to
-crop/0.875 (bilinear, antialiased), a centre crop to the example's HxW, scaled to [0, 1] and
-normalised with mean/std: given in the spec (`DIR?mean=0.5,0.5,0.5&std=0.5,0.5,0.5`), else the
-ImageNet default (0.485, 0.456, 0.406)/(0.229, 0.224, 0.225) for 3 channels and 0.449/0.226 (their
-average) for 1. JPEG/PNG/... need Pillow; without it, a folder of .npy images (HxWxC or CxHxW,
-uint8 0-255 or float 0-1) works the same way.
-"""
+folders and torch Datasets, each read into N samples that calibration.from_spec cuts and checks."""
 from __future__ import annotations
 
 import json
@@ -68,6 +59,12 @@ def _floats(text: str | None, channels: int, default) -> torch.Tensor:
     return torch.tensor(vals).view(channels, 1, 1)
 
 
+# Images are preprocessed as torchvision's classification presets do: the shorter side resized to
+# crop/0.875 (bilinear, antialiased), a centre crop to the example's HxW, scaled to [0, 1] and
+# normalised with mean/std: given in the spec (`DIR?mean=0.5,0.5,0.5&std=0.5,0.5,0.5`), else the
+# ImageNet default (0.485, 0.456, 0.406)/(0.229, 0.224, 0.225) for 3 channels and 0.449/0.226 (their
+# average) for 1. JPEG/PNG/... need Pillow; without it, a folder of .npy images (HxWxC or CxHxW,
+# uint8 0-255 or float 0-1) works the same way.
 def preprocess(img: torch.Tensor, chw: tuple[int, int, int], mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """One image (HxWxC or CxHxW or HxW; uint8 0-255 or float 0-1) -> normalised [C, H, W] float32."""
     c, h, w = chw
@@ -270,11 +267,13 @@ def loader_batches(made, example: Example):
 
 # -- what to pass when there is none -----------------------------------------------------------
 
+NO_CALIBRATION = ("needs calibration data: pass --calib-data (CLI), calibration= (torchslim.apply) or give the "
+                  "workload a calibration function")
+
+
 def missing_hint(what: str, workload) -> str:
     """A static-INT8 skip for want of calibration data, made concrete: the exact option for this
     kind of model, and what static INT8 measured on such models (BENCHMARKS.md)."""
-    from .techniques.static_int8 import NO_CALIBRATION
-
     if NO_CALIBRATION not in what:
         return what
     import torch.nn as nn

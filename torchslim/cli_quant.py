@@ -52,13 +52,13 @@ def _workload(args):
 
 
 def _technique(name: str):
-    from .sensitivity import SKIP_TECHNIQUES, has_skip
+    from .sensitivity import has_skip, skip_techniques
     from .techniques import CONFIGS
 
     cls = CONFIGS.get(name)
     cfg = cls() if cls is not None else None
     if cfg is None or not has_skip(cfg):
-        raise SlimError(f"--technique '{name}' cannot be measured per layer", f"use one of: {SKIP_TECHNIQUES}")
+        raise SlimError(f"--technique '{name}' cannot be measured per layer", f"use one of: {skip_techniques()}")
     return cfg
 
 

@@ -1,19 +1,5 @@
-"""Calibration drift: watch a static INT8 model's activations, and refresh its ranges from new data.
-
-A static INT8 model clamps every activation to the range its calibration data showed. When the
-inputs drift (a brighter camera, a new text domain) values fall outside those ranges and saturate,
-and accuracy drops although the weights are still right. `DriftMonitor` serves the model and, on
-one call in `every`, runs an observing copy of the converted graph that records at each activation
-quantizer the fraction of values outside the calibrated range and the range it sees.
-`recalibrate` re-applies the model's static recipe with new calibration inputs (no training) and
-saves the result as a new artifact, with the before/after numbers.
-
-Cost: the observing copy is the converted graph with, at each activation quantizer, one fused pass
-computing min, max and the count of values outside the calibrated range, returned as an extra
-output; it is compiled like the model, and answers the sampled call itself. On the Fashion-MNIST
-CNN an observed call costs about 2-3x a plain one, so the mean overhead is about 2/every: ~2 % at
-every=100 (benchmarks/drift_overhead.py). every=0 turns observation off.
-"""
+"""Calibration drift: watch a static INT8 model's activations (DriftMonitor), and refresh its
+ranges from new data (recalibrate: the static recipe re-applied, saved as a new artifact)."""
 from __future__ import annotations
 
 import copy
@@ -108,6 +94,14 @@ def observing_copy(graph: torch.fx.GraphModule) -> tuple[torch.fx.GraphModule, l
 
 class DriftMonitor(nn.Module):
     """Serve a static INT8 `model` and watch its activation ranges on one call in `every`.
+
+    A static INT8 model clamps every activation to the range its calibration data showed; when the
+    inputs drift (a brighter camera, a new text domain) values saturate and accuracy drops although
+    the weights are still right. On one call in `every` an observing copy of the converted graph
+    records, at each activation quantizer, the fraction of values outside the calibrated range and
+    the range it sees (one fused pass: min, max, count outside, returned as an extra output); it
+    answers the sampled call itself. Fashion-MNIST CNN: an observed call costs ~2-3x a plain one, so
+    the mean overhead is ~2/every: ~2 % at every=100 (benchmarks/drift_overhead.py); every=0: off.
 
     >>> monitor = DriftMonitor(torchslim.load("out/model"), every=100, baseline=calibration_batches)
     >>> y = monitor(x)            # as the model; every 100th call is observed

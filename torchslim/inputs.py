@@ -52,6 +52,9 @@ class Example:
 
 
 def _map(fn, obj):
+    # Not torch.utils._pytree.tree_map: pytree treats unregistered tuple/list/dict subclasses as
+    # leaves (their tensors would not be moved) and descends into library-registered types
+    # (transformers' caches, ModelOutput); this maps into every tuple/list/dict and nothing else.
     if isinstance(obj, torch.Tensor):
         return fn(obj)
     if isinstance(obj, tuple):

@@ -66,7 +66,7 @@ def load_model(
 # -- Python factories -------------------------------------------------------------------------
 
 def _load_factory(spec: str) -> Workload:
-    fn, spec = _load_factory_fn(spec, with_spec=True)
+    fn, spec = load_factory_fn(spec, with_spec=True)
     fn_name = spec.rpartition(":")[2]
     made = call_user(fn, f"factory '{fn_name}'", "fix the factory (run with --debug for the traceback)")
     return _as_workload(made, spec, fn_name)
@@ -83,7 +83,7 @@ def call_user(fn, what: str, fix: str):
         raise SlimError(f"{what} raised {type(e).__name__}: {e}", fix) from e
 
 
-def _load_factory_fn(spec: str, with_spec: bool = False):
+def load_factory_fn(spec: str, with_spec: bool = False):
     """The callable named by file.py:fn or package.module:fn (and the spec with an absolute path)."""
     target, _, fn_name = spec.rpartition(":")
     if not fn_name:
@@ -268,7 +268,7 @@ def read_safely(path: str, what: str, fix: str):
 
 def load_evaluate(spec: str):
     """`--eval file.py:fn`: returns (evaluate, metric name). fn(model) may return a number or a dict."""
-    fn = _load_factory_fn(spec)
+    fn = load_factory_fn(spec)
     name = spec.rpartition(":")[2]
     state = {}
 

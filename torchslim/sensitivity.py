@@ -1,23 +1,5 @@
-"""Per-layer quantization sensitivity, and the fewest layers to keep in float.
-
-Method. Quantizing one layer at a time through the real flow costs one PT2E export, prepare and
-calibration per layer. Instead the model is prepared and calibrated once; every observer is replaced
-by the quantize->dequantize that convert_pt2e would put in its place (backends.Pt2eFakeQuant, same
-scales, same rounding), and each is attributed to the Conv/Linear layer it serves: the layer's
-weight, its input, or, through ops that pass int8 on (pooling, flatten, ...), the input of the next
-layer(s). "Only L quantized" is that graph with only L's switches on; "all but S in float" is every
-switch on except those of S. With every switch on it is the converted reference model (SQNR > 50 dB
-against the real oneDNN INT8 model on the Fashion-MNIST CNN). It stays a prediction: the fallback in
-optimize.py re-applies the real recipe with skip=(...) and validates that, so a wrong prediction
-costs a retry, never a wrong result.
-
-Techniques without observers (torchao's ao_int8_dynamic and weight_only, which take skip=) use the
-plain method: a copy of the model quantized with every other layer in skip.
-
-Ranking: by the output SQNR with that layer alone quantized, lowest (most damage) first. The task
-metric is measured too and shown, but one layer alone rarely moves it by more than its resolution
-(one test example), so it does not order the list; `fewest_float_layers` judges by the metric.
-"""
+"""Per-layer quantization sensitivity (each layer quantized alone, ranked by output SQNR), and the
+fewest layers to keep in float for a recipe to pass."""
 from __future__ import annotations
 
 import copy
@@ -30,16 +12,20 @@ from typing import Callable, Iterable
 import torch
 import torch.nn as nn
 
-from . import backends
 from .errors import NotApplicable, SlimError
 from .fidelity import compare
 from .inputs import Example, as_example
-from .techniques import Context, TechniqueConfig, handler
-from .techniques.static_int8 import Pt2eDynamicInt8Config, StaticInt8Config, prepare_calibrated, weighted_layer
+from .quant.probes import Pt2eFakeQuant, is_observer
+from .quant.pt2e import weighted_layer
+from .techniques import CONFIGS, Context, TechniqueConfig, handler
+from .techniques.static_int8 import Pt2eDynamicInt8Config, StaticInt8Config, prepare_calibrated
 from .techniques.static_int8_fx import StaticInt8FxConfig
 from .workload import Workload, eval_mode
 
-SKIP_TECHNIQUES = "static_int8, static_int8_fx, pt2e_dynamic_int8, ao_int8_dynamic, weight_only"
+
+def skip_techniques() -> str:
+    """The registered techniques that can keep named layers in float (per_layer_skip), comma-separated."""
+    return ", ".join(sorted(name for name, cls in CONFIGS.items() if getattr(cls, "per_layer_skip", False)))
 
 
 @dataclass(frozen=True)
@@ -51,13 +37,14 @@ class SensitivityConfig:
     def __post_init__(self):
         if not has_skip(self.technique):
             raise SlimError(f"'{self.technique.label()}' cannot keep single layers in float (it has no skip option)",
-                            f"measure one of: {SKIP_TECHNIQUES}")
+                            f"measure one of: {skip_techniques()}")
         if self.batches < 1:
             raise SlimError("batches must be >= 1", "e.g. 4: the example and three calibration batches")
 
 
 def has_skip(cfg: TechniqueConfig) -> bool:
-    return any(f.name == "skip" for f in dataclasses.fields(cfg))
+    """True for a config that can keep named layers in float (its `skip` patterns)."""
+    return bool(getattr(cfg, "per_layer_skip", False))
 
 
 def quantization_step(steps: Iterable[TechniqueConfig]) -> int | None:
@@ -72,6 +59,17 @@ def with_float_layers(cfg: TechniqueConfig, names: Iterable[str]) -> TechniqueCo
 
 
 # -- probes: the model with any subset of its layers quantized ------------------------------------
+# Quantizing one layer at a time through the real flow costs one PT2E export, prepare and
+# calibration per layer. Instead the model is prepared and calibrated once; every observer is replaced
+# by the quantize->dequantize that convert_pt2e would put in its place (quant.probes.Pt2eFakeQuant,
+# same scales, same rounding), and each is attributed to the Conv/Linear layer it serves: the layer's
+# weight, its input, or, through ops that pass int8 on (pooling, flatten, ...), the input of the next
+# layer(s). "Only L quantized" is that graph with only L's switches on; "all but S in float" is every
+# switch on except those of S. With every switch on it is the converted reference model (SQNR > 50 dB
+# against the real oneDNN INT8 model on the Fashion-MNIST CNN). It stays a prediction: the fallback in
+# optimize.py re-applies the real recipe with skip=(...) and validates that, so a wrong prediction
+# costs a retry, never a wrong result. Techniques without observers (torchao's ao_int8_dynamic and
+# weight_only) use the plain method: a copy of the model quantized with every other layer in skip.
 
 class Pt2eProbe:
     """The PT2E-prepared graph with switchable fake-quantizers (see the module docstring)."""
@@ -120,7 +118,7 @@ def reuses_calibration(cfg: TechniqueConfig) -> bool:
 def make_probe(model: nn.Module, cfg: TechniqueConfig, ctx: Context):
     """A probe for `cfg` on (a copy of) `model`. Raises SlimError/NotApplicable with the reason."""
     if not has_skip(cfg):
-        raise SlimError(f"'{cfg.label()}' cannot keep single layers in float", f"use one of: {SKIP_TECHNIQUES}")
+        raise SlimError(f"'{cfg.label()}' cannot keep single layers in float", f"use one of: {skip_techniques()}")
     reason = handler(cfg).applies(model, cfg, ctx)
     if reason:
         raise NotApplicable(f"{cfg.label()}: {reason}")
@@ -140,12 +138,12 @@ def _install_switches(gm: torch.fx.GraphModule):
     [(fake-quant, names of the layers it belongs to)] and {layer name: layer type}."""
     switches, layers = [], {}
     for node in list(gm.graph.nodes):
-        if node.op != "call_module" or not backends.pt2e_is_observer(gm.get_submodule(node.target)):
+        if node.op != "call_module" or not is_observer(gm.get_submodule(node.target)):
             continue
         observer = gm.get_submodule(node.target)
         for user in list(node.users):
             owners, is_weight = _owners(node, user)
-            fq = backends.Pt2eFakeQuant(observer)
+            fq = Pt2eFakeQuant(observer)
             name = f"_slim_fq_{len(switches)}"
             gm.add_submodule(name, fq)
             with gm.graph.inserting_before(user):
@@ -206,7 +204,9 @@ def score(model: nn.Module, batches: list[Example], refs: list, evaluate=None, m
 
 def measure_layers(probe, batches: list[Example], refs: list, evaluate=None, metric: str | None = None,
                    base_metric: float | None = None, progress: bool = False) -> list[dict]:
-    """Each layer quantized alone: its scores, most damaging (lowest SQNR) first."""
+    """Each layer quantized alone: its scores, most damaging (lowest SQNR) first. The task metric is
+    measured too, but one layer alone rarely moves it by more than its resolution (one test
+    example), so it does not order the list; fewest_float_layers judges by the metric."""
     from tqdm.auto import tqdm
 
     rows = []

@@ -26,7 +26,7 @@ FORMAT_VERSION = 1
 
 def save(folder: str, lm, recipe: Recipe, optimized, prompts: list[torch.Tensor], new_tokens: int) -> str:
     from ..version import __version__
-    from ..backends import quiet
+    from ..quant.common import quiet
 
     os.makedirs(folder, exist_ok=True)
     with quiet():
@@ -58,7 +58,7 @@ def save_torchao_folder(folder: str, lm, recipe: Recipe) -> dict | None:
     try:
         import transformers
 
-        from ..backends import quiet
+        from ..quant.common import quiet
 
         with quiet():
             qcfg = transformers.TorchAoConfig(_torchao_config(step))

@@ -110,7 +110,7 @@ def gguf_folder(path: str) -> str:
           file=sys.stderr)
     d, name = os.path.dirname(os.path.abspath(path)), os.path.basename(path)
     try:
-        from ..backends import quiet
+        from ..quant.common import quiet
 
         with quiet():
             tok = transformers.AutoTokenizer.from_pretrained(d, gguf_file=name)
@@ -176,7 +176,7 @@ def _model(folder: str, spec: str):
     import torch
     import transformers
 
-    from ..backends import quiet
+    from ..quant.common import quiet
 
     try:
         with quiet():

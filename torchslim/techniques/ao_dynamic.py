@@ -1,10 +1,5 @@
-"""torchao dynamic INT8: per-token INT8 activations, per-channel INT8 weights on nn.Linear.
-
-Eager, torchao runs this through reference ops and is slower than FP32 (0.5-0.7x on a 2-core
-AMX Xeon); under torch.compile (freezing) Inductor emits aten._int_mm (oneDNN INT8 GEMM, AMX/VNNI)
-with the activation quantization fused around it. Compose it as [ao_int8_dynamic, compile].
-The selection helpers here are shared with weight_only.py.
-"""
+"""torchao dynamic INT8 (per-token activations, per-channel weights) on nn.Linear, and the layer
+selection helpers the torchao techniques share (weight_only.py, ao_float8.py)."""
 from __future__ import annotations
 
 import fnmatch
@@ -15,29 +10,27 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from .. import backends
+from ..quant import ao
 from .base import Context, TechniqueConfig, register
-
-
-def _check_common(skip: tuple[str, ...], min_features: int) -> None:
-    if isinstance(skip, str) or not all(isinstance(p, str) for p in skip):
-        raise ValueError(f"skip must be a tuple of fnmatch patterns on module names, got {skip!r}")
-    if not isinstance(min_features, int) or min_features < 0:
-        raise ValueError(f"min_features must be an int >= 0, got {min_features!r}")
+from .predicates import check_common, torchao_missing
 
 
 @dataclass(frozen=True)
 class AoInt8DynamicConfig(TechniqueConfig):
     """skip: fnmatch patterns on module names (e.g. 'classifier', '*.pooler.*') kept in float; names
     are the user's model's own (wrapper prefixes such as 'inner.' are ignored).
-    min_features: Linears with fewer input or output features stay float (INT8 does not pay off)."""
+    min_features: Linears with fewer input or output features stay float (INT8 does not pay off).
+    Eager, torchao runs reference ops, slower than FP32 (0.5-0.7x on a 2-core AMX Xeon); under
+    torch.compile Inductor emits aten._int_mm (oneDNN INT8 GEMM): compose as [ao_int8_dynamic, compile]."""
 
     name = "ao_int8_dynamic"
+    lossy = True
+    per_layer_skip = True
     skip: tuple[str, ...] = ()
     min_features: int = 16
 
     def __post_init__(self):
-        _check_common(self.skip, self.min_features)
+        check_common(self.skip, self.min_features)
 
     def label(self) -> str:
         return "ao-int8-dynamic"
@@ -76,7 +69,7 @@ def _why_not(name, m: nn.Linear, skip, min_features, extra) -> str | None:
     w = getattr(m, "weight", None)
     if not isinstance(w, torch.Tensor):
         return "has no weight tensor"
-    if backends.is_torchao_tensor(w):
+    if ao.is_torchao_tensor(w):
         return "weight already quantized by torchao"
     if not w.is_floating_point() or type(w) not in (torch.Tensor, nn.Parameter):
         return f"weight is {type(w).__name__}/{w.dtype}, not a plain float tensor"
@@ -125,17 +118,6 @@ def tied_note(model: nn.Module, chosen: list[str]) -> str | None:
     return "tied weights untied by quantization (the float copy stays for the other user): " + ", ".join(tied)
 
 
-def common_applies(model: nn.Module, ctx: Context) -> str | None:
-    if isinstance(model, torch.jit.ScriptModule):
-        return "a TorchScript model cannot be quantized from outside"
-    why = backends.torchao_importable()
-    if why:
-        return why
-    if not any(isinstance(m, nn.Linear) for m in model.modules()):
-        return "no nn.Linear layers to quantize"
-    return None
-
-
 def record(ctx: Context, key: str, chosen: list[str], skipped: dict[str, str], **extra) -> None:
     ctx.details[key] = {"quantized": [display_name(n) for n in chosen],
                         "skipped": {display_name(n): why for n, why in skipped.items()}, **extra}
@@ -148,7 +130,7 @@ def size_note(before: int, after: int) -> str:
 # ---- the technique ----
 
 def _applies(model, cfg: AoInt8DynamicConfig, ctx: Context):
-    why = common_applies(model, ctx)
+    why = torchao_missing(model)
     if why:
         return why
     if ctx.device.type not in ("cpu", "cuda"):
@@ -168,7 +150,7 @@ def apply_ao_int8_dynamic(model, cfg: AoInt8DynamicConfig, ctx: Context):
     note = float_note(model, chosen, "ao-int8-dynamic covers nn.Linear")
     tied = tied_note(model, chosen)
     before = serialized_bytes(model)
-    model = backends.ao_int8_dynamic(model, name_filter(chosen))
+    model = ao.int8_dynamic(model, name_filter(chosen))
     after = serialized_bytes(model)
     record(ctx, cfg.name, chosen, skipped, bytes_before=before, bytes_after=after)
     ctx.notes += [n for n in (note, tied) if n]

@@ -1,15 +1,9 @@
 """torch.compile with Inductor and weight freezing: constant-folds weights into the graph and
-lets Inductor pick prepacked oneDNN/cuBLAS kernels and fuse the pointwise ops around them.
-
-Freezing only happens when Inductor's *global* `freezing` flag is on while Dynamo captures the
-graph (torch 2.13): passing `options={"freezing": True}` to torch.compile leaves the weights as
-graph inputs and silently gives plain `extern_kernels.convolution` calls. So the compiled model is
-wrapped in `Compiled`, which sets the flag (and no_grad, which freezing needs) only for the
-duration of each call; nothing global stays changed.
-"""
+lets Inductor pick prepacked oneDNN/cuBLAS kernels and fuse the pointwise ops around them."""
 from __future__ import annotations
 
-import contextlib
+import functools
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -34,26 +28,32 @@ class CompileConfig(TechniqueConfig):
                             "reduce-overhead": "-cudagraphs"}.get(self.mode, "")
 
 
-@contextlib.contextmanager
+@functools.lru_cache(maxsize=None)
 def inductor_freezing(on: bool = True):
-    """Inductor's global freezing flag, set for the block only."""
+    """Inductor's global freezing flag, set for the block only: torch._inductor.config.patch, built
+    once per value (entering a built patch costs what a flag swap does; building one, paid on every
+    call, cost ~5x that: ~50 us per model call, loaded machine). Re-entrant and per-context."""
     import torch._inductor.config as inductor_config
 
-    before = inductor_config.freezing
-    inductor_config.freezing = on
-    try:
-        yield
-    finally:
-        inductor_config.freezing = before
+    return inductor_config.patch(freezing=on)
 
 
 class Compiled(Wrapper):
     """`inner` under torch.compile, called with freezing on and autograd off. The compiled callable
-    is not a submodule, so the state dict holds only `inner.*` (the real weights)."""
+    is not a submodule, so the state dict holds only `inner.*` (the real weights).
+    quiet_warnings: messages of warnings compiling may give, silenced in the calls that compile."""
 
-    def __init__(self, inner: torch.nn.Module, freezing: bool = True, **compile_kwargs):
+    # Freezing only happens when Inductor's *global* `freezing` flag is on while Dynamo captures the
+    # graph (torch 2.13): options={"freezing": True} to torch.compile leaves the weights as graph
+    # inputs and silently gives plain extern_kernels.convolution calls. So each call sets the flag
+    # (and no_grad, which freezing needs) for its duration only; nothing global stays changed.
+
+    def __init__(self, inner: torch.nn.Module, freezing: bool = True, quiet_warnings: tuple[str, ...] = (),
+                 **compile_kwargs):
         super().__init__(inner)
         self.freezing = freezing
+        self.quiet_warnings = tuple(quiet_warnings)
+        self._quiet_seen: set = set()
         # CUDA graphs replay into the same output buffers: each call starts a new step and hands
         # back copies, so outputs a caller keeps are never overwritten by the next call.
         self.cudagraphs = compile_kwargs.get("mode") == "reduce-overhead"
@@ -65,6 +65,20 @@ class Compiled(Wrapper):
         return self
 
     def forward(self, *args, **kwargs):
+        if self.quiet_warnings:
+            # Compilation happens on the first call with each input shape (static shapes recompile):
+            # filter there only, so later calls pay nothing.
+            key = tuple(getattr(a, "shape", None) for a in (*args, *kwargs.values()))
+            if key not in self._quiet_seen:
+                with warnings.catch_warnings():
+                    for message in self.quiet_warnings:
+                        warnings.filterwarnings("ignore", message=message)
+                    out = self._call(*args, **kwargs)
+                self._quiet_seen.add(key)
+                return out
+        return self._call(*args, **kwargs)
+
+    def _call(self, *args, **kwargs):
         if self.cudagraphs:
             torch.compiler.cudagraph_mark_step_begin()
         if not self.freezing:

@@ -1,24 +1,5 @@
-"""Dynamic INT8: weights stored int8, activations quantized on the fly each call.
-
-Eager kernels (fbgemm/oneDNN) for Linear, LSTM and GRU. Weights are per-channel by default: with
-per-tensor weights all-MiniLM-L6-v2's embedding cosine fell to about 0.93, per-channel kept 0.97+.
-
-Beyond what torch.ao's `quantize_dynamic` does on its own:
-- nn.MultiheadAttention (so nn.TransformerEncoder/Decoder too): stock tools leave its projections in
-  float (in_proj is a bare Parameter, out_proj a NonDynamicallyQuantizableLinear), and in torch 2.13
-  nn.TransformerEncoderLayer's fused fast path crashes on the quantized feed-forward Linears (it
-  reads `.weight.device`, a method there). Each MHA becomes `LinearMultiheadAttention`, the same
-  computation with nn.Linear projections (same parameters; FP32 outputs equal within rounding),
-  quantized like any Linear; the layers around it take PyTorch's regular (non-fused) path.
-- Hugging Face GPT-2's `Conv1D` (a Linear storing its weight transposed, which stock tools skip
-  silently): replaced by an nn.Linear on a transposed view of the same weight (bit-identical in
-  FP32), then quantized.
-- nn.Embedding, opt-in (layers=(..., "Embedding")): weight-only INT8 (`Int8Embedding`: int8 rows,
-  a scale and an offset per row).
-- LSTMs with proj_size and RNNs without bias, which torch.ao converts into modules that fail, stay
-  in float.
-Every layer left in float is listed with the reason in ctx.details["dynamic_int8"]["float"].
-"""
+"""Dynamic INT8 on PyTorch's eager kernels (fbgemm/oneDNN): int8 weights, activations quantized per
+call, for Linear, LSTM, GRU (and opt-in Embedding); MHA and GPT-2 Conv1D are rewritten to expose Linears."""
 from __future__ import annotations
 
 import sys
@@ -29,8 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .. import backends
 from .. import device as dev
+from ..quant import legacy, quantized_engine
 from .base import Context, TechniqueConfig, register
 
 LAYERS = {"Linear": nn.Linear, "LSTM": nn.LSTM, "GRU": nn.GRU, "Embedding": nn.Embedding}
@@ -46,6 +27,10 @@ class DynamicInt8Config(TechniqueConfig):
     moved the model's min cosine from 0.919 to 0.891 at length 128 (0.915 -> 0.911 at length 48)."""
 
     name = "dynamic_int8"
+    lossy = True
+    # Per-channel weights by default: with per-tensor weights all-MiniLM-L6-v2's embedding cosine
+    # fell to about 0.93, per-channel kept 0.97+. Layers left in float are listed with the reason in
+    # ctx.details["dynamic_int8"]["float"].
     layers: tuple[str, ...] = ("Linear", "LSTM", "GRU")
     per_channel: bool = True
 
@@ -101,6 +86,11 @@ def embedding_reason(m: nn.Module) -> str | None:
 
 
 # ----------------------------------------------------------------------------- nn.MultiheadAttention
+# Stock tools leave MHA's projections in float (in_proj is a bare Parameter, out_proj a
+# NonDynamicallyQuantizableLinear), and in torch 2.13 nn.TransformerEncoderLayer's fused fast path
+# crashes on quantized feed-forward Linears (it reads `.weight.device`, a method there). Each MHA
+# becomes LinearMultiheadAttention (same parameters; FP32 outputs equal within rounding), quantized
+# like any Linear; the layers around it take PyTorch's regular (non-fused) path.
 
 def _param(t: torch.Tensor) -> nn.Parameter:
     return t if isinstance(t, nn.Parameter) else nn.Parameter(t.detach().clone(), t.requires_grad)
@@ -348,6 +338,7 @@ def _coverable(model: nn.Module) -> set[str]:
 
 
 def _applies(model, cfg: DynamicInt8Config, ctx: Context):
+    # Not techniques.predicates: compile.py's applies reaches this module through fast_transformer.
     if ctx.device.type != "cpu":
         return "PyTorch's eager INT8 kernels run on CPU only"
     if dev.int8_engine() is None:
@@ -368,10 +359,10 @@ def apply_dynamic_int8(model, cfg: DynamicInt8Config, ctx: Context):
     holder = nn.Sequential(model)  # lets the model itself be a layer that gets replaced
     converted = prepare(holder, cfg)
     chosen, floats = plan(holder, cfg)
-    legacy = {n: LAYERS[k] for n, k in chosen.items() if k != "Embedding"}
-    if legacy:
-        with backends.quantized_engine(dev.int8_engine()):
-            backends.legacy_dynamic_int8_named(holder, legacy, cfg.per_channel)
+    eager = {n: LAYERS[k] for n, k in chosen.items() if k != "Embedding"}
+    if eager:
+        with quantized_engine(dev.int8_engine()):
+            legacy.dynamic_int8(holder, eager, cfg.per_channel)
     for name, kind in chosen.items():
         if kind == "Embedding":
             holder.set_submodule(name, Int8Embedding(holder.get_submodule(name)))

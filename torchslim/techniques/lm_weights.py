@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from .. import backends
+from ..quant import ao
 from .. import device as dev
 from .base import Context, TechniqueConfig, register
 
@@ -74,7 +74,7 @@ def da8w4_missing() -> str | None:
     """None where torchao's DA8W4 CPU kernel is built and the CPU has AMX-INT8, else why not."""
     if "amx_int8" not in dev.cpu_flags():
         return "DA8W4 needs a CPU with AMX-INT8"
-    why = backends.torchao_importable()
+    why = ao.torchao_importable()
     if why:
         return why
     import torch
@@ -87,7 +87,7 @@ def da8w4_missing() -> str | None:
 def _linears(model: nn.Module, cfg: LMWeightsConfig) -> list[str]:
     out = []
     for name, m in model.named_modules():
-        if not isinstance(m, nn.Linear) or backends.is_torchao_tensor(m.weight):
+        if not isinstance(m, nn.Linear) or ao.is_torchao_tensor(m.weight):
             continue
         if _is_head(name) and cfg.lm_head != "same":
             continue
@@ -109,10 +109,10 @@ def _applies(model, cfg: LMWeightsConfig, ctx: Context):
     if cfg.dtype == "bf16" and not dev.supports_bf16(ctx.device):
         return f"no fast BF16 on this {ctx.device.type} (needs AVX512-BF16/AMX or an Ampere+ GPU)"
     if cfg.quant != "none":
-        why = backends.torchao_importable()
+        why = ao.torchao_importable()
         if why:
             return why
-    if cfg.quant == "int4" and ctx.device.type == "cpu" and not backends.int4_cpu_kernel_ok():
+    if cfg.quant == "int4" and ctx.device.type == "cpu" and not ao.int4_cpu_kernel_ok():
         return "aten._weight_int4pack_mm_for_cpu is missing or failed its check here"
     if cfg.quant == "da8w4":
         why = da8w4_missing()
@@ -138,19 +138,19 @@ def apply_lm_weights(model, cfg: LMWeightsConfig, ctx: Context):
         model = model.to(torch.bfloat16)
     flt = (lambda m, fqn: fqn in names) if names else None
     if cfg.quant == "int4":
-        backends.ao_int4_weight_only(model, flt, cfg.group_size, hqq=False, device=ctx.device)
+        ao.int4_weight_only(model, flt, cfg.group_size, hqq=False, device=ctx.device)
     elif cfg.quant == "int8":
-        backends.ao_int8_weight_only(model, flt, None)
+        ao.int8_weight_only(model, flt, None)
     elif cfg.quant == "int8-dynamic":
-        backends.ao_int8_dynamic(model, flt)
+        ao.int8_dynamic(model, flt)
     elif cfg.quant == "da8w4":
-        with backends.quiet():
+        with ao.quiet():
             from torchao.prototype.quantization.int4.inference_workflow import Int8DynamicActivationInt4WeightConfig
             from torchao.quantization import quantize_
 
             quantize_(model, Int8DynamicActivationInt4WeightConfig(group_size=cfg.group_size), filter_fn=flt)
     if int8_head:
-        backends.ao_int8_weight_only(model, lambda m, fqn: fqn in int8_head, None)
+        ao.int8_weight_only(model, lambda m, fqn: fqn in int8_head, None)
         ctx.notes.append("lm_head: INT8 weight-only")
     if names:
         ctx.notes.append(f"{cfg.label()}: {len(names)} Linear layers quantized")

@@ -16,6 +16,7 @@ class LowPrecisionConfig(TechniqueConfig):
     or 'cast' (the whole model in low precision; inputs cast in, outputs cast back to FP32)."""
 
     name = "low_precision"
+    lossy = True
     requires = ("native_{dtype}",)
     lossy = True
     dtype: str = "bf16"

@@ -1,30 +1,7 @@
-"""Static INT8 on PyTorch's eager quantized kernels, TorchScript-frozen: the small-model fast path.
-
-The flow is torch.ao's FX graph mode (deprecated upstream in favour of PT2E, still shipped by
-torch 2.13): symbolic trace -> prepare_fx (Conv-BN-ReLU fused, observers) -> calibration ->
-convert_fx (quantized::conv2d_relu, quantized::linear, ... with prepacked int8 weights) ->
-torch.jit.trace + freeze, so no Python runs between the kernels.
-
-Why it exists beside static_int8 (PT2E + Inductor): on small models the PT2E path is bound by
-per-op cost, not by the INT8 math. On the Fashion-MNIST CNN at batch 1, oneDNN's verbose log puts
-the convolutions and matmuls at about 0.09 ms of a 0.47 ms call; Inductor's onednn::qconv_pointwise
-builds its oneDNN primitive descriptor on every call (~54 us per conv against ~20 us of kernel)
-and the Python wrapper around the compiled graph costs the rest. The eager quantized ops keep
-their primitives in a cache (~23 us per conv), and TorchScript calls them from C++: 0.14 ms.
-On large inputs both run the same oneDNN kernels and PT2E+Inductor, with its fusions, can win;
-`optimize` measures both and keeps the faster.
-
-At batch 1 what is left is PyTorch's fixed cost per quantized op; `static_runtime=True` runs the
-frozen graph on TorchScript's Static Runtime (a flat list of op calls, no interpreter frames or
-guards), with the Linears packed by the x86 engine (fbgemm), since Static Runtime's quantized::linear
-needs an out= variant oneDNN's packing lacks: the `static-int8-ts-x86-sr` candidate.
-
-Its artifact is the same as every recipe's (weights + recipe, re-applied on load). The frozen
-TorchScript module can also be saved with torch.jit.save and served from C++ (libtorch).
-"""
+"""Static INT8 on PyTorch's eager quantized kernels, TorchScript-frozen (the small-model fast path):
+torch.ao FX prepare/calibrate/convert, then torch.jit.trace + freeze (optionally Static Runtime)."""
 from __future__ import annotations
 
-import platform
 import warnings
 from collections import Counter
 from dataclasses import dataclass
@@ -32,18 +9,26 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from .. import backends
-from .. import device as dev
 from ..errors import NotApplicable, first_line
 from ..fidelity import output_tensors
+from ..quant import fx, needs_reduce_range, quantized_engine
 from ..workload import eval_mode
 from .base import Context, register
+from .predicates import compiled, lacks, no_calibration, not_cpu, not_x86, scripted
+from .static_int8 import StaticInt8Config, calibrate, resolve_skip
 from .torchscript import StaticRuntime
-from .static_int8 import NO_CALIBRATION, StaticInt8Config, _needs_reduce_range, _resolve_skip, calibrate
 
 _LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
+# Why this exists beside static_int8 (PT2E + Inductor): on small models the PT2E path is bound by
+# per-op cost, not by the INT8 math. Fashion-MNIST CNN, batch 1 (oneDNN verbose log): convs and
+# matmuls take ~0.09 ms of a 0.47 ms call; Inductor's onednn::qconv_pointwise builds its primitive
+# descriptor every call (~54 us per conv against ~20 us of kernel) and the Python wrapper costs the
+# rest. The eager quantized ops cache their primitives (~23 us per conv) and TorchScript calls them
+# from C++: 0.14 ms. On large inputs both run the same kernels and PT2E's fusions can win; optimize
+# measures both. Static Runtime (static_runtime=True) removes the interpreter's per-op cost at batch 1.
+# The frozen TorchScript module can also be saved with torch.jit.save and served from C++ (libtorch).
 @dataclass(frozen=True)
 class StaticInt8FxConfig(StaticInt8Config):
     """StaticInt8Config's options (observer, per_channel, max_samples, skip), lowered to eager INT8
@@ -62,8 +47,8 @@ class StaticInt8FxConfig(StaticInt8Config):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.engine not in ("auto", *backends.FX_ENGINES):
-            raise ValueError(f"unknown engine {self.engine!r}: use auto, {', '.join(backends.FX_ENGINES)}")
+        if self.engine not in ("auto", *fx.ENGINES):
+            raise ValueError(f"unknown engine {self.engine!r}: use auto, {', '.join(fx.ENGINES)}")
         if not isinstance(self.static_runtime, bool):
             raise ValueError(f"static_runtime must be true or false, not {self.static_runtime!r}")
 
@@ -78,49 +63,45 @@ class StaticInt8FxConfig(StaticInt8Config):
 
 
 def _applies(model, cfg: StaticInt8FxConfig, ctx: Context) -> str | None:
-    if ctx.device.type != "cpu":
-        return "PyTorch's eager INT8 kernels run on CPUs only"
-    if not dev.is_x86():
-        return f"wired for x86 CPUs (fbgemm/oneDNN INT8 kernels), not {platform.machine()}"
-    if ctx.calibration is None:
-        return NO_CALIBRATION
-    if isinstance(model, torch.jit.ScriptModule):
-        return "a TorchScript model cannot be symbolically traced"
-    from .compile import Compiled
+    return (not_cpu(ctx, "PyTorch's eager INT8 kernels run on CPUs only")
+            or not_x86("wired for x86 CPUs (fbgemm/oneDNN INT8 kernels)")
+            or no_calibration(ctx)
+            or scripted(model, "a TorchScript model cannot be symbolically traced")
+            or compiled(model)
+            or (("FX graph-mode quantization traces positional tensor inputs only; this model takes keyword inputs")
+                if ctx.example.kwargs else None)
+            or lacks(model, _LAYERS, "no Linear/Conv layers to quantize")
+            or _no_engine(cfg)
+            or (fx.static_runtime_missing() if cfg.static_runtime else None)
+            or fx.missing())
 
-    if isinstance(model, (torch._dynamo.eval_frame.OptimizedModule, Compiled)):
-        return "the model is already torch.compile'd: quantize before compiling"
-    if ctx.example.kwargs:
-        return "FX graph-mode quantization traces positional tensor inputs only; this model takes keyword inputs"
-    if not any(isinstance(m, _LAYERS) for m in model.modules()):
-        return "no Linear/Conv layers to quantize"
-    if backends.fx_static_engine(_needs_reduce_range(), cfg.engine) is None:
-        if cfg.engine == "auto":
-            return "this torch build has no fbgemm/oneDNN quantized engine"
-        return f"this torch build has no '{cfg.engine}' quantized engine (it has: {', '.join(torch.backends.quantized.supported_engines)})"
-    if cfg.static_runtime and backends.static_runtime_missing():
-        return backends.static_runtime_missing()
-    return backends.fx_static_missing()
+
+def _no_engine(cfg: StaticInt8FxConfig) -> str | None:
+    if fx.engine(needs_reduce_range(), cfg.engine) is not None:
+        return None
+    if cfg.engine == "auto":
+        return "this torch build has no fbgemm/oneDNN quantized engine"
+    return f"this torch build has no '{cfg.engine}' quantized engine (it has: {', '.join(torch.backends.quantized.supported_engines)})"
 
 
 @register(StaticInt8FxConfig, applies=_applies)
 def apply_static_int8_fx(model, cfg: StaticInt8FxConfig, ctx: Context):
     model = eval_mode(model)
     example = ctx.example.to(ctx.device)
-    float_modules = _resolve_skip(model, cfg.skip)
-    reduce_range = _needs_reduce_range()
-    engine = backends.fx_static_engine(reduce_range, cfg.engine)
+    float_modules = resolve_skip(model, cfg.skip)
+    reduce_range = needs_reduce_range()
+    engine = fx.engine(reduce_range, cfg.engine)
     layers = {n: type(m).__name__ for n, m in model.named_modules() if isinstance(m, _LAYERS)}
     _inline_flatten(model)
     try:
-        prepared = backends.fx_static_prepare(model, tuple(example.args), engine, cfg.observer, cfg.per_channel,
-                                              reduce_range, float_modules)
+        prepared = fx.prepare(model, tuple(example.args), engine, cfg.observer, cfg.per_channel,
+                              reduce_range, float_modules)
     except Exception as e:  # noqa: BLE001 - symbolic tracing refuses data-dependent control flow etc.
         raise NotApplicable(f"torch.fx symbolic tracing cannot capture this model ({_quote(e)})",
                             "use static_int8 (PT2E: torch.export handles more Python)") from e
     with torch.no_grad():
         seen = calibrate(prepared, ctx, example, cfg.max_samples)
-        converted = backends.fx_static_convert(prepared, engine)
+        converted = fx.convert(prepared, engine)
     details = _summarize(converted, layers, float_modules)
     details["flatten_channels_last"] = _flatten_channels_last(converted, example, engine)
     details.update(observer=cfg.observer, per_channel=cfg.per_channel, activations="static (calibrated)",
@@ -162,7 +143,7 @@ def _flatten_channels_last(gm: torch.fx.GraphModule, example, engine: str) -> in
     same outputs bit for bit. Returns how many flattens were rewritten."""
     from torch.fx.passes.shape_prop import ShapeProp
 
-    linears = backends.fx_quantized_linear_types()
+    linears = fx.quantized_linear_types()
     mods = dict(gm.named_modules())
     calls = Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
     todo = []
@@ -195,7 +176,7 @@ def _flatten_channels_last(gm: torch.fx.GraphModule, example, engine: str) -> in
         with gm.graph.inserting_before(n):
             permuted = gm.graph.call_method("permute", (src, 0, 2, 3, 1))
         n.args, n.kwargs = (permuted, 1), {}
-        backends.fx_permute_linear_inputs(linear, (c, h, w), engine)
+        fx.permute_linear_inputs(linear, (c, h, w), engine)
         done += 1
     gm.recompile()
     return done
@@ -204,7 +185,7 @@ def _flatten_channels_last(gm: torch.fx.GraphModule, example, engine: str) -> in
 def _freeze(converted: nn.Module, example, engine: str) -> torch.jit.ScriptModule:
     """Trace the converted model and freeze it: weights become constants, no Python per call."""
     try:
-        with torch.no_grad(), warnings.catch_warnings(), backends.quantized_engine(engine):
+        with torch.no_grad(), warnings.catch_warnings(), quantized_engine(engine):
             warnings.simplefilter("ignore")  # tracer warnings about frozen Python-side shape checks
             return torch.jit.freeze(torch.jit.trace(converted, tuple(example.args), check_trace=False, strict=False).eval())
     except Exception as e:  # noqa: BLE001
@@ -237,7 +218,7 @@ def _summarize(converted: nn.Module, layers: dict[str, str], float_modules: tupl
     quantized: Counter = Counter()
     left = []
     for name, kind in layers.items():
-        if name in mods and backends.fx_is_quantized_module(mods[name]):
+        if name in mods and fx.is_quantized_module(mods[name]):
             quantized[kind] += 1
         else:
             left.append(f"{name} ({kind})")

@@ -1,34 +1,25 @@
-"""Static INT8 for Linear layers, module by module: no graph capture, so it composes with
-fast_transformer's packed path (whose shapes follow the attention mask: neither torch.export nor
-FX can capture it, so static_int8 and static_int8_fx refuse such models).
-
-Each nn.Linear is swapped for StaticInt8Linear: weights int8 per output channel (symmetric),
-the input quantized to uint8 with one scale per layer calibrated on representative inputs (an
-observer hooked on the layer's input while the calibration batches run through the model as it
-is, packed or not), and oneDNN's INT8 matmul (VNNI/AMX) with the FP32 output and bias fused.
-Against dynamic INT8 it saves the per-call range reduction; the price is the classic static one:
-inputs outside the calibrated range are clipped, so optimize's validation decides.
-"""
+"""Static INT8 for nn.Linear, module by module (no graph capture, so it composes with fast_transformer's
+packed path): int8 per-channel weights, uint8 inputs with a calibrated scale, oneDNN's INT8 matmul."""
 from __future__ import annotations
 
-import platform
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
-from .. import backends
-from .. import device as dev
 from ..errors import NotApplicable
+from ..quant import fx, needs_reduce_range
 from ..workload import eval_mode
 from .base import Context, register
-from .static_int8 import NO_CALIBRATION, StaticInt8Config, _needs_reduce_range, _resolve_skip, calibrate
+from .predicates import no_calibration, not_cpu, not_x86, scripted
+from .static_int8 import StaticInt8Config, calibrate, resolve_skip
 
 
 @dataclass(frozen=True)
 class StaticLinearInt8Config(StaticInt8Config):
     """StaticInt8Config's options (observer, max_samples, skip) applied module by module to
-    nn.Linear layers; weights are always per output channel."""
+    nn.Linear layers; weights are always per output channel. Against dynamic INT8 it saves the
+    per-call range reduction; inputs outside the calibrated range are clipped (validation decides)."""
 
     name = "static_linear_int8"
 
@@ -65,12 +56,12 @@ class StaticInt8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._packed is None:
-            self._packed = backends.onednn_linear_prepack(self.weight_int8)
+            self._packed = fx.onednn_linear_prepack(self.weight_int8)
         shape = x.shape
         dtype = x.dtype if x.dtype in (torch.float32, torch.bfloat16) else torch.float32
         x2 = x.reshape(-1, self.in_features).float()
-        y = backends.onednn_static_linear(x2, self.x_scale, self.x_zero_point, self._packed, self.weight_scale,
-                                          self._w_zero_point, self.bias, dtype)
+        y = fx.onednn_static_linear(x2, self.x_scale, self.x_zero_point, self._packed, self.weight_scale,
+                                    self._w_zero_point, self.bias, dtype)
         return y.reshape(*shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
@@ -78,29 +69,24 @@ class StaticInt8Linear(nn.Module):
 
 
 def _applies(model, cfg: StaticLinearInt8Config, ctx: Context) -> str | None:
-    if ctx.device.type != "cpu":
-        return "oneDNN's INT8 matmul runs on CPUs only"
-    if not dev.is_x86():
-        return f"wired for x86 CPUs (oneDNN VNNI/AMX INT8), not {platform.machine()}"
-    if ctx.calibration is None:
-        return NO_CALIBRATION
-    if isinstance(model, torch.jit.ScriptModule):
-        return "a TorchScript model cannot be quantized from outside"
-    if not any(type(m) is nn.Linear for m in model.modules()):
-        return "no nn.Linear layers to quantize"
-    return backends.onednn_linear_missing()
+    return (not_cpu(ctx, "oneDNN's INT8 matmul runs on CPUs only")
+            or not_x86("wired for x86 CPUs (oneDNN VNNI/AMX INT8)")
+            or no_calibration(ctx)
+            or scripted(model)
+            or (None if any(type(m) is nn.Linear for m in model.modules()) else "no nn.Linear layers to quantize")
+            or fx.onednn_linear_missing())
 
 
 @register(StaticLinearInt8Config, applies=_applies)
 def apply_static_linear_int8(model, cfg: StaticLinearInt8Config, ctx: Context):
     model = eval_mode(model)
     example = ctx.example.to(ctx.device)
-    float_modules = set(_resolve_skip(model, cfg.skip))
-    reduce_range = _needs_reduce_range()
+    float_modules = set(resolve_skip(model, cfg.skip))
+    reduce_range = needs_reduce_range()
     targets = {n: m for n, m in model.named_modules() if type(m) is nn.Linear and n not in float_modules}
     if not targets:
         raise NotApplicable("every nn.Linear is in skip", "leave some Linear layers out of skip")
-    observers = {n: backends.eager_activation_observer(cfg.observer, reduce_range) for n in targets}
+    observers = {n: fx.activation_observer(cfg.observer, reduce_range) for n in targets}
     seen_calls = dict.fromkeys(targets, 0)
 
     def hook(name):

@@ -1,8 +1,5 @@
-"""TorchScript trace + freeze + optimize_for_inference: the LEGACY graph path.
-
-TorchScript is in maintenance mode upstream; torch.compile (compile.py) is its successor. It is
-kept because it needs no compiler toolchain at load time and some serving stacks still want it.
-"""
+"""TorchScript trace + freeze + optimize_for_inference: the LEGACY graph path (torch.compile succeeds
+it upstream); kept because it needs no compiler toolchain at load time and some serving stacks want it."""
 from __future__ import annotations
 
 import copy
@@ -12,7 +9,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from .. import backends
+from ..quant import fx
 from .base import Context, TechniqueConfig, register
 
 
@@ -61,7 +58,7 @@ def apply_torchscript(model, cfg: TorchScriptConfig, ctx: Context):
 
 
 class StaticRuntime(nn.Module):
-    """A frozen TorchScript module run by TorchScript's Static Runtime (see backends.static_runtime).
+    """A frozen TorchScript module run by TorchScript's Static Runtime (see quant.fx.static_runtime).
 
     `inner` is the ScriptModule itself: it is what gets saved (torch.jit.save; torch.jit.load and
     libtorch serve it with the standard interpreter, libtorch also has torch::jit::StaticModule).
@@ -70,7 +67,7 @@ class StaticRuntime(nn.Module):
     def __init__(self, inner: torch.jit.ScriptModule):
         super().__init__()
         self.inner = inner
-        self._runtime = backends.static_runtime(inner)
+        self._runtime = fx.static_runtime(inner)
 
     def forward(self, *args):
         return self._runtime(*args)
@@ -85,7 +82,7 @@ class StaticRuntime(nn.Module):
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self._runtime = backends.static_runtime(self.inner)
+        self._runtime = fx.static_runtime(self.inner)
 
 
 def script_module(model: nn.Module) -> torch.jit.ScriptModule | None:

@@ -1,20 +1,5 @@
-"""Weight-only INT8/INT4 (torchao): Linear weights stored in 8 or 4 bits, activations stay float.
-
-Kernels, by case (what apply() picks; ctx.details["weight_only"]["kernel"] says which ran):
-- INT8: torchao Int8WeightOnlyConfig (symmetric, per channel or per group). With BF16 activations
-  and torch.compile, Inductor lowers it to aten._weight_int8pack_mm (fast at batch 1). With FP32
-  activations there is no INT8 weight-only kernel: freezing folds the weight back to FP32, so the
-  gain is size only.
-- INT4 (groups of 32/64/128): a tinygemm-packed layout (asymmetric: scale and zero per group) run by
-  aten._weight_int4pack_mm_for_cpu on CPU, aten._weight_int4pack_mm on CUDA (sm80+). Both need BF16
-  activations to be fast (on CPU the FP32 path of that kernel is 25-50x slower than FP32 eager),
-  so the whole model runs in BF16 behind a cast that keeps FP32 inputs and outputs.
-- Otherwise (no BF16, group 256 on CPU, symmetric INT4 asked for, kernel missing): torchao's
-  portable IntxWeightOnlyConfig, one value per int8 byte, dequantized per call: size only.
-
-Weight-only kernels are decode kernels: they win where the matmul is memory bound (batch 1-4) and
-lose to BF16/INT8 GEMMs from batch ~16 up.
-"""
+"""Weight-only INT8/INT4 (torchao): Linear weights stored in 8 or 4 bits, activations stay float;
+decode kernels: they win where the matmul is memory bound (batch 1-4), lose from batch ~16 up."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,12 +7,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from .. import backends
 from .. import device as dev
-from .ao_dynamic import (
-    _check_common, common_applies, float_note, name_filter, record, select_linears, size_note, tied_note,
-)
+from ..quant import ao
+from .ao_dynamic import float_note, name_filter, record, select_linears, size_note, tied_note
 from .base import Context, TechniqueConfig, register
+from .predicates import check_common, torchao_missing
 from .low_precision import CastIO
 
 BITS = (4, 8)
@@ -48,6 +32,8 @@ class WeightOnlyConfig(TechniqueConfig):
     fast BF16, else FP32), 'fp32' or 'bf16'. skip / min_features: as for ao_int8_dynamic."""
 
     name = "weight_only"
+    lossy = True
+    per_layer_skip = True
     requires = ("native_bf16",)  # the INT8/INT4 weight-only kernels take BF16 activations
     bits: int = 8
     group_size: int | None = None
@@ -72,7 +58,7 @@ class WeightOnlyConfig(TechniqueConfig):
             raise ValueError(f"symmetric must be None, True or False, got {self.symmetric!r}")
         if self.activation_dtype not in ACTIVATION_DTYPES:
             raise ValueError(f"activation_dtype must be one of {ACTIVATION_DTYPES}, got {self.activation_dtype!r}")
-        _check_common(self.skip, self.min_features)
+        check_common(self.skip, self.min_features)
 
     def label(self) -> str:
         s = f"int{self.bits}-weight-only"
@@ -94,6 +80,16 @@ class Plan:
     why_slow: str | None = None  # set where the result gains size only
 
 
+# Kernels, by case (ctx.details["weight_only"]["kernel"] says which ran):
+# - INT8: torchao Int8WeightOnlyConfig (symmetric, per channel or per group). With BF16 activations
+#   and torch.compile, Inductor lowers it to aten._weight_int8pack_mm (fast at batch 1). With FP32
+#   activations there is no INT8 weight-only kernel: freezing folds the weight back to FP32 (size only).
+# - INT4 (groups of 32/64/128): a tinygemm-packed layout (asymmetric: scale and zero per group) run by
+#   aten._weight_int4pack_mm_for_cpu on CPU, aten._weight_int4pack_mm on CUDA (sm80+). Both need BF16
+#   activations to be fast (on CPU the FP32 path of that kernel is 25-50x slower than FP32 eager),
+#   so the whole model runs in BF16 behind a cast that keeps FP32 inputs and outputs.
+# - Otherwise (no BF16, group 256 on CPU, symmetric INT4 asked for, kernel missing): torchao's
+#   portable IntxWeightOnlyConfig, one value per int8 byte, dequantized per call: size only.
 def plan(cfg: WeightOnlyConfig, device: torch.device) -> Plan:
     """Which torchao path runs this config on `device`, in which activation dtype."""
     if cfg.activation_dtype == "auto":
@@ -116,7 +112,7 @@ def plan(cfg: WeightOnlyConfig, device: torch.device) -> Plan:
         return Plan("int4-cuda", act)
     if cfg.group_size not in CPU_INT4_GROUPS:
         return Plan("intx", act, f"the CPU INT4 kernel takes groups of {'/'.join(map(str, CPU_INT4_GROUPS))}")
-    if not backends.int4_cpu_kernel_ok():
+    if not ao.int4_cpu_kernel_ok():
         return Plan("intx", act, "aten._weight_int4pack_mm_for_cpu is missing or failed its check here")
     return Plan("int4-cpu", act)
 
@@ -133,7 +129,7 @@ def _layer_check(cfg: WeightOnlyConfig, p: Plan):
 
 
 def _applies(model, cfg: WeightOnlyConfig, ctx: Context):
-    why = common_applies(model, ctx)
+    why = torchao_missing(model)
     if why:
         return why
     if ctx.device.type not in ("cpu", "cuda"):
@@ -165,12 +161,12 @@ def apply_weight_only(model, cfg: WeightOnlyConfig, ctx: Context):
     flt = name_filter(chosen)
     hqq = cfg.method == "hqq"
     if p.kernel == "int8":
-        backends.ao_int8_weight_only(model, flt, cfg.group_size)
+        ao.int8_weight_only(model, flt, cfg.group_size)
     elif p.kernel in ("int4-cpu", "int4-cuda"):
-        backends.ao_int4_weight_only(model, flt, cfg.group_size, hqq=hqq, device=ctx.device)
+        ao.int4_weight_only(model, flt, cfg.group_size, hqq=hqq, device=ctx.device)
     else:
         sym = cfg.symmetric if cfg.symmetric is not None else cfg.bits == 8
-        backends.ao_intx_weight_only(model, flt, cfg.bits, cfg.group_size, symmetric=sym, hqq=hqq)
+        ao.intx_weight_only(model, flt, cfg.bits, cfg.group_size, symmetric=sym, hqq=hqq)
     after = serialized_bytes(model)
     if bf16:
         model = CastIO(model, torch.bfloat16)

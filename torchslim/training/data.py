@@ -63,9 +63,9 @@ def _digits(images: bool) -> tuple[TensorDataset, TensorDataset]:
 
 
 def _from_factory(spec: str) -> tuple[Dataset, Dataset]:
-    from ..loading import _load_factory_fn, call_user
+    from ..loading import call_user, load_factory_fn
 
-    fn = _load_factory_fn(spec)
+    fn = load_factory_fn(spec)
     name = spec.rpartition(":")[2]
     made = call_user(fn, f"dataset function '{name}'", "fix it (run with --debug for the traceback)")
     if not (isinstance(made, (tuple, list)) and len(made) == 2):

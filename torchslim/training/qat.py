@@ -1,26 +1,5 @@
-"""Quantization-aware training with the PTQ scheme of static_int8, ending on the same INT8 kernels.
-
-    result = fit_qat(model, train_set, test_set, QatConfig(weight_bits=3), TrainConfig(epochs=2, lr=1e-4))
-
-1. PTQ baseline: static_int8's flow (torch.export -> X86InductorQuantizer with histogram
-   activation observers and per-channel weights -> calibrate -> convert_pt2e) on `calib_samples`
-   training samples; its accuracy is what QAT has to beat.
-2. Prepare: the model exported in train mode, prepare_qat_pt2e with the same dtypes and ranges but
-   fake-quantize modules (conv+BN fused the QAT way: BN folded into the fake-quantized weight).
-3. Start where PTQ ended: the activation fake-quantizers get the scales of the PTQ histogram
-   observers, calibrated on the same samples; the weight ones the per-channel ranges PTQ uses.
-4. Fine-tune with the reference loop (fit): cross-entropy, optionally mixed with KL divergence to
-   the FP32 model's logits (distillation). Weight scales follow the weights (activation scales
-   keep PTQ's values unless `observe_activations`); after `freeze_observers_after` steps every
-   scale is fixed, after `freeze_bn_after` steps BatchNorm uses and keeps its running statistics.
-5. Convert: convert_pt2e folds BN and turns fake-quantize modules into quantize/dequantize ops
-   with the learned scales; compiled with Inductor freezing (static_int8.Frozen) the q/dq patterns
-   become oneDNN INT8 convolutions and matmuls, exactly as for PTQ.
-
-Weights narrower than 8 bits (weight_bits 2..7) are int8 values restricted to [-2^(b-1), 2^(b-1)-1]:
-they run on the same INT8 kernels, so they cost accuracy without saving size or time. They are
-here because they make PTQ lose accuracy measurably, which is where QAT earns its keep.
-"""
+"""Quantization-aware training with static_int8's PTQ scheme, ending on the same INT8 kernels:
+PTQ baseline, QAT from PTQ's ranges, conversion (see fit_qat)."""
 from __future__ import annotations
 
 import copy
@@ -33,9 +12,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .. import backends
 from ..errors import SlimError, first_line
 from ..inputs import Example
+from ..quant import needs_reduce_range, pt2e, qat, quiet
 from .data import check_fits, take
 from .distributed import current as current_world
 from .loop import Hooks, LossFn, TrainConfig, TrainResult, accuracy, fit
@@ -43,7 +22,9 @@ from .loop import Hooks, LossFn, TrainConfig, TrainResult, accuracy, fit
 
 @dataclass(frozen=True)
 class QatConfig:
-    weight_bits: int = 8  # 2..8; below 8 the int8 weights use a narrower range (see the module docstring)
+    # 2..8. Below 8: int8 values restricted to [-2^(b-1), 2^(b-1)-1]; the same INT8 kernels run them, so
+    # they cost accuracy without saving size or time. They make PTQ lose accuracy: where QAT earns its keep.
+    weight_bits: int = 8
     distill: float = 0.0  # weight of the KL term to the FP32 model's logits (0: cross-entropy only)
     temperature: float = 2.0  # distillation softmax temperature
     freeze_bn_after: int | None = None  # steps; None: after 60 % of the steps
@@ -55,7 +36,7 @@ class QatConfig:
     lower: bool = True  # compile the result with Inductor (INT8 kernels); False: reference q/dq graph only
 
     def __post_init__(self):
-        backends.pt2e_weight_range(self.weight_bits)  # raises on a bad width
+        pt2e.weight_range(self.weight_bits)  # raises on a bad width
         if not 0.0 <= self.distill <= 1.0:
             raise ValueError(f"distill must be in [0, 1], not {self.distill}")
         if self.temperature <= 0:
@@ -100,12 +81,27 @@ class QatResult:
 
 def fit_qat(model: nn.Module, train_set: Dataset, test_set: Dataset, cfg: QatConfig, train_cfg: TrainConfig, *,
             out: str | None = None, restart: bool = False, progress: bool = True) -> QatResult:
-    """PTQ baseline, QAT from PTQ's ranges, conversion to INT8; see the module docstring.
-    `model` is the trained FP32 model (left unchanged; it is the distillation teacher)."""
+    """PTQ baseline, QAT from PTQ's ranges, conversion to INT8. `model` is the trained FP32 model
+    (left unchanged; it is the distillation teacher).
+
+        result = fit_qat(model, train_set, test_set, QatConfig(weight_bits=3), TrainConfig(epochs=2, lr=1e-4))
+
+    1. PTQ baseline: static_int8's flow (export -> histogram observers, per-channel weights ->
+       calibrate -> convert) on `calib_samples` training samples; its accuracy is what QAT must beat.
+    2. Prepare: the model exported in train mode, prepare_qat_pt2e with the same dtypes and ranges
+       but fake-quantize modules (conv+BN fused the QAT way: BN folded into the fake-quantized weight).
+    3. Start where PTQ ended: activation fake-quantizers get the PTQ histogram observers' scales
+       (same samples); the weight ones the per-channel ranges PTQ uses.
+    4. Fine-tune with the reference loop (fit): cross-entropy, optionally mixed with KL divergence to
+       the FP32 logits. Weight scales follow the weights (activation scales keep PTQ's unless
+       `observe_activations`); after `freeze_observers_after` steps every scale is fixed, after
+       `freeze_bn_after` steps BatchNorm uses and keeps its running statistics.
+    5. Convert: BN folded, fake-quantizers -> q/dq ops with the learned scales; compiled with Inductor
+       freezing (static_int8.Frozen) they become oneDNN INT8 convolutions and matmuls, as for PTQ."""
     if torch.device(train_cfg.device).type != "cpu":
         raise SlimError("QAT here targets the X86 INT8 kernels (PT2E X86InductorQuantizer) and runs on CPU",
                         "use --device cpu")
-    missing = backends.pt2e_missing()
+    missing = pt2e.missing()
     if missing:
         raise SlimError(missing, "pip install torchao")
     if train_cfg.precision not in ("auto", "fp32"):
@@ -150,9 +146,7 @@ def fit_qat(model: nn.Module, train_set: Dataset, test_set: Dataset, cfg: QatCon
     converted = convert(prepared)
     secs["convert"] = time.perf_counter() - t
     qat_acc = accuracy(converted, test_set, train_cfg.eval_batch_size)
-    from ..techniques.static_int8 import _summarize
-
-    quantized = _summarize(converted, ())
+    quantized = pt2e.summarize(converted)
     int8_model, int8_acc, kernels = converted, None, {}
     if cfg.lower:
         say("compiling with Inductor (oneDNN INT8 kernels)")
@@ -170,31 +164,28 @@ def fit_qat(model: nn.Module, train_set: Dataset, test_set: Dataset, cfg: QatCon
 
 def ptq(model: nn.Module, example: Example, calib: list[torch.Tensor], weight_bits: int = 8) -> torch.fx.GraphModule:
     """static_int8's PTQ (histogram activations, per-channel weights narrowed to `weight_bits`) as a
-    converted reference q/dq graph."""
-    from ..techniques.static_int8 import _drop_unused_tensors, _needs_reduce_range, export
-
-    gm, _ = export(_for_export(model, example, training=False), example)
-    prepared = backends.pt2e_prepare(gm, backends.pt2e_x86_quantizer_bits(weight_bits, _needs_reduce_range()))
+    converted reference q/dq graph: the quant.pt2e flow, every calibration batch used."""
+    gm, _ = pt2e.export(_for_export(model, example, training=False), example)
+    quantizer = pt2e.x86_quantizer(observer="histogram", per_channel=True, reduce_range=needs_reduce_range(),
+                                   weight_bits=weight_bits)
+    prepared = pt2e.prepare(gm, quantizer)
     with torch.no_grad():
-        for x in calib:
-            prepared(x)
-        converted = backends.pt2e_convert(prepared)
-    _drop_unused_tensors(converted)
+        pt2e.calibrate(prepared, [Example((x,)) for x in calib], example, progress=False)
+        converted = pt2e.convert(prepared)
+    pt2e.drop_unused_tensors(converted)
     return converted
 
 
 def prepare(model: nn.Module, example: Example, weight_bits: int = 8) -> torch.fx.GraphModule:
     """The model exported in train mode with fake-quantize modules (observers not yet seeded)."""
-    from ..techniques.static_int8 import _needs_reduce_range, export
-
-    gm, _ = export(_for_export(model, example, training=True), example)
+    gm, _ = pt2e.export(_for_export(model, example, training=True), example)
     try:
-        prepared = backends.pt2e_prepare_qat(gm, backends.pt2e_x86_qat_quantizer(weight_bits, _needs_reduce_range()))
+        prepared = qat.prepare_qat(gm, qat.x86_qat_quantizer(weight_bits, needs_reduce_range()))
     except (IndexError, NotImplementedError, AssertionError, RuntimeError) as e:
         where = first_line(e)
         raise SlimError(f"torchao's X86InductorQuantizer could not prepare this model for QAT ({type(e).__name__}: {where[:200]})",
                         "use PTQ (static_int8) for this model") from e
-    backends.pt2e_set_training(prepared, False)
+    qat.set_training(prepared, False)
     return prepared
 
 
@@ -204,15 +195,13 @@ def start_from_ptq(prepared: torch.fx.GraphModule, calib: list[torch.Tensor]) ->
     quantizer's input to a histogram observer like static_int8's; then set each activation
     quantizer's scale/zero point (and its min/max observer's range) from the histogram, and let the
     weight quantizers observe the current (BN-folded) weights once."""
-    from ..techniques.static_int8 import _needs_reduce_range
-
-    backends.pt2e_set_training(prepared, False)
-    fqs = backends.pt2e_fake_quantizers(prepared)
+    qat.set_training(prepared, False)
+    fqs = qat.fake_quantizers(prepared)
     acts = [m for _, m in fqs if not _is_weight(m)]
     for _, m in fqs:
         m.disable_fake_quant()
         m.disable_observer()
-    hists = [backends.pt2e_histogram_observer(_needs_reduce_range()) for _ in acts]
+    hists = [qat.histogram_observer(needs_reduce_range()) for _ in acts]
     hooks = [m.register_forward_pre_hook(lambda mod, args, h=h: h(args[0].detach())) for m, h in zip(acts, hists)]
     try:
         with torch.no_grad():
@@ -241,14 +230,12 @@ def start_from_ptq(prepared: torch.fx.GraphModule, calib: list[torch.Tensor]) ->
 def convert(prepared: torch.fx.GraphModule) -> torch.fx.GraphModule:
     """Fake-quantize modules -> quantize/dequantize ops with the trained scales (reference graph);
     `prepared` is left as it is."""
-    from ..techniques.static_int8 import _drop_unused_tensors
-
     model = copy.deepcopy(prepared)
-    backends.pt2e_set_training(model, False)
+    qat.set_training(model, False)
     with torch.no_grad():
-        converted = backends.pt2e_convert_qat(model)
-    backends.pt2e_set_training(converted, False)
-    _drop_unused_tensors(converted)
+        converted = qat.convert_qat(model)
+    qat.set_training(converted, False)
+    pt2e.drop_unused_tensors(converted)
     return converted
 
 
@@ -262,7 +249,7 @@ def lower(converted: torch.fx.GraphModule, example: Example) -> tuple[nn.Module,
     keys = {"conv": "qconv_weight_prepack_matcher_count", "linear": "qlinear_weight_prepack_matcher_count"}
     before = {k: counters["inductor"][v] for k, v in keys.items()}
     model = Frozen(converted)
-    with backends.quiet():
+    with quiet():
         example(model)
     return model, {k: counters["inductor"][v] - before[k] for k, v in keys.items()}
 
@@ -286,7 +273,7 @@ def accuracy_fixed_batch(model: nn.Module, ds: Dataset, batch: int) -> float:
 def set_mode(model: torch.fx.GraphModule, training: bool) -> None:
     """train()/eval() for the QAT graph. Evaluation never moves a scale: observers go off here, and
     the Freezer turns them back on (or not) before each training step."""
-    backends.pt2e_set_training(model, training)
+    qat.set_training(model, training)
     if not training:
         _set_observers(model, False)
 
@@ -303,9 +290,9 @@ class Freezer:
 
     def __call__(self, model: torch.fx.GraphModule, step: int) -> None:
         if step >= self.bn_at:
-            backends.pt2e_freeze_batchnorm(model)
+            qat.freeze_batchnorm(model)
         observing = step < self.observers_at
-        for _, m in backends.pt2e_fake_quantizers(model):
+        for _, m in qat.fake_quantizers(model):
             m.enable_observer(observing and (self.activations or _is_weight(m)))
 
 
@@ -330,10 +317,8 @@ def distillation(teacher: nn.Module, weight: float, temperature: float, label_sm
 def _for_export(model: nn.Module, example: Example, training: bool) -> nn.Module:
     """A copy ready for torch.export: activations called twice get one module per call (as in
     static_int8), then train or eval mode."""
-    from ..techniques.static_int8 import _unshare_activations
-
     m = copy.deepcopy(model).eval()
-    _unshare_activations(m, example)  # runs the example in eval mode: BN statistics stay as they are
+    pt2e.unshare_activations(m, example)  # runs the example in eval mode: BN statistics stay as they are
     return m.train(training)
 
 
@@ -350,7 +335,7 @@ def _is_weight(fq) -> bool:
 
 
 def _set_observers(model: nn.Module, on: bool) -> None:
-    for _, m in backends.pt2e_fake_quantizers(model):
+    for _, m in qat.fake_quantizers(model):
         m.enable_observer(on)
 
 
@@ -379,11 +364,9 @@ def save_int8(converted: torch.fx.GraphModule, example: Example, path: str) -> N
     """The converted q/dq graph as a torch.export program (atomic write), loadable by load_int8()
     or as a `model.pt2` model spec."""
     from ..fileio import atomic_write
-    from ..techniques.static_int8 import _auto_shapes, _quiet_export
-
-    with backends.quiet(), _quiet_export():
+    with quiet(), pt2e.quiet_export():
         try:
-            ep = torch.export.export(converted, tuple(example.args), strict=False, dynamic_shapes=_auto_shapes(converted, example))
+            ep = torch.export.export(converted, tuple(example.args), strict=False, dynamic_shapes=pt2e.auto_shapes(converted, example))
         except Exception:  # noqa: BLE001 - fall back to the example's fixed shapes
             ep = torch.export.export(converted, tuple(example.args), strict=False)
     atomic_write(path, lambda f: torch.export.save(ep, f))

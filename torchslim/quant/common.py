@@ -1,0 +1,60 @@
+"""Helpers every quantization flow shares: quiet upstream calls, the quantized engine, observer names."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+
+import torch
+
+from .. import device as dev
+
+# Activation range observers of the static configs, by our name -> upstream class name (the same
+# names in torch.ao.quantization.observer and torchao.quantization.pt2e.observer).
+OBSERVER_CLASSES = {"minmax": "MinMaxObserver", "moving_average": "MovingAverageMinMaxObserver",
+                    "histogram": "HistogramObserver"}
+OBSERVERS = tuple(OBSERVER_CLASSES)
+
+
+def observer_class(module, observer: str):
+    """The class for an observer name of the static configs, from `module` (an observer module)."""
+    return getattr(module, OBSERVER_CLASSES[observer])
+
+
+@contextlib.contextmanager
+def quiet():
+    """Silence deprecation chatter and torchao's optional-kernel loader messages."""
+    loggers = [logging.getLogger(n) for n in ("torchao", "torch.ao")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, lv in zip(loggers, levels):
+            lg.setLevel(lv)
+
+
+@contextlib.contextmanager
+def quantized_engine(name: str | None):
+    """torch.backends.quantized.engine set to `name` for the block (if this build has it)."""
+    before = torch.backends.quantized.engine
+    if name and name in torch.backends.quantized.supported_engines:
+        torch.backends.quantized.engine = name
+    try:
+        yield
+    finally:
+        torch.backends.quantized.engine = before
+
+
+def needs_reduce_range() -> bool:
+    """7-bit activations on x86 CPUs without VNNI (their u8*s8 multiply-add can saturate)."""
+    flags = dev.cpu_flags()
+    return bool(flags) and not ({"avx512_vnni", "avx_vnni", "amx_int8"} & flags)
+
+
+def unavailable(what: str, e: Exception) -> str:
+    """One line saying `what` is unavailable because of `e`."""
+    return f"{what} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
