@@ -120,9 +120,9 @@ def candidates(device: torch.device) -> list[Recipe]:
     if "bf16" in lows:
         out += [_im(WeightOnlyConfig(bits=8), comp)]
     out += [_im(WeightOnlyConfig(bits=4, group_size=128))]
-    from .engines import engine_candidates
+    from .techniques import CONFIGS  # the techniques' own recipes (engines: techniques/aoti.py, ort.py, openvino.py)
 
-    out += engine_candidates(device)  # AOTInductor, ONNX Runtime, OpenVINO (engines.py)
+    out += [Recipe(steps) for cls in CONFIGS.values() if hasattr(cls, "candidates") for steps in cls.candidates(device)]
     return out
 
 
