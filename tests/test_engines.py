@@ -158,6 +158,55 @@ def test_broken_engine_result_is_rejected_and_failures_are_rows(tmp_path):
     assert run.recipes[1].status == "failed" and "ONNX export failed" in run.recipes[1].reason
 
 
+@needs_ort
+@pytest.mark.parametrize("batch", [2, 1])
+def test_engine_recipe_serves_other_batch_sizes_and_passes_validation(batch):
+    """The export keeps the batch dynamic (exported at batch 2 where the example has batch 1), so
+    validation's other-batch check (batch 1, or 2 for a batch-1 example) passes."""
+    model, _, _ = _case("cnn")
+    example = Example((torch.randn(batch, 3, 12, 12),))
+    run = torchslim.optimize(torchslim.Workload(model=model, example=example),
+                             torchslim.OptimizeConfig(recipes=("ort",), rounds=1, threads=2, save_model=False, early_reject=False), progress=False)
+    row = run.recipes[1]
+    assert row.status in ("ok", "chosen"), (row.status, row.reason)
+    assert row.validation["shapes"] == "other shapes checked"
+    assert any(c["kind"] == "shape" and c["result"] == "ok" for c in row.validation["checks"])
+    assert any("dynamic batch" in n for n in row.notes)
+
+
+@needs_ort
+def test_static_engine_export_says_which_batch_it_serves():
+    """A model that bakes its batch size in exports static; the row says so and a call at another
+    batch is an error naming the shape, not a wrong answer."""
+
+    class FixedBatch(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+
+        def forward(self, x):  # the same math at every batch size, but export specializes on the branch
+            return self.lin(x) if x.shape[0] == 2 else self.lin(x).clone()
+
+    example = Example((torch.randn(2, 3, 4),))
+    run = torchslim.optimize(torchslim.Workload(model=FixedBatch().eval(), example=example),
+                             torchslim.OptimizeConfig(recipes=("ort",), rounds=1, threads=2, save_model=False, early_reject=False), progress=False)
+    row = run.recipes[1]
+    assert any("serves batch 2 only" in n for n in row.notes), row.notes
+    assert row.status == "rejected" and row.validation["shapes"] == "example shape only", (row.status, row.reason)
+    assert "works only at the example's shape" in row.reason
+
+
+@needs_ort
+def test_torchscript_onnx_exporter_keeps_the_batch_dynamic(tmp_path):
+    from torchslim.techniques.ort import export_onnx_with, onnx_input_shapes
+
+    model, example, _ = _case("cnn")
+    path = str(tmp_path / "m.onnx")
+    export_onnx_with(model, example, {0: "batch"}, path, dynamo=False)
+    (shape,) = onnx_input_shapes(path)
+    assert isinstance(shape[0], str) and shape[1:] == (3, 12, 12)
+
+
 def test_absent_engine_is_a_skip_that_names_the_extra():
     assert engines.missing("torch") is None
     assert engines.missing("no_such_engine_xyz") == "install torchslim[no_such_engine_xyz] (no no_such_engine_xyz here)"
@@ -175,6 +224,10 @@ def test_aoti_package_serves_in_a_fresh_process_without_torchslim(tmp_path):
     artifacts.save(folder, model, Recipe((AotiConfig(),)), example, spec=None, reference_output=out, optimized=slim)
     with torch.no_grad():
         assert torch.equal(example(torchslim.load(folder)), out)
+        for n in (1, 5):  # the batch is dynamic in the package
+            x = torch.randn(n, 3, 12, 12)
+            assert compare(model(x), slim(x)).min_cosine >= 0.9999
+    assert slim.meta["dynamic"] == ["batch"] and slim.meta["input_shapes"] == [[None, 3, 12, 12]]
     torch.save(example.args[0], tmp_path / "x.pt")
     code = textwrap.dedent(f"""
         import sys, torch

@@ -144,6 +144,25 @@ def export_with_shapes(export: Callable, example, dims: dict[int, str]) -> tuple
     return result, shapes_meta(example, dims, [], f"serves {what} only (export with dynamic shapes failed: {why[:160]})")
 
 
+
+def torch_export(model: nn.Module, example, dims: dict[int, str]) -> tuple[torch.export.ExportedProgram, list[tuple]]:
+    """torch.export (non-strict) with `dims` Dim.AUTO; (program, its input shapes: an int where
+    static, a str where dynamic)."""
+    from torch.fx.experimental.symbolic_shapes import is_concrete_int
+
+    shapes = dynamic_shapes(model, example, dims) if dims else None
+    with quiet():
+        ep = torch.export.export(model, tuple(example.args), dict(example.kwargs), dynamic_shapes=shapes, strict=False)
+    user = set(ep.graph_signature.user_inputs)
+    vals = [n.meta.get("val") for n in ep.graph.nodes if n.op == "placeholder" and n.name in user]
+    return ep, [tuple(int(d) if is_concrete_int(d) else str(d) for d in v.shape) for v in vals if isinstance(v, torch.Tensor)]
+
+
+def export_program(model: nn.Module, example) -> tuple[torch.export.ExportedProgram, dict]:
+    """torch.export of `model` with the batch (and a token model's sequence length) dynamic where
+    the model allows it; (program, shapes_meta(...))."""
+    return export_with_shapes(lambda ex, dims: torch_export(model, ex, dims), example, dynamic_dims(example))
+
 def shapes_meta(example, dims: dict[int, str], kept: list[str], note: str) -> dict:
     """What engine.json records about the shapes an engine graph serves: the dynamic dimensions,
     the row's note, and every input's shape (None where dynamic)."""

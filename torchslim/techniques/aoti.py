@@ -63,20 +63,17 @@ def _applies(model, cfg: AotiConfig, ctx: Context):
     return None
 
 
-def export_program(model: torch.nn.Module, example) -> tuple[torch.export.ExportedProgram, dict]:
-    """torch.export of `model` with the batch (and a token model's sequence length) dynamic where
-    the model allows it; (program, {"dynamic": [...], "serves": note})."""
-    dims = engines.dynamic_dims(example)
+def _package(ep, cfg: AotiConfig, check: tuple | None = None) -> tuple[bytes, float]:
+    """The .pt2 package's bytes, and where `check` = (inputs, expected outputs) the smallest cosine
+    of the package's outputs to the expected ones (1.0 unchecked)."""
+    from ..fidelity import compare
 
-    def export(ex, dims):
-        shapes = engines.dynamic_shapes(model, ex, dims) if dims else None
-        with engines.quiet():
-            ep = torch.export.export(model, tuple(ex.args), dict(ex.kwargs), dynamic_shapes=shapes, strict=False)
-        user = set(ep.graph_signature.user_inputs)
-        vals = [n.meta.get("val") for n in ep.graph.nodes if n.op == "placeholder" and n.name in user]
-        return ep, [tuple(v.shape) for v in vals if isinstance(v, torch.Tensor)]
-
-    return engines.export_with_shapes(export, example, dims)
+    with tempfile.TemporaryDirectory(prefix="torchslim-aoti-") as tmp, engines.quiet():
+        path = torch._inductor.aoti_compile_and_package(ep, package_path=os.path.join(tmp, "model.pt2"),
+                                                        inductor_configs={"freezing": cfg.freezing})
+        cos = 1.0 if check is None else compare(check[1], check[0](torch._inductor.aoti_load_package(path))).min_cosine
+        with open(path, "rb") as f:
+            return f.read(), cos
 
 
 @register(AotiConfig, applies=_applies)
@@ -88,13 +85,21 @@ def apply_aoti(model, cfg: AotiConfig, ctx: Context):
         from .low_precision import CastIO
 
         inner = CastIO(inner.to(torch.bfloat16), torch.bfloat16)
+    ex = ctx.example
     with torch.no_grad():
-        ep, shapes = export_program(inner, ctx.example)
-        with tempfile.TemporaryDirectory(prefix="torchslim-aoti-") as tmp, engines.quiet():
-            path = torch._inductor.aoti_compile_and_package(ep, package_path=os.path.join(tmp, "model.pt2"),
-                                                            inductor_configs={"freezing": cfg.freezing})
-            with open(path, "rb") as f:
-                data = f.read()
+        ep, shapes = engines.export_program(inner, ex)
+        # Inductor compiled the PT2E INT8 graph of the Fashion CNN with a dynamic batch to wrong
+        # outputs (min cosine -0.66; static: 0.99995, torch 2.13): a dynamic package is checked
+        # against the graph it was compiled from, and compiled static where it disagrees.
+        data, cos = _package(ep, cfg, (ex, ex(inner)) if shapes["dynamic"] else None)
+        if cos < 0.999:
+            ep, _ = engines.torch_export(inner, ex, {})
+            data, _ = _package(ep, cfg)
+            dims = engines.dynamic_dims(ex)
+            size = ex.tensors()[0].shape
+            what = " and ".join(f"{name} {size[i]}" for i, name in dims.items())
+            shapes = engines.shapes_meta(ex, dims, [], f"serves {what} only (the package compiled with dynamic shapes "
+                                                        f"gave wrong outputs: min cosine {cos:.3f} to the exported graph)")
     ctx.notes.append("AOTInductor package (torch.export + aoti_compile_and_package, weights frozen)"
                      + (" of the PT2E INT8 graph" if isinstance(model, Compiled) else "") + f"; {shapes['serves']}")
     return engines.AotiModule({"model.pt2": data}, {**out_spec, **shapes, "threads": torch.get_num_threads(),

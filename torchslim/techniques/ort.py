@@ -74,7 +74,7 @@ def export_onnx(model: torch.nn.Module, example, path: str) -> tuple[str, dict]:
         errors = []
         for dynamo in (True, False):
             try:
-                _export_onnx(model, ex, dims, path, dynamo)
+                export_onnx_with(model, ex, dims, path, dynamo)
                 return ("dynamo" if dynamo else "torchscript"), onnx_input_shapes(path)
             except Exception as e:  # noqa: BLE001 - try the other exporter
                 msg = re.sub(r"\x1b\[[0-9;]*m", "", first_line(e))  # the exporter colours its messages
@@ -84,25 +84,38 @@ def export_onnx(model: torch.nn.Module, example, path: str) -> tuple[str, dict]:
     return engines.export_with_shapes(export, example, engines.dynamic_dims(example))
 
 
-def _export_onnx(model, ex, dims: dict[int, str], path: str, dynamo: bool) -> None:
-    kw: dict = {"verbose": False} if dynamo else {}
-    if dims and dynamo:
-        kw["dynamic_shapes"] = engines.dynamic_shapes(model, ex, dims)
-    elif dims:
-        names = [f"input{i}" for i in range(len(ex.tensors()))]
-        kw.update(input_names=names, dynamic_axes={n: {i: d.replace(" ", "_") for i, d in dims.items()} for n in names})
-    with quiet(), torch.no_grad():
-        torch.onnx.export(model, tuple(ex.args), path, kwargs=ex.kwargs or None, dynamo=dynamo, external_data=False, **kw)
+def export_onnx_with(model, ex, dims: dict[int, str], path: str, dynamo: bool) -> None:
+    """One ONNX export of `model` at the inputs `ex`, `dims` dynamic in every input tensor (dynamo:
+    from torch.export's program, whose specialized dimensions then stay static in the graph)."""
+    with torch.no_grad():
+        if dynamo:
+            ep, _ = engines.torch_export(model, ex, dims)
+            with quiet():
+                torch.onnx.export(ep, (), path, dynamo=True, external_data=False, verbose=False)
+            return
+        kw: dict = {}
+        if dims:
+            names = [f"input{i}" for i in range(len(ex.tensors()))]
+            kw.update(input_names=names, dynamic_axes={n: {i: d.replace(" ", "_") for i, d in dims.items()} for n in names})
+        with quiet():
+            torch.onnx.export(model, tuple(ex.args), path, kwargs=ex.kwargs or None, dynamo=False, external_data=False, **kw)
 
 
 def onnx_input_shapes(path: str) -> list[tuple]:
-    """The ONNX graph's input shapes, a dynamic dimension as its name (a str)."""
+    """The ONNX graph's input shapes, a dynamic dimension as its name (a str). A dimension the
+    export specialized (the dynamo exporter names it by its value, "2") is written back as static."""
     import onnx
 
-    graph = onnx.load(path, load_external_data=False).graph
-    inits = {i.name for i in graph.initializer}
-    return [tuple(d.dim_param if d.HasField("dim_param") or not d.HasField("dim_value") else d.dim_value
-                  for d in i.type.tensor_type.shape.dim) for i in graph.input if i.name not in inits]
+    proto = onnx.load(path, load_external_data=False)
+    inits = {i.name for i in proto.graph.initializer}
+    inputs = [i for i in proto.graph.input if i.name not in inits]
+    fixed = [d for i in inputs for d in i.type.tensor_type.shape.dim if d.HasField("dim_param") and d.dim_param.isdigit()]
+    for d in fixed:
+        d.dim_value = int(d.dim_param)
+    if fixed:
+        onnx.save(proto, path)
+    return [tuple(d.dim_value if d.HasField("dim_value") else d.dim_param or "?" for d in i.type.tensor_type.shape.dim)
+            for i in inputs]
 
 
 def has_attention(model: torch.nn.Module) -> bool:
