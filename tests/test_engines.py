@@ -207,6 +207,33 @@ def test_torchscript_onnx_exporter_keeps_the_batch_dynamic(tmp_path):
     assert isinstance(shape[0], str) and shape[1:] == (3, 12, 12)
 
 
+@pytest.mark.parametrize("cfg", [pytest.param(OrtStaticInt8Config(skip=("net.2",)), marks=needs_ort, id="ort-int8-static"),
+                                 pytest.param(OpenVinoInt8Config(skip=("net.2",)), marks=needs_ov, id="openvino-int8")])
+def test_engine_int8_keeps_a_skipped_conv_in_float(cfg):
+    """`skip` (what the sensitivity fallback sets) maps module names to ONNX nodes (nodes_to_exclude)
+    or OpenVINO ops (nncf ignored_scope): that Conv's weight stays float in the engine graph."""
+    model, example, calib = _case("cnn")
+    slim, ctx = _apply(model, cfg, example, calib)
+    assert ctx.details[cfg.name]["float"] == ["net.2"] and set(ctx.details[cfg.name]["quantized"]) == {"net.0", "net.6"}
+    if isinstance(cfg, OrtStaticInt8Config):
+        import onnx
+
+        graph = onnx.load_from_string(slim.file("model.onnx")).graph
+        made_by = {o: n.op_type for n in graph.node for o in n.output}
+        weight_from = {n.name: made_by.get(n.input[1], "initializer") for n in graph.node if n.op_type == "Conv"}
+        assert sorted(weight_from.values()) == ["DequantizeLinear", "initializer"], weight_from
+    else:
+        import numpy as np
+        import openvino as ov
+
+        ir = ov.Core().read_model(slim.file("model.xml").decode(), ov.Tensor(np.frombuffer(slim.file("model.bin"), dtype=np.uint8)))
+        convs = {op.get_friendly_name().split("/")[0]: {i.get_source_output().get_node().get_type_name() for i in op.inputs()}
+                 for op in ir.get_ops() if op.get_type_name() == "Convolution"}
+        assert "FakeQuantize" in convs["__module.net.0"] and "FakeQuantize" not in convs["__module.net.2"], convs
+    with torch.no_grad():
+        assert compare(example(model), example(slim)).min_cosine >= 0.98
+
+
 def test_absent_engine_is_a_skip_that_names_the_extra():
     assert engines.missing("torch") is None
     assert engines.missing("no_such_engine_xyz") == "install torchslim[no_such_engine_xyz] (no no_such_engine_xyz here)"

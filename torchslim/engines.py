@@ -4,6 +4,7 @@ export helpers the engine recipes (techniques/aoti.py, ort.py, openvino.py) shar
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import importlib.util
 import io
 import json
@@ -179,6 +180,29 @@ def shape_mismatch(fixed: list[list], flat) -> str | None:
         if len(want) != t.dim() or any(w is not None and w != n for w, n in zip(want, t.shape)):
             return f"input {i} has shape {tuple(t.shape)}, the graph takes {tuple('*' if w is None else w for w in want)}"
     return None
+
+
+# -- layers kept in float (the sensitivity fallback's `skip`) ------------------------------------
+
+def quantizable_layers(model: nn.Module) -> list[str]:
+    """The module names of the model's Conv/Linear layers: what an engine's INT8 quantizes and
+    what `skip` patterns name."""
+    kinds = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+    return [n for n, m in model.named_modules() if n and isinstance(m, kinds)]
+
+
+def resolve_skip(model: nn.Module, patterns: tuple[str, ...]) -> list[str]:
+    """The Conv/Linear layers the fnmatch `patterns` name (a pattern matching none is an error)."""
+    from .errors import SlimError
+
+    layers, out = quantizable_layers(model), []
+    for p in patterns:
+        hits = [n for n in layers if fnmatch.fnmatchcase(n, p)]
+        if not hits:
+            raise SlimError(f"skip pattern '{p}' matches no Conv/Linear layer of the model",
+                            f"layer names look like: {', '.join(layers[:5])}{', ...' if len(layers) > 5 else ''}")
+        out += [h for h in hits if h not in out]
+    return out
 
 # -- the engine model ----------------------------------------------------------------------------
 

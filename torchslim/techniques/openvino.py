@@ -53,14 +53,18 @@ class OpenVinoInt8Config(TechniqueConfig):
     engine: ClassVar[str] = "openvino"
     needs_calibration = True
     lossy: ClassVar[bool] = True
+    per_layer_skip: ClassVar[bool] = True  # skip -> nncf.IgnoredScope
     max_samples: int = DEFAULT_SAMPLES
+    skip: tuple[str, ...] = ()  # fnmatch patterns of Conv/Linear module names to keep in float
 
     def __post_init__(self):
         if self.max_samples < 1:
             raise ValueError(f"max_samples must be >= 1, not {self.max_samples}")
+        if isinstance(self.skip, str) or not all(isinstance(p, str) and p for p in self.skip):
+            raise ValueError(f"skip must be a tuple of module-name patterns, not {self.skip!r}")
 
     def label(self) -> str:
-        return "openvino-int8"
+        return "openvino-int8" + ("-skip" if self.skip else "")
 
 
 def default_is_fp32() -> bool:
@@ -126,16 +130,36 @@ def _set_shapes(ov_model, example) -> dict:
     return engines.shapes_meta(example, dims, *engines.served_shapes(example, dims, shapes))
 
 
+def layer_ops(ov_model, model) -> dict[str, list[str]]:
+    """Conv/Linear module name -> the names of the OpenVINO ops it became (the PyTorch frontend
+    names them '__module.<name>/aten::...')."""
+    out: dict[str, list[str]] = {}
+    names = [op.get_friendly_name() for op in ov_model.get_ops()]
+    for layer in engines.quantizable_layers(model):
+        prefix = f"__module.{layer}/"
+        hits = [n for n in names if n.startswith(prefix)]
+        if hits:
+            out[layer] = hits
+    return out
+
+
 def _nncf_int8(ov_model, model, cfg: OpenVinoInt8Config, ctx: Context, notes: list[str]):
     import nncf
 
     batches = cap(ctx.calibration(), cfg.max_samples)
     dataset = nncf.Dataset(batches, lambda b: [t.detach().cpu().numpy() for t in b.tensors()])
     kind = nncf.ModelType.TRANSFORMER if has_attention(model) else None
+    ops, floats = layer_ops(ov_model, model), engines.resolve_skip(model, cfg.skip)
+    missing = [f for f in floats if f not in ops]
+    if missing:
+        raise RuntimeError(f"cannot keep {', '.join(missing)} in float: no OpenVINO op is named after it (ONNX frontend?)")
+    ignored = nncf.IgnoredScope(names=[n for f in floats for n in ops[f]], validate=False) if floats else None
+    ctx.details[cfg.name] = {"quantized": [n for n in ops if n not in floats], "float": floats}
     with quiet():
-        quantized = nncf.quantize(ov_model, dataset, subset_size=len(batches), model_type=kind)
+        quantized = nncf.quantize(ov_model, dataset, subset_size=len(batches), model_type=kind,
+                                  **({"ignored_scope": ignored} if ignored else {}))
     notes.append(f"nncf.quantize on {sum(b.batch_size for b in batches)} calibration samples"
-                 + (", model_type=TRANSFORMER" if kind else ""))
+                 + (", model_type=TRANSFORMER" if kind else "") + (f"; kept in float: {', '.join(floats)}" if floats else ""))
     return quantized
 
 

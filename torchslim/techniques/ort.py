@@ -52,15 +52,19 @@ class OrtStaticInt8Config(TechniqueConfig):
     engine: ClassVar[str] = "onnxruntime"
     needs_calibration = True
     lossy: ClassVar[bool] = True
+    per_layer_skip: ClassVar[bool] = True  # skip -> quantize_static(nodes_to_exclude=...)
     per_channel: bool = True
     max_samples: int = DEFAULT_SAMPLES
+    skip: tuple[str, ...] = ()  # fnmatch patterns of Conv/Linear module names to keep in float
 
     def __post_init__(self):
         if self.max_samples < 1:
             raise ValueError(f"max_samples must be >= 1, not {self.max_samples}")
+        if isinstance(self.skip, str) or not all(isinstance(p, str) and p for p in self.skip):
+            raise ValueError(f"skip must be a tuple of module-name patterns, not {self.skip!r}")
 
     def label(self) -> str:
-        return "ort-int8-static" + ("" if self.per_channel else "-per-tensor")
+        return "ort-int8-static" + ("" if self.per_channel else "-per-tensor") + ("-skip" if self.skip else "")
 
 
 # -- export -------------------------------------------------------------------------------------
@@ -155,7 +159,29 @@ class _Reader:
         self._it = iter(self._feeds)
 
 
-def _static_int8(path: str, tmp: str, cfg: OrtStaticInt8Config, ctx: Context, notes: list[str]) -> str:
+def onnx_layers(path: str) -> dict[str, list[str]]:
+    """module name -> the names of the ONNX nodes it became (the dynamo exporter's name_scopes
+    metadata, or the TorchScript exporter's '/a/a.b/Op' node names)."""
+    import ast
+
+    import onnx
+
+    out: dict[str, list[str]] = {}
+    for node in onnx.load(path, load_external_data=False).graph.node:
+        meta = {p.key: p.value for p in node.metadata_props}
+        if "pkg.torch.onnx.name_scopes" in meta:
+            scopes = ast.literal_eval(meta["pkg.torch.onnx.name_scopes"])
+            module = scopes[-2] if len(scopes) >= 2 else ""
+        else:
+            parts = node.name.strip("/").split("/")
+            module = parts[-2] if len(parts) >= 2 else ""
+        if module:
+            out.setdefault(module, []).append(node.name)
+    return out
+
+
+def _static_int8(path: str, tmp: str, cfg: OrtStaticInt8Config, model, ctx: Context, notes: list[str]) -> str:
+    import onnx
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -168,15 +194,23 @@ def _static_int8(path: str, tmp: str, cfg: OrtStaticInt8Config, ctx: Context, no
     except Exception as e:  # noqa: BLE001 - optional step
         src = path
         notes.append(f"quant_pre_process skipped ({first_line(e)[:80]})")
+    # layers -> nodes in the graph quantize_static sees (the clean-up may drop nodes, not rename them)
+    nodes, present = onnx_layers(path), {n.name for n in onnx.load(src, load_external_data=False).graph.node}
+    floats = engines.resolve_skip(model, cfg.skip)
+    exclude = [n for layer in floats for n in nodes.get(layer, []) if n in present]
+    ctx.details[cfg.name] = {"quantized": [n for n in engines.quantizable_layers(model) if n in nodes and n not in floats],
+                             "float": floats, "excluded_nodes": exclude}
     names = [i.name for i in ort.InferenceSession(src, providers=["CPUExecutionProvider"]).get_inputs()]
     batches = cap(ctx.calibration(), cfg.max_samples)
     reader = type("Reader", (_Reader, CalibrationDataReader), {})(names, batches)
     out = os.path.join(tmp, "int8_static.onnx")
     with quiet():
         quantize_static(src, out, reader, quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+                        nodes_to_exclude=exclude)
     notes.append(f"QDQ, {'per-channel' if cfg.per_channel else 'per-tensor'} int8 weights, uint8 activations, "
-                 f"MinMax on {sum(b.batch_size for b in batches)} calibration samples")
+                 f"MinMax on {sum(b.batch_size for b in batches)} calibration samples"
+                 + (f"; kept in float: {', '.join(floats)} ({len(exclude)} ONNX nodes excluded)" if floats else ""))
     return out
 
 
@@ -216,7 +250,7 @@ def _build(model, cfg, ctx: Context) -> engines.OrtModule:
         exporter, shapes = export_onnx(model, ctx.example, path)
         notes.append(f"{exporter} ONNX export, {shapes['serves']}")
         if isinstance(cfg, OrtStaticInt8Config):
-            path = _static_int8(path, tmp, cfg, ctx, notes)
+            path = _static_int8(path, tmp, cfg, model, ctx, notes)
         elif cfg.quantize == "dynamic":
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
