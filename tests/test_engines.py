@@ -148,6 +148,9 @@ def test_broken_engine_result_is_rejected_and_failures_are_rows(tmp_path):
     by = {r.name: r for r in run.recipes}
     assert by["ort-int8-static"].status == "rejected" and "drifted" in by["ort-int8-static"].reason
     assert by["ort"].status in ("ok", "chosen", "rejected") and by["ort"].fidelity["min_cosine"] > 0.9999
+    # the sensitivity fallback retried it with layers in float (skip= -> nodes_to_exclude)
+    retry = by["ort-int8-static-skip"]
+    assert retry.steps[0]["skip"] and retry.fallback["attempts"] and retry.status != "failed", (retry.status, retry.reason)
 
     class Unexportable(nn.Module):
         def forward(self, x):
