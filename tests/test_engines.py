@@ -148,6 +148,9 @@ def test_broken_engine_result_is_rejected_and_failures_are_rows(tmp_path):
     by = {r.name: r for r in run.recipes}
     assert by["ort-int8-static"].status == "rejected" and "drifted" in by["ort-int8-static"].reason
     assert by["ort"].status in ("ok", "chosen", "rejected") and by["ort"].fidelity["min_cosine"] > 0.9999
+    # the sensitivity fallback retried it with layers in float (skip= -> nodes_to_exclude)
+    retry = by["ort-int8-static-skip"]
+    assert retry.steps[0]["skip"] and retry.fallback["attempts"] and retry.status != "failed", (retry.status, retry.reason)
 
     class Unexportable(nn.Module):
         def forward(self, x):
@@ -156,6 +159,82 @@ def test_broken_engine_result_is_rejected_and_failures_are_rows(tmp_path):
     wl = torchslim.Workload(model=Unexportable(), example=Example((torch.randn(2, 3, 3),)))
     run = torchslim.optimize(wl, torchslim.OptimizeConfig(recipes=("ort",), rounds=1), progress=False)
     assert run.recipes[1].status == "failed" and "ONNX export failed" in run.recipes[1].reason
+
+
+@needs_ort
+@pytest.mark.parametrize("batch", [2, 1])
+def test_engine_recipe_serves_other_batch_sizes_and_passes_validation(batch):
+    """The export keeps the batch dynamic (exported at batch 2 where the example has batch 1), so
+    validation's other-batch check (batch 1, or 2 for a batch-1 example) passes."""
+    model, _, _ = _case("cnn")
+    example = Example((torch.randn(batch, 3, 12, 12),))
+    run = torchslim.optimize(torchslim.Workload(model=model, example=example),
+                             torchslim.OptimizeConfig(recipes=("ort",), rounds=1, threads=2, save_model=False, early_reject=False), progress=False)
+    row = run.recipes[1]
+    assert row.status in ("ok", "chosen"), (row.status, row.reason)
+    assert row.validation["shapes"] == "other shapes checked"
+    assert any(c["kind"] == "shape" and c["result"] == "ok" for c in row.validation["checks"])
+    assert any("dynamic batch" in n for n in row.notes)
+
+
+@needs_ort
+def test_static_engine_export_says_which_batch_it_serves():
+    """A model that bakes its batch size in exports static; the row says so and a call at another
+    batch is an error naming the shape, not a wrong answer."""
+
+    class FixedBatch(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+
+        def forward(self, x):  # the same math at every batch size, but export specializes on the branch
+            return self.lin(x) if x.shape[0] == 2 else self.lin(x).clone()
+
+    example = Example((torch.randn(2, 3, 4),))
+    run = torchslim.optimize(torchslim.Workload(model=FixedBatch().eval(), example=example),
+                             torchslim.OptimizeConfig(recipes=("ort",), rounds=1, threads=2, save_model=False, early_reject=False), progress=False)
+    row = run.recipes[1]
+    assert any("serves batch 2 only" in n for n in row.notes), row.notes
+    assert row.status == "rejected" and row.validation["shapes"] == "example shape only", (row.status, row.reason)
+    assert "works only at the example's shape" in row.reason
+
+
+@needs_ort
+def test_torchscript_onnx_exporter_keeps_the_batch_dynamic(tmp_path):
+    from torchslim.techniques.ort import export_onnx_with, onnx_input_shapes
+
+    model, example, _ = _case("cnn")
+    path = str(tmp_path / "m.onnx")
+    export_onnx_with(model, example, {0: "batch"}, path, dynamo=False)
+    (shape,) = onnx_input_shapes(path)
+    assert isinstance(shape[0], str) and shape[1:] == (3, 12, 12)
+
+
+@pytest.mark.parametrize("cfg", [pytest.param(OrtStaticInt8Config(skip=("net.2",)), marks=needs_ort, id="ort-int8-static"),
+                                 pytest.param(OpenVinoInt8Config(skip=("net.2",)), marks=needs_ov, id="openvino-int8")])
+def test_engine_int8_keeps_a_skipped_conv_in_float(cfg):
+    """`skip` (what the sensitivity fallback sets) maps module names to ONNX nodes (nodes_to_exclude)
+    or OpenVINO ops (nncf ignored_scope): that Conv's weight stays float in the engine graph."""
+    model, example, calib = _case("cnn")
+    slim, ctx = _apply(model, cfg, example, calib)
+    assert ctx.details[cfg.name]["float"] == ["net.2"] and set(ctx.details[cfg.name]["quantized"]) == {"net.0", "net.6"}
+    if isinstance(cfg, OrtStaticInt8Config):
+        import onnx
+
+        graph = onnx.load_from_string(slim.file("model.onnx")).graph
+        made_by = {o: n.op_type for n in graph.node for o in n.output}
+        weight_from = {n.name: made_by.get(n.input[1], "initializer") for n in graph.node if n.op_type == "Conv"}
+        assert sorted(weight_from.values()) == ["DequantizeLinear", "initializer"], weight_from
+    else:
+        import numpy as np
+        import openvino as ov
+
+        ir = ov.Core().read_model(slim.file("model.xml").decode(), ov.Tensor(np.frombuffer(slim.file("model.bin"), dtype=np.uint8)))
+        convs = {op.get_friendly_name().split("/")[0]: {i.get_source_output().get_node().get_type_name() for i in op.inputs()}
+                 for op in ir.get_ops() if op.get_type_name() == "Convolution"}
+        assert "FakeQuantize" in convs["__module.net.0"] and "FakeQuantize" not in convs["__module.net.2"], convs
+    with torch.no_grad():
+        assert compare(example(model), example(slim)).min_cosine >= 0.98
 
 
 def test_absent_engine_is_a_skip_that_names_the_extra():
@@ -175,6 +254,10 @@ def test_aoti_package_serves_in_a_fresh_process_without_torchslim(tmp_path):
     artifacts.save(folder, model, Recipe((AotiConfig(),)), example, spec=None, reference_output=out, optimized=slim)
     with torch.no_grad():
         assert torch.equal(example(torchslim.load(folder)), out)
+        for n in (1, 5):  # the batch is dynamic in the package
+            x = torch.randn(n, 3, 12, 12)
+            assert compare(model(x), slim(x)).min_cosine >= 0.9999
+    assert slim.meta["dynamic"] == ["batch"] and slim.meta["input_shapes"] == [[None, 3, 12, 12]]
     torch.save(example.args[0], tmp_path / "x.pt")
     code = textwrap.dedent(f"""
         import sys, torch

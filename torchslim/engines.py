@@ -1,26 +1,31 @@
-"""Deployment engines (AOTInductor, ONNX Runtime, OpenVINO) as recipes: what the three share.
-
-An engine recipe turns the model into a file another runtime serves (model.pt2, model.onnx,
-model.xml/.bin). `EngineModule` holds that file's bytes (as buffers: the state dict, and so the
-size torchslim reports, is the artifact) and runs it from torch tensors to torch tensors with the
-original output structure (pytree), so validation, timing and the task metric see an nn.Module
-like any other. `save`/`load` write and read the file with an engine.json; `load` needs no model
-code. The engines are imported lazily; an absent one is a skip naming its extra.
-"""
+"""Deployment engines (AOTInductor, ONNX Runtime, OpenVINO): the model as an engine's file, run from
+torch tensors to torch tensors (`EngineModule`), saved and reloaded without model code, and the
+export helpers the engine recipes (techniques/aoti.py, ort.py, openvino.py) share."""
 from __future__ import annotations
 
+import contextlib
+import fnmatch
 import importlib.util
+import io
 import json
+import logging
 import os
+import tempfile
+import warnings
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
 import torch.utils._pytree as pytree
 
+from .errors import first_line
 from .fileio import atomic_write, write_json
 
 META = "engine.json"
 EXTRAS = {"onnxruntime": "onnxruntime", "openvino": "openvino", "nncf": "openvino"}
+# ORT's idle workers busy-wait for tens of milliseconds after each call with spinning on, which on a
+# small machine slowed the PyTorch models timed after it 5-100x (BENCHMARKS.md, "Against the peers").
+SPIN_OFF = {"session.intra_op.allow_spinning": "0", "session.inter_op.allow_spinning": "0"}
 
 
 def missing(*modules: str) -> str | None:
@@ -31,12 +36,183 @@ def missing(*modules: str) -> str | None:
     return None
 
 
-class EngineModule(nn.Module):
-    """A model served by an engine from the bytes of its files.
+def to_numpy(t: torch.Tensor):
+    """The tensor's data as numpy, sharing its memory where it is a contiguous CPU tensor."""
+    if t.device.type == "cpu" and not t.requires_grad:
+        return t.numpy() if t.is_contiguous() else t.contiguous().numpy()
+    return t.detach().cpu().contiguous().numpy()
 
-    `meta` is JSON: the engine, how to call it (options, thread count) and the input/output
-    structure (serialized pytree specs). Subclasses build their runner in `_build` and map a flat
-    list of input tensors to a flat list of output tensors in `_run`."""
+
+def from_numpy(a) -> torch.Tensor:
+    """An engine's output as a tensor, sharing the array's memory where it is a numpy array."""
+    try:
+        return torch.from_numpy(a)
+    except TypeError:  # a scalar or a list (ORT sequence outputs)
+        return torch.as_tensor(a)
+
+
+@contextlib.contextmanager
+def quiet():
+    """The exporters, quantizers and NNCF print progress and warn a lot (through stdout, stderr,
+    warnings and logging); a failure still raises with its message."""
+    before = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(before)
+
+
+
+class PerConfig:
+    """A technique-metadata flag (like the `lossy` ClassVar) whose value depends on the config's
+    fields: `fn(config)` on an instance, `default` on the class."""
+
+    def __init__(self, fn, default: bool = False):
+        self.fn, self.default = fn, default
+
+    def __get__(self, obj, owner=None):
+        return self.default if obj is None else self.fn(obj)
+
+# -- input shapes an export keeps dynamic ---------------------------------------------------------
+
+def dynamic_dims(example) -> dict[int, str]:
+    """The input dimensions an engine export keeps dynamic, the ones validation varies: the batch
+    (dim 0, shared by every input tensor) and, for token models (an integer input, every tensor
+    sharing dim 1 of size >= 4), the sequence length (dim 1)."""
+    ts = example.tensors()
+    dims: dict[int, str] = {}
+    if ts and all(t.dim() >= 1 and t.shape[0] == ts[0].shape[0] for t in ts):
+        dims[0] = "batch"
+    s = ts[0].shape[1] if ts and ts[0].dim() >= 2 else 0
+    if s >= 4 and all(t.dim() >= 2 and t.shape[1] == s for t in ts) and any(not t.is_floating_point() for t in ts):
+        dims[1] = "sequence length"
+    return dims
+
+
+def export_example(example, dims: dict[int, str]):
+    """The inputs to export with: the example, at batch 2 where it has batch 1 and the batch is to
+    be dynamic (torch.export specializes dimensions of size 1)."""
+    if 0 in dims and example.batch_size == 1:
+        return example.map(lambda t: torch.cat([t, t]))
+    return example
+
+
+def dynamic_shapes(model: nn.Module, example, dims: dict[int, str]):
+    """torch.export / torch.onnx.export(dynamo=True) `dynamic_shapes` marking `dims` of every input
+    tensor Dim.AUTO (dynamic where the model allows it, static where it does not: no error)."""
+    shapes = torch.export.ShapesCollection()
+    for t in example.tensors():
+        shapes[t] = tuple(torch.export.Dim.AUTO if i in dims else None for i in range(t.dim()))
+    return shapes.dynamic_shapes(model, tuple(example.args), dict(example.kwargs))
+
+
+def served_shapes(example, dims: dict[int, str], shapes: list[tuple]) -> tuple[list[str], str]:
+    """(the dimensions the exported graph kept dynamic, a note for the row). `shapes` are the
+    graph's input shapes, a dynamic dimension as anything but an int."""
+    if not dims:
+        return [], "serves the example's input shapes only (the inputs share no batch dimension)"
+    kept = [name for i, name in dims.items() if shapes and all(len(s) > i and not isinstance(s[i], int) for s in shapes)]
+    size = example.tensors()[0].shape
+    static = [f"{name} {size[i]}" for i, name in dims.items() if name not in kept]
+    if static:
+        return kept, "serves " + " and ".join(static) + " only (the export kept it static)"
+    return kept, "dynamic " + " and ".join(kept)
+
+
+def export_with_shapes(export: Callable, example, dims: dict[int, str]) -> tuple[Any, dict]:
+    """`export(inputs, dims) -> (result, graph input shapes)` with `dims` dynamic, at batch 2 where
+    the example has batch 1; at the example's static shapes where that fails or the batch
+    specializes. Returns (result, shapes_meta(...))."""
+    why = ""
+    if dims:
+        ex = export_example(example, dims)
+        try:
+            result, shapes = export(ex, dims)
+            kept, note = served_shapes(example, dims, shapes)
+            if ex is example or "batch" in kept:
+                return result, shapes_meta(example, dims, kept, note)
+            why = "the batch dimension specialized"
+        except Exception as e:  # noqa: BLE001 - the static export below is the fallback
+            why = first_line(e)
+    result, _ = export(example, {})
+    if not dims:
+        return result, shapes_meta(example, dims, [], served_shapes(example, dims, [])[1])
+    size = example.tensors()[0].shape
+    what = " and ".join(f"{name} {size[i]}" for i, name in dims.items())
+    return result, shapes_meta(example, dims, [], f"serves {what} only (export with dynamic shapes failed: {why[:160]})")
+
+
+
+def torch_export(model: nn.Module, example, dims: dict[int, str]) -> tuple[torch.export.ExportedProgram, list[tuple]]:
+    """torch.export (non-strict) with `dims` Dim.AUTO; (program, its input shapes: an int where
+    static, a str where dynamic)."""
+    from torch.fx.experimental.symbolic_shapes import is_concrete_int
+
+    shapes = dynamic_shapes(model, example, dims) if dims else None
+    with quiet():
+        ep = torch.export.export(model, tuple(example.args), dict(example.kwargs), dynamic_shapes=shapes, strict=False)
+    user = set(ep.graph_signature.user_inputs)
+    vals = [n.meta.get("val") for n in ep.graph.nodes if n.op == "placeholder" and n.name in user]
+    return ep, [tuple(int(d) if is_concrete_int(d) else str(d) for d in v.shape) for v in vals if isinstance(v, torch.Tensor)]
+
+
+def export_program(model: nn.Module, example) -> tuple[torch.export.ExportedProgram, dict]:
+    """torch.export of `model` with the batch (and a token model's sequence length) dynamic where
+    the model allows it; (program, shapes_meta(...))."""
+    return export_with_shapes(lambda ex, dims: torch_export(model, ex, dims), example, dynamic_dims(example))
+
+def shapes_meta(example, dims: dict[int, str], kept: list[str], note: str) -> dict:
+    """What engine.json records about the shapes an engine graph serves: the dynamic dimensions,
+    the row's note, and every input's shape (None where dynamic)."""
+    free = {i for i, name in dims.items() if name in kept}
+    return {"dynamic": kept, "serves": note,
+            "input_shapes": [[None if i in free else n for i, n in enumerate(t.shape)] for t in example.tensors()]}
+
+
+def shape_mismatch(fixed: list[list], flat) -> str | None:
+    """Which input does not have the shape a static engine graph was built for, or None."""
+    if len(flat) != len(fixed):
+        return f"{len(flat)} input tensors, the graph takes {len(fixed)}"
+    for i, (want, t) in enumerate(zip(fixed, flat)):
+        if len(want) != t.dim() or any(w is not None and w != n for w, n in zip(want, t.shape)):
+            return f"input {i} has shape {tuple(t.shape)}, the graph takes {tuple('*' if w is None else w for w in want)}"
+    return None
+
+
+# -- layers kept in float (the sensitivity fallback's `skip`) ------------------------------------
+
+def quantizable_layers(model: nn.Module) -> list[str]:
+    """The module names of the model's Conv/Linear layers: what an engine's INT8 quantizes and
+    what `skip` patterns name."""
+    kinds = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+    return [n for n, m in model.named_modules() if n and isinstance(m, kinds)]
+
+
+def resolve_skip(model: nn.Module, patterns: tuple[str, ...]) -> list[str]:
+    """The Conv/Linear layers the fnmatch `patterns` name (a pattern matching none is an error)."""
+    from .errors import SlimError
+
+    layers, out = quantizable_layers(model), []
+    for p in patterns:
+        hits = [n for n in layers if fnmatch.fnmatchcase(n, p)]
+        if not hits:
+            raise SlimError(f"skip pattern '{p}' matches no Conv/Linear layer of the model",
+                            f"layer names look like: {', '.join(layers[:5])}{', ...' if len(layers) > 5 else ''}")
+        out += [h for h in hits if h not in out]
+    return out
+
+# -- the engine model ----------------------------------------------------------------------------
+
+class EngineModule(nn.Module):
+    """A model served by an engine from the bytes of its files (buffers: the state dict, and so
+    the size torchslim reports, is the artifact).
+
+    `meta` is JSON: the engine, how to call it (options, thread count), the input shapes it serves
+    and the output structure (serialized pytree specs). Subclasses build their runner in `build`
+    and map a flat list of input tensors to a flat list of output tensors in `run`."""
 
     engine = ""
     registry: dict[str, type["EngineModule"]] = {}
@@ -51,18 +227,21 @@ class EngineModule(nn.Module):
         for i, data in enumerate(files.values()):
             self.register_buffer(f"file{i}", torch.frombuffer(bytearray(data), dtype=torch.uint8), persistent=True)
         self.meta = dict(meta, engine=self.engine, files=self.names)
-        self._out_spec = pytree.treespec_loads(meta["out_spec"])
-        self._consts = {i: v for i, v in meta.get("out_consts", [])}
-        self._single = self._out_spec.is_leaf() and not self._consts
-        self._runner = self._build()
+        self.init_runner()
+
+    def init_runner(self) -> None:
+        self.out_tree = pytree.treespec_loads(self.meta["out_spec"])
+        self.consts = {i: v for i, v in self.meta.get("out_consts", [])}
+        self.single = self.out_tree.is_leaf() and not self.consts
+        self.runner = self.build()
 
     def file(self, name: str) -> bytes:
         return getattr(self, f"file{self.names.index(name)}").numpy().tobytes()
 
-    def _build(self):
+    def build(self):
         raise NotImplementedError
 
-    def _run(self, flat: list[torch.Tensor]) -> list:
+    def run(self, flat: list[torch.Tensor]) -> list:
         raise NotImplementedError
 
     def forward(self, *args, **kwargs):
@@ -72,15 +251,26 @@ class EngineModule(nn.Module):
             flat = args
         else:
             flat = [t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
-        outs = self._run(flat)
-        if self._single and len(outs) == 1:
+        try:
+            outs = self.run(flat)
+        except Exception as e:
+            raise self.explain(e, flat) from e
+        if self.single and len(outs) == 1:
             return outs[0]
-        if len(outs) != self._out_spec.num_leaves - len(self._consts):
+        if len(outs) != self.out_tree.num_leaves - len(self.consts):
             raise RuntimeError(f"the {self.engine} graph returns {len(outs)} tensor(s), the model "
-                               f"{self._out_spec.num_leaves - len(self._consts)}")
+                               f"{self.out_tree.num_leaves - len(self.consts)}")
         it = iter(outs)
-        leaves = [self._consts[i] if i in self._consts else next(it) for i in range(self._out_spec.num_leaves)]
-        return pytree.tree_unflatten(leaves, self._out_spec)
+        leaves = [self.consts[i] if i in self.consts else next(it) for i in range(self.out_tree.num_leaves)]
+        return pytree.tree_unflatten(leaves, self.out_tree)
+
+    def explain(self, e: Exception, flat) -> Exception:
+        """The engine's error, naming the shapes the graph serves where it was exported static."""
+        serves = self.meta.get("serves", "")
+        if not serves.startswith("serves"):
+            return e
+        got = ", ".join(str(tuple(t.shape)) for t in flat)
+        return RuntimeError(f"this {self.engine} model {serves}; called with {got}: {type(e).__name__}: {str(e)[:200]}")
 
     def train(self, mode: bool = True):
         self.training = mode  # an engine graph is inference-only
@@ -88,12 +278,91 @@ class EngineModule(nn.Module):
 
     def __getstate__(self):  # deepcopy/pickle: the runner is rebuilt from the bytes
         state = dict(self.__dict__)
-        state.pop("_runner", None)
+        state.pop("runner", None)
         return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self._runner = self._build()
+        self.runner = self.build()
+
+
+class AotiModule(EngineModule):
+    """An AOTInductor package (model.pt2), loaded with torch._inductor.aoti_load_package."""
+
+    engine = "aoti"
+
+    def build(self):
+        # a package compiled for static shapes does not check them (it computes garbage): check here
+        static = self.meta.get("serves", "").startswith("serves") and "input_shapes" in self.meta
+        self.fixed = self.meta["input_shapes"] if static else None
+        with tempfile.TemporaryDirectory(prefix="torchslim-aoti-") as tmp:
+            path = os.path.join(tmp, "model.pt2")
+            with open(path, "wb") as f:
+                f.write(self.file("model.pt2"))
+            return torch._inductor.aoti_load_package(path)  # extracts what it needs; the file can go
+
+    def forward(self, *args, **kwargs):
+        if self.fixed is not None:
+            flat = [t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+            wrong = shape_mismatch(self.fixed, flat)
+            if wrong:
+                raise RuntimeError(f"this AOTInductor package {self.meta['serves']}: {wrong}")
+        try:
+            return self.runner(*args, **kwargs)  # the package keeps the original input/output structure
+        except Exception as e:
+            raise self.explain(e, [t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]) from e
+
+
+class OrtModule(EngineModule):
+    """An ONNX model (model.onnx) run by an ONNX Runtime CPU InferenceSession."""
+
+    engine = "onnxruntime"
+
+    def build(self):
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.intra_op_num_threads = int(self.meta["threads"])
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.log_severity_level = 3
+        for k, v in self.meta.get("config_entries", {}).items():
+            so.add_session_config_entry(k, v)
+        sess = ort.InferenceSession(self.file(self.names[0]), so, providers=["CPUExecutionProvider"])
+        self.inputs = [i.name for i in sess.get_inputs()]
+        self.outputs = [o.name for o in sess.get_outputs()]  # named once: run(None) looks them up per call
+        return sess
+
+    def run(self, flat):
+        if len(flat) != len(self.inputs):
+            raise RuntimeError(f"the ONNX graph takes {len(self.inputs)} inputs ({', '.join(self.inputs)}), got {len(flat)} tensors")
+        outs = self.runner.run(self.outputs, dict(zip(self.inputs, map(to_numpy, flat))))
+        return list(map(from_numpy, outs))
+
+
+class OpenVinoModule(EngineModule):
+    """An OpenVINO IR (model.xml + model.bin) compiled for the CPU plugin."""
+
+    engine = "openvino"
+
+    def build(self):
+        import numpy as np
+        import openvino as ov
+
+        core = ov.Core()
+        weights = ov.Tensor(np.frombuffer(self.file("model.bin"), dtype=np.uint8))
+        model = core.read_model(model=self.file("model.xml"), weights=weights)
+        self.compiled = core.compile_model(model, "CPU", self.meta["config"])
+        self.ports = list(self.compiled.outputs)
+        return self.compiled.create_infer_request()
+
+    def run(self, flat):
+        out = self.runner.infer([to_numpy(t) for t in flat], share_inputs=True)
+        return [torch.from_numpy(out[o]) for o in self.ports]
+
+    def runs_in(self) -> str:
+        return self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
 
 
 def out_spec(model: nn.Module, example) -> dict:
@@ -129,8 +398,8 @@ def load(folder: str) -> EngineModule:
         meta = json.load(f)
     cls = EngineModule.registry.get(meta.get("engine"))
     if cls is None:
-        import_engine(meta.get("engine"))
-        cls = EngineModule.registry.get(meta.get("engine"))
+        raise SlimError(f"'{folder}' holds a model for the unknown engine {meta.get('engine')!r}",
+                        f"known engines: {', '.join(EngineModule.registry)}")
     reason = missing(*{"onnxruntime": ("onnxruntime",), "openvino": ("openvino",)}.get(meta["engine"], ()))
     if reason:
         raise SlimError(f"'{folder}' holds a {meta['engine']} model and {meta['engine']} is not installed", reason)
@@ -139,10 +408,6 @@ def load(folder: str) -> EngineModule:
         with open(os.path.join(folder, name), "rb") as f:
             files[name] = f.read()
     return cls(files, meta)
-
-
-def import_engine(engine: str | None) -> None:
-    from .techniques import aoti, openvino, ort  # noqa: F401 - registers the EngineModule subclasses
 
 
 def serving_lines(meta: dict, folder: str) -> str:
@@ -167,25 +432,6 @@ def serving_lines(meta: dict, folder: str) -> str:
                 f"compiled = ov.Core().compile_model({path!r}, 'CPU', {cfg!r})\n"
                 "outs = compiled([a.numpy() for a in example_args])  # a dict: output port -> numpy array\n")
     return ""
-
-
-def engine_candidates(device: torch.device) -> list:
-    """The engine recipes worth trying on `device` (recipes.candidates appends them, last: their
-    preparation, an export and an engine compile, is the slowest). Absent engines are skips."""
-    from . import device as dev
-    from .recipes import Recipe
-    from .techniques import AotiConfig, OpenVinoConfig, OpenVinoInt8Config, OrtConfig, OrtStaticInt8Config, StaticInt8Config
-
-    out = [Recipe((AotiConfig(),))]
-    if dev.supports_bf16(device):
-        out.append(Recipe((AotiConfig(dtype="bf16"),)))
-    if device.type != "cpu":
-        return out
-    if dev.is_x86():
-        out.append(Recipe((StaticInt8Config(), AotiConfig())))
-    out += [Recipe((OrtConfig(),)), Recipe((OrtConfig(quantize="dynamic"),)), Recipe((OrtStaticInt8Config(),))]
-    out += [Recipe((OpenVinoConfig(),)), Recipe((OpenVinoConfig(precision="fp32"),)), Recipe((OpenVinoInt8Config(),))]
-    return out
 
 
 def deploy_line(folder: str) -> str:

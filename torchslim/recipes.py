@@ -122,9 +122,7 @@ def candidates(device: torch.device) -> list[Recipe]:
     if "bf16" in lows:
         out += [_im(WeightOnlyConfig(bits=8), comp)]
     out += [_im(WeightOnlyConfig(bits=4, group_size=128))]
-    from .engines import engine_candidates
-
-    out += engine_candidates(device)  # AOTInductor, ONNX Runtime, OpenVINO (engines.py)
+    # The techniques' own recipes (engines: techniques/aoti.py, ort.py, openvino.py; plugins)
     seen = {r.name for r in out}
     for r in contributed(device):
         if r.name not in seen:

@@ -1,22 +1,10 @@
-"""AOTInductor: torch.export + torch._inductor.aoti_compile_and_package -> a .pt2 package, loaded
-with torch._inductor.aoti_load_package (Python) or torch::inductor::AOTIModelPackageLoader (C++).
-
-The same Inductor kernels as torch.compile, compiled ahead of time into a shared library: a call
-runs no Python (no Dynamo guards, no wrapper code), which is what may win at batch 1. The modern
-successor of TorchScript's freeze + optimize_for_inference + jit.save for serving without Python
-model code. Weights are frozen (Inductor's `freezing`, so convs/linears get prepacked oneDNN
-weights and PT2E INT8 q/dq patterns become INT8 kernels).
-
-Composes after steps that produce an exportable model: `static-int8+aoti` takes the PT2E converted
-graph (under its torch.compile wrapper) and compiles that instead; `aoti+bf16` casts to BF16 first
-(inputs cast in, outputs back to FP32, inside the package).
-"""
+"""AOTInductor recipes: torch.export + aoti_compile_and_package -> a .pt2 package (served by
+torch._inductor.aoti_load_package, or torch::inductor::AOTIModelPackageLoader in C++)."""
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
-import warnings
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -26,12 +14,18 @@ from .. import device as dev
 from .. import engines
 from .base import Context, TechniqueConfig, register
 from .compile import Compiled
+from .static_int8 import StaticInt8Config
 
 
+# The same Inductor kernels as torch.compile, compiled ahead of time into a shared library: a call
+# runs no Python (no Dynamo guards, no wrapper code), which is what may win at batch 1; the modern
+# successor of TorchScript's freeze + optimize_for_inference + jit.save. Weights are frozen
+# (Inductor's `freezing`: prepacked oneDNN conv/linear weights, PT2E q/dq patterns become INT8 kernels).
 @dataclass(frozen=True)
 class AotiConfig(TechniqueConfig):
     name = "aoti"
     engine: ClassVar[str] = "aoti"
+    lossy = engines.PerConfig(lambda cfg: cfg.dtype != "fp32")
     dtype: str = "fp32"  # or "bf16": the whole model cast (only where BF16 is native)
     freezing: bool = True
 
@@ -42,19 +36,15 @@ class AotiConfig(TechniqueConfig):
     def label(self) -> str:
         return "aoti" if self.dtype == "fp32" else f"aoti+{self.dtype}"
 
-
-class AotiModule(engines.EngineModule):
-    engine = "aoti"
-
-    def _build(self):
-        with tempfile.TemporaryDirectory(prefix="torchslim-aoti-") as tmp:
-            path = os.path.join(tmp, "model.pt2")
-            with open(path, "wb") as f:
-                f.write(self.file("model.pt2"))
-            return torch._inductor.aoti_load_package(path)  # extracts what it needs; the file can go
-
-    def forward(self, *args, **kwargs):
-        return self._runner(*args, **kwargs)  # the package keeps the original input/output structure
+    @classmethod
+    def candidates(cls, device: torch.device) -> list[tuple[TechniqueConfig, ...]]:
+        """aoti, aoti+bf16 where BF16 is native, static-int8+aoti on x86 CPUs."""
+        out: list[tuple[TechniqueConfig, ...]] = [(cls(),)]
+        if dev.supports_bf16(device):
+            out.append((cls(dtype="bf16"),))
+        if device.type == "cpu" and dev.is_x86():
+            out.append((StaticInt8Config(), cls()))
+        return out
 
 
 def _applies(model, cfg: AotiConfig, ctx: Context):
@@ -73,24 +63,44 @@ def _applies(model, cfg: AotiConfig, ctx: Context):
     return None
 
 
+def _package(ep, cfg: AotiConfig, check: tuple | None = None) -> tuple[bytes, float]:
+    """The .pt2 package's bytes, and where `check` = (inputs, expected outputs) the smallest cosine
+    of the package's outputs to the expected ones (1.0 unchecked)."""
+    from ..fidelity import compare
+
+    with tempfile.TemporaryDirectory(prefix="torchslim-aoti-") as tmp, engines.quiet():
+        path = torch._inductor.aoti_compile_and_package(ep, package_path=os.path.join(tmp, "model.pt2"),
+                                                        inductor_configs={"freezing": cfg.freezing})
+        cos = 1.0 if check is None else compare(check[1], check[0](torch._inductor.aoti_load_package(path))).min_cosine
+        with open(path, "rb") as f:
+            return f.read(), cos
+
+
 @register(AotiConfig, applies=_applies)
 def apply_aoti(model, cfg: AotiConfig, ctx: Context):
     out_spec = engines.out_spec(model, ctx.example)  # kept for the record: the package has its own
-    inner = model.inner if isinstance(model, Compiled) else model  # compile ahead of time what torch.compile would
-    if cfg.dtype == "bf16":
+    # `static-int8+aoti`: compile ahead of time the PT2E graph that torch.compile would
+    inner = model.inner if isinstance(model, Compiled) else model
+    if cfg.dtype == "bf16":  # inputs cast in, outputs back to FP32, inside the package
         from .low_precision import CastIO
 
         inner = CastIO(inner.to(torch.bfloat16), torch.bfloat16)
     ex = ctx.example
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ep = torch.export.export(inner, tuple(ex.args), dict(ex.kwargs), strict=False)
-        with tempfile.TemporaryDirectory(prefix="torchslim-aoti-") as tmp:
-            path = torch._inductor.aoti_compile_and_package(ep, package_path=os.path.join(tmp, "model.pt2"),
-                                                            inductor_configs={"freezing": cfg.freezing})
-            with open(path, "rb") as f:
-                data = f.read()
+    with torch.no_grad():
+        ep, shapes = engines.export_program(inner, ex)
+        # Inductor compiled the PT2E INT8 graph of the Fashion CNN with a dynamic batch to wrong
+        # outputs (min cosine -0.66; static: 0.99995, torch 2.13): a dynamic package is checked
+        # against the graph it was compiled from, and compiled static where it disagrees.
+        data, cos = _package(ep, cfg, (ex, ex(inner)) if shapes["dynamic"] else None)
+        if cos < 0.999:
+            ep, _ = engines.torch_export(inner, ex, {})
+            data, _ = _package(ep, cfg)
+            dims = engines.dynamic_dims(ex)
+            size = ex.tensors()[0].shape
+            what = " and ".join(f"{name} {size[i]}" for i, name in dims.items())
+            shapes = engines.shapes_meta(ex, dims, [], f"serves {what} only (the package compiled with dynamic shapes "
+                                                        f"gave wrong outputs: min cosine {cos:.3f} to the exported graph)")
     ctx.notes.append("AOTInductor package (torch.export + aoti_compile_and_package, weights frozen)"
-                     + (" of the PT2E INT8 graph" if isinstance(model, Compiled) else ""))
-    return AotiModule({"model.pt2": data}, {**out_spec, "threads": torch.get_num_threads(),
-                                            "torch": torch.__version__, "dtype": cfg.dtype})
+                     + (" of the PT2E INT8 graph" if isinstance(model, Compiled) else "") + f"; {shapes['serves']}")
+    return engines.AotiModule({"model.pt2": data}, {**out_spec, **shapes, "threads": torch.get_num_threads(),
+                                                    "torch": torch.__version__, "dtype": cfg.dtype})

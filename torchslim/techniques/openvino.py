@@ -1,13 +1,5 @@
-"""OpenVINO recipes: the model converted by openvino.convert_model (PyTorch frontend; the ONNX export
-as a fallback), compiled for the CPU.
-
-`openvino`: OpenVINO's default inference precision (BF16 on CPUs with AMX/AVX512-BF16, else FP32);
-`openvino-fp32`: INFERENCE_PRECISION_HINT=f32 (skipped where the default already is FP32);
-`openvino-int8`: NNCF post-training INT8 (nncf.quantize) on the same calibration batches as the
-torch static recipes (model_type=TRANSFORMER where the model has attention).
-
-Compiled with INFERENCE_NUM_THREADS = torch's thread count, NUM_STREAMS=1, PERFORMANCE_HINT=LATENCY.
-"""
+"""OpenVINO recipes: openvino.convert_model (PyTorch frontend, the ONNX export as a fallback), the
+batch and sequence dims dynamic where the model allows, default precision / FP32 / NNCF INT8."""
 from __future__ import annotations
 
 import os
@@ -21,16 +13,20 @@ from .. import engines
 from ..calibration import DEFAULT_SAMPLES, cap
 from ..errors import first_line
 from .base import Context, TechniqueConfig, register
-from .ort import _numpy, applies_engine, export_onnx, has_attention, quiet
+from ..engines import quiet
+from .ort import applies_engine, export_onnx, has_attention
 from .static_int8 import NO_CALIBRATION
 
 PRECISIONS = ("default", "fp32")
 
 
+# `openvino`: OpenVINO's default inference precision (BF16 on CPUs with AMX/AVX512-BF16, else FP32);
+# compiled with INFERENCE_NUM_THREADS = torch's thread count, NUM_STREAMS=1, PERFORMANCE_HINT=LATENCY.
 @dataclass(frozen=True)
 class OpenVinoConfig(TechniqueConfig):
     name = "openvino"
     engine: ClassVar[str] = "openvino"
+    lossy = engines.PerConfig(lambda cfg: cfg.precision != "fp32", default=True)  # default: BF16 where native
     precision: str = "default"  # OpenVINO's choice (BF16 where the CPU has it) | fp32
 
     def __post_init__(self):
@@ -40,45 +36,35 @@ class OpenVinoConfig(TechniqueConfig):
     def label(self) -> str:
         return "openvino" if self.precision == "default" else f"openvino-{self.precision}"
 
+    @classmethod
+    def candidates(cls, device: torch.device) -> list[tuple[TechniqueConfig, ...]]:
+        """openvino, openvino-fp32, openvino-int8 (CPU only)."""
+        if device.type != "cpu":
+            return []
+        return [(cls(),), (cls(precision="fp32"),), (OpenVinoInt8Config(),)]
+
 
 @dataclass(frozen=True)
 class OpenVinoInt8Config(TechniqueConfig):
+    """NNCF post-training INT8 (nncf.quantize) on the same calibration batches as the torch static
+    recipes (model_type=TRANSFORMER where the model has attention)."""
+
     name = "openvino_int8"
     engine: ClassVar[str] = "openvino"
     needs_calibration = True
+    lossy: ClassVar[bool] = True
+    per_layer_skip: ClassVar[bool] = True  # skip -> nncf.IgnoredScope
     max_samples: int = DEFAULT_SAMPLES
+    skip: tuple[str, ...] = ()  # fnmatch patterns of Conv/Linear module names to keep in float
 
     def __post_init__(self):
         if self.max_samples < 1:
             raise ValueError(f"max_samples must be >= 1, not {self.max_samples}")
+        if isinstance(self.skip, str) or not all(isinstance(p, str) and p for p in self.skip):
+            raise ValueError(f"skip must be a tuple of module-name patterns, not {self.skip!r}")
 
     def label(self) -> str:
-        return "openvino-int8"
-
-
-class OpenVinoModule(engines.EngineModule):
-    engine = "openvino"
-
-    def _build(self):
-        import openvino as ov
-
-        core = ov.Core()
-        model = core.read_model(model=self.file("model.xml"), weights=ov.Tensor(bytearray_np(self.file("model.bin"))))
-        self._compiled = core.compile_model(model, "CPU", self.meta["config"])
-        return self._compiled.create_infer_request()
-
-    def _run(self, flat):
-        out = self._runner.infer([_numpy(t) for t in flat], share_inputs=True)
-        return [torch.from_numpy(out[o]) for o in self._compiled.outputs]
-
-    def runs_in(self) -> str:
-        return self._compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
-
-
-def bytearray_np(data: bytes):
-    import numpy as np
-
-    return np.frombuffer(data, dtype=np.uint8)
+        return "openvino-int8" + ("-skip" if self.skip else "")
 
 
 def default_is_fp32() -> bool:
@@ -103,6 +89,7 @@ def _applies_int8(model, cfg, ctx):
 
 
 def _convert(model, ctx: Context, notes: list[str]):
+    """(the OpenVINO model with the batch / sequence dims dynamic where it allows, the shapes note)."""
     import openvino as ov
 
     ex = ctx.example
@@ -119,7 +106,41 @@ def _convert(model, ctx: Context, notes: list[str]):
                 export_onnx(model, ex, path)
                 ov_model = ov.convert_model(path)
             notes.append(f"OpenVINO ONNX frontend (PyTorch frontend: {first_line(e)[:80]})")
-    return ov_model
+    return ov_model, _set_shapes(ov_model, ex)
+
+
+def _set_shapes(ov_model, example) -> dict:
+    """Every input dynamic in the batch / sequence dims, static in the rest (the frontend leaves
+    them all dynamic); the example's static shapes where the model refuses that."""
+    import openvino as ov
+
+    dims = engines.dynamic_dims(example)
+    ts = example.tensors()
+    if len(ov_model.inputs) != len(ts):
+        return {"dynamic": [], "serves": f"input shapes as converted ({len(ov_model.inputs)} graph inputs for {len(ts)} tensors)"}
+    want = {port: ov.PartialShape([-1 if i in dims else n for i, n in enumerate(t.shape)]) for port, t in zip(ov_model.inputs, ts)}
+    try:
+        ov_model.reshape(want)
+    except Exception as e:  # noqa: BLE001 - static shapes are the fallback
+        ov_model.reshape({port: ov.PartialShape(list(t.shape)) for port, t in zip(ov_model.inputs, ts)})
+        size = ts[0].shape
+        what = " and ".join(f"{name} {size[i]}" for i, name in dims.items()) or "the example's input shapes"
+        return engines.shapes_meta(example, dims, [], f"serves {what} only (OpenVINO refused dynamic shapes: {first_line(e)[:160]})")
+    shapes = [tuple(d.get_length() if d.is_static else "?" for d in i.get_partial_shape()) for i in ov_model.inputs]
+    return engines.shapes_meta(example, dims, *engines.served_shapes(example, dims, shapes))
+
+
+def layer_ops(ov_model, model) -> dict[str, list[str]]:
+    """Conv/Linear module name -> the names of the OpenVINO ops it became (the PyTorch frontend
+    names them '__module.<name>/aten::...')."""
+    out: dict[str, list[str]] = {}
+    names = [op.get_friendly_name() for op in ov_model.get_ops()]
+    for layer in engines.quantizable_layers(model):
+        prefix = f"__module.{layer}/"
+        hits = [n for n in names if n.startswith(prefix)]
+        if hits:
+            out[layer] = hits
+    return out
 
 
 def _nncf_int8(ov_model, model, cfg: OpenVinoInt8Config, ctx: Context, notes: list[str]):
@@ -128,18 +149,26 @@ def _nncf_int8(ov_model, model, cfg: OpenVinoInt8Config, ctx: Context, notes: li
     batches = cap(ctx.calibration(), cfg.max_samples)
     dataset = nncf.Dataset(batches, lambda b: [t.detach().cpu().numpy() for t in b.tensors()])
     kind = nncf.ModelType.TRANSFORMER if has_attention(model) else None
+    ops, floats = layer_ops(ov_model, model), engines.resolve_skip(model, cfg.skip)
+    missing = [f for f in floats if f not in ops]
+    if missing:
+        raise RuntimeError(f"cannot keep {', '.join(missing)} in float: no OpenVINO op is named after it (ONNX frontend?)")
+    ignored = nncf.IgnoredScope(names=[n for f in floats for n in ops[f]], validate=False) if floats else None
+    ctx.details[cfg.name] = {"quantized": [n for n in ops if n not in floats], "float": floats}
     with quiet():
-        quantized = nncf.quantize(ov_model, dataset, subset_size=len(batches), model_type=kind)
+        quantized = nncf.quantize(ov_model, dataset, subset_size=len(batches), model_type=kind,
+                                  **({"ignored_scope": ignored} if ignored else {}))
     notes.append(f"nncf.quantize on {sum(b.batch_size for b in batches)} calibration samples"
-                 + (", model_type=TRANSFORMER" if kind else ""))
+                 + (", model_type=TRANSFORMER" if kind else "") + (f"; kept in float: {', '.join(floats)}" if floats else ""))
     return quantized
 
 
-def _build(model, cfg, ctx: Context) -> OpenVinoModule:
+def _build(model, cfg, ctx: Context) -> engines.OpenVinoModule:
     import openvino as ov
 
     notes: list[str] = []
-    ov_model = _convert(model, ctx, notes)
+    ov_model, shapes = _convert(model, ctx, notes)
+    notes.append(shapes["serves"])
     if isinstance(cfg, OpenVinoInt8Config):
         ov_model = _nncf_int8(ov_model, model, cfg, ctx, notes)
     config = {"INFERENCE_NUM_THREADS": torch.get_num_threads(), "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"}
@@ -153,8 +182,8 @@ def _build(model, cfg, ctx: Context) -> OpenVinoModule:
             with open(os.path.join(tmp, name), "rb") as f:
                 files[name] = f.read()
     meta = {"config": config, "threads": config["INFERENCE_NUM_THREADS"], **engines.out_spec(model, ctx.example),
-            "notes": notes}
-    module = OpenVinoModule(files, meta)
+            **shapes, "notes": notes}
+    module = engines.OpenVinoModule(files, meta)
     runs = module.runs_in()
     module.meta["runs_in"] = runs
     ctx.notes.extend(notes + [f"OpenVINO CPU, float parts in {runs}, {config['INFERENCE_NUM_THREADS']} thread(s), 1 stream"])

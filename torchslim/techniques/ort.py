@@ -1,38 +1,21 @@
-"""ONNX Runtime recipes: the model exported to ONNX, served by an ORT InferenceSession.
-
-`ort`: FP32 with every graph optimization (ORT_ENABLE_ALL), and ORT's transformer fusion optimizer
-(model_type="bert") where the model has attention and the optimizer fuses it; `ort-int8-dynamic`:
-quantize_dynamic (int8 weights, activations quantized per call); `ort-int8-static`: quantize_static,
-QDQ, per-channel int8 weights, uint8 activations calibrated (MinMax) on the same calibration
-batches as the torch static recipes.
-
-Sessions run with intra_op_num_threads = torch's thread count, one inter-op thread, sequential,
-and ORT's thread spinning OFF: with spinning on, ORT's idle workers busy-wait for tens of
-milliseconds after each call, which on a small machine slowed the PyTorch models timed after it
-5-100x (see BENCHMARKS.md, "Against the peers"), and a server running torch beside ORT pays the same.
-"""
+"""ONNX Runtime recipes: the model exported to ONNX (batch and sequence dims dynamic where the model
+allows), FP32 / dynamic INT8 / static INT8 QDQ, served by an ORT InferenceSession."""
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import os
 import re
 import tempfile
-import warnings
 from dataclasses import dataclass
 from typing import ClassVar
 
-import numpy as np
 import torch
 
 from .. import engines
 from ..calibration import DEFAULT_SAMPLES, cap
+from ..engines import SPIN_OFF, quiet
 from ..errors import first_line
 from .base import Context, TechniqueConfig, register
 from .static_int8 import NO_CALIBRATION
-
-SPIN_OFF = {"session.intra_op.allow_spinning": "0", "session.inter_op.allow_spinning": "0"}
 
 
 @dataclass(frozen=True)
@@ -41,6 +24,7 @@ class OrtConfig(TechniqueConfig):
 
     name = "ort"
     engine: ClassVar[str] = "onnxruntime"
+    lossy = engines.PerConfig(lambda cfg: cfg.quantize != "none")
     quantize: str = "none"
     transformer_optimizer: bool = True  # FP32 only: ORT's BERT fusion where the model has attention
 
@@ -51,84 +35,91 @@ class OrtConfig(TechniqueConfig):
     def label(self) -> str:
         return "ort" if self.quantize == "none" else "ort-int8-dynamic"
 
+    @classmethod
+    def candidates(cls, device: torch.device) -> list[tuple[TechniqueConfig, ...]]:
+        """ort, ort-int8-dynamic, ort-int8-static (CPU only)."""
+        if device.type != "cpu":
+            return []
+        return [(cls(),), (cls(quantize="dynamic"),), (OrtStaticInt8Config(),)]
+
 
 @dataclass(frozen=True)
 class OrtStaticInt8Config(TechniqueConfig):
+    """QDQ, per-channel int8 weights, uint8 activations calibrated (MinMax) on the same calibration
+    batches as the torch static recipes."""
+
     name = "ort_static_int8"
     engine: ClassVar[str] = "onnxruntime"
     needs_calibration = True
+    lossy: ClassVar[bool] = True
+    per_layer_skip: ClassVar[bool] = True  # skip -> quantize_static(nodes_to_exclude=...)
     per_channel: bool = True
     max_samples: int = DEFAULT_SAMPLES
+    skip: tuple[str, ...] = ()  # fnmatch patterns of Conv/Linear module names to keep in float
 
     def __post_init__(self):
         if self.max_samples < 1:
             raise ValueError(f"max_samples must be >= 1, not {self.max_samples}")
+        if isinstance(self.skip, str) or not all(isinstance(p, str) and p for p in self.skip):
+            raise ValueError(f"skip must be a tuple of module-name patterns, not {self.skip!r}")
 
     def label(self) -> str:
-        return "ort-int8-static" + ("" if self.per_channel else "-per-tensor")
-
-
-class OrtModule(engines.EngineModule):
-    engine = "onnxruntime"
-
-    def _build(self):
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.intra_op_num_threads = int(self.meta["threads"])
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.log_severity_level = 3
-        for k, v in self.meta.get("config_entries", {}).items():
-            so.add_session_config_entry(k, v)
-        sess = ort.InferenceSession(self.file(self.names[0]), so, providers=["CPUExecutionProvider"])
-        self._inputs = [i.name for i in sess.get_inputs()]
-        self._outputs = [o.name for o in sess.get_outputs()]  # named once: run(None) looks them up per call
-        return sess
-
-    def _run(self, flat):
-        if len(flat) != len(self._inputs):
-            raise RuntimeError(f"the ONNX graph takes {len(self._inputs)} inputs ({', '.join(self._inputs)}), got {len(flat)} tensors")
-        outs = self._runner.run(self._outputs, dict(zip(self._inputs, map(_numpy, flat))))
-        return [torch.from_numpy(o) if type(o) is np.ndarray else torch.as_tensor(o) for o in outs]
-
-
-def _numpy(t: torch.Tensor) -> np.ndarray:
-    """The tensor's data as numpy, without a copy where it is a plain CPU tensor."""
-    return t.numpy() if not t.requires_grad and t.device.type == "cpu" else t.detach().cpu().numpy()
+        return "ort-int8-static" + ("" if self.per_channel else "-per-tensor") + ("-skip" if self.skip else "")
 
 
 # -- export -------------------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def quiet():
-    """The exporters, quantizers and NNCF print progress and warn a lot (through stdout, stderr,
-    warnings and logging); a failure still raises with its message."""
-    before = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logging.disable(before)
+def export_onnx(model: torch.nn.Module, example, path: str) -> tuple[str, dict]:
+    """Write the model as ONNX to `path`, the batch (and a token model's sequence length) dynamic
+    where the model allows it: torch.onnx.export's dynamo exporter, the TorchScript exporter where
+    that fails. Returns (the exporter that worked, {"dynamic": [...], "serves": note})."""
+
+    def export(ex, dims):
+        errors = []
+        for dynamo in (True, False):
+            try:
+                export_onnx_with(model, ex, dims, path, dynamo)
+                return ("dynamo" if dynamo else "torchscript"), onnx_input_shapes(path)
+            except Exception as e:  # noqa: BLE001 - try the other exporter
+                msg = re.sub(r"\x1b\[[0-9;]*m", "", first_line(e))  # the exporter colours its messages
+                errors.append(f"{'dynamo' if dynamo else 'torchscript'} exporter: {msg[:200]}")
+        raise RuntimeError("ONNX export failed: " + "; ".join(errors))
+
+    return engines.export_with_shapes(export, example, engines.dynamic_dims(example))
 
 
-def export_onnx(model: torch.nn.Module, example, path: str) -> str:
-    """Write the model as ONNX to `path` with torch.onnx.export's dynamo exporter, the TorchScript
-    exporter where that fails; returns which one worked."""
-    errors = []
-    for dynamo in (True, False):
-        try:
-            with quiet(), torch.no_grad():
-                torch.onnx.export(model, tuple(example.args), path, kwargs=example.kwargs or None, dynamo=dynamo,
-                                  external_data=False, **({"verbose": False} if dynamo else {}))
-            return "dynamo" if dynamo else "torchscript"
-        except Exception as e:  # noqa: BLE001 - try the other exporter
-            msg = re.sub(r"\x1b\[[0-9;]*m", "", first_line(e))  # the exporter colours its messages
-            errors.append(f"{'dynamo' if dynamo else 'torchscript'} exporter: {msg[:200]}")
-    raise RuntimeError("ONNX export failed: " + "; ".join(errors))
+def export_onnx_with(model, ex, dims: dict[int, str], path: str, dynamo: bool) -> None:
+    """One ONNX export of `model` at the inputs `ex`, `dims` dynamic in every input tensor (dynamo:
+    from torch.export's program, whose specialized dimensions then stay static in the graph)."""
+    with torch.no_grad():
+        if dynamo:
+            ep, _ = engines.torch_export(model, ex, dims)
+            with quiet():
+                torch.onnx.export(ep, (), path, dynamo=True, external_data=False, verbose=False)
+            return
+        kw: dict = {}
+        if dims:
+            names = [f"input{i}" for i in range(len(ex.tensors()))]
+            kw.update(input_names=names, dynamic_axes={n: {i: d.replace(" ", "_") for i, d in dims.items()} for n in names})
+        with quiet():
+            torch.onnx.export(model, tuple(ex.args), path, kwargs=ex.kwargs or None, dynamo=False, external_data=False, **kw)
+
+
+def onnx_input_shapes(path: str) -> list[tuple]:
+    """The ONNX graph's input shapes, a dynamic dimension as its name (a str). A dimension the
+    export specialized (the dynamo exporter names it by its value, "2") is written back as static."""
+    import onnx
+
+    proto = onnx.load(path, load_external_data=False)
+    inits = {i.name for i in proto.graph.initializer}
+    inputs = [i for i in proto.graph.input if i.name not in inits]
+    fixed = [d for i in inputs for d in i.type.tensor_type.shape.dim if d.HasField("dim_param") and d.dim_param.isdigit()]
+    for d in fixed:
+        d.dim_value = int(d.dim_param)
+    if fixed:
+        onnx.save(proto, path)
+    return [tuple(d.dim_value if d.HasField("dim_value") else d.dim_param or "?" for d in i.type.tensor_type.shape.dim)
+            for i in inputs]
 
 
 def has_attention(model: torch.nn.Module) -> bool:
@@ -168,7 +159,29 @@ class _Reader:
         self._it = iter(self._feeds)
 
 
-def _static_int8(path: str, tmp: str, cfg: OrtStaticInt8Config, ctx: Context, notes: list[str]) -> str:
+def onnx_layers(path: str) -> dict[str, list[str]]:
+    """module name -> the names of the ONNX nodes it became (the dynamo exporter's name_scopes
+    metadata, or the TorchScript exporter's '/a/a.b/Op' node names)."""
+    import ast
+
+    import onnx
+
+    out: dict[str, list[str]] = {}
+    for node in onnx.load(path, load_external_data=False).graph.node:
+        meta = {p.key: p.value for p in node.metadata_props}
+        if "pkg.torch.onnx.name_scopes" in meta:
+            scopes = ast.literal_eval(meta["pkg.torch.onnx.name_scopes"])
+            module = scopes[-2] if len(scopes) >= 2 else ""
+        else:
+            parts = node.name.strip("/").split("/")
+            module = parts[-2] if len(parts) >= 2 else ""
+        if module:
+            out.setdefault(module, []).append(node.name)
+    return out
+
+
+def _static_int8(path: str, tmp: str, cfg: OrtStaticInt8Config, model, ctx: Context, notes: list[str]) -> str:
+    import onnx
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -181,15 +194,23 @@ def _static_int8(path: str, tmp: str, cfg: OrtStaticInt8Config, ctx: Context, no
     except Exception as e:  # noqa: BLE001 - optional step
         src = path
         notes.append(f"quant_pre_process skipped ({first_line(e)[:80]})")
+    # layers -> nodes in the graph quantize_static sees (the clean-up may drop nodes, not rename them)
+    nodes, present = onnx_layers(path), {n.name for n in onnx.load(src, load_external_data=False).graph.node}
+    floats = engines.resolve_skip(model, cfg.skip)
+    exclude = [n for layer in floats for n in nodes.get(layer, []) if n in present]
+    ctx.details[cfg.name] = {"quantized": [n for n in engines.quantizable_layers(model) if n in nodes and n not in floats],
+                             "float": floats, "excluded_nodes": exclude}
     names = [i.name for i in ort.InferenceSession(src, providers=["CPUExecutionProvider"]).get_inputs()]
     batches = cap(ctx.calibration(), cfg.max_samples)
     reader = type("Reader", (_Reader, CalibrationDataReader), {})(names, batches)
     out = os.path.join(tmp, "int8_static.onnx")
     with quiet():
         quantize_static(src, out, reader, quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+                        nodes_to_exclude=exclude)
     notes.append(f"QDQ, {'per-channel' if cfg.per_channel else 'per-tensor'} int8 weights, uint8 activations, "
-                 f"MinMax on {sum(b.batch_size for b in batches)} calibration samples")
+                 f"MinMax on {sum(b.batch_size for b in batches)} calibration samples"
+                 + (f"; kept in float: {', '.join(floats)} ({len(exclude)} ONNX nodes excluded)" if floats else ""))
     return out
 
 
@@ -222,14 +243,14 @@ def _applies_static(model, cfg, ctx):
     return NO_CALIBRATION if ctx.calibration is None else _applies_ort(model, cfg, ctx)
 
 
-def _build(model, cfg, ctx: Context) -> OrtModule:
+def _build(model, cfg, ctx: Context) -> engines.OrtModule:
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="torchslim-ort-") as tmp:
         path = os.path.join(tmp, "model.onnx")
-        exporter = export_onnx(model, ctx.example, path)
-        notes.append(f"{exporter} ONNX export")
+        exporter, shapes = export_onnx(model, ctx.example, path)
+        notes.append(f"{exporter} ONNX export, {shapes['serves']}")
         if isinstance(cfg, OrtStaticInt8Config):
-            path = _static_int8(path, tmp, cfg, ctx, notes)
+            path = _static_int8(path, tmp, cfg, model, ctx, notes)
         elif cfg.quantize == "dynamic":
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -244,9 +265,9 @@ def _build(model, cfg, ctx: Context) -> OrtModule:
             data = f.read()
     meta = {"exporter": exporter, "threads": torch.get_num_threads(), "inter_op_threads": 1,
             "graph_optimization_level": "ORT_ENABLE_ALL", "execution_mode": "ORT_SEQUENTIAL",
-            "config_entries": SPIN_OFF, **engines.out_spec(model, ctx.example), "notes": notes}
+            "config_entries": SPIN_OFF, **engines.out_spec(model, ctx.example), **shapes, "notes": notes}
     ctx.notes.extend(notes + [f"ONNX Runtime, {meta['threads']} intra-op thread(s), spinning off"])
-    return OrtModule({"model.onnx": data}, meta)
+    return engines.OrtModule({"model.onnx": data}, meta)
 
 
 @register(OrtConfig, applies=_applies_ort)
