@@ -14,7 +14,7 @@ from .techniques import (
     LowPrecisionConfig, Pt2eDynamicInt8Config, StaticInt8Config, StaticInt8FxConfig, StaticLinearInt8Config, TechniqueConfig, TorchScriptConfig, config_from_dict, handler,
     registered,
 )
-from .techniques.base import engine_of
+from .techniques.base import runtime_of
 
 
 @dataclass(frozen=True)
@@ -139,7 +139,7 @@ def contributed(device: torch.device) -> list[Recipe]:
     for cls in registered():
         for steps in cls.candidates(device):
             steps = tuple(steps)
-            eager = all(engine_of(s) == "torch" for s in steps)
+            eager = all(runtime_of(s) == "torch" for s in steps)
             out.append(_im(*steps) if eager and not any(isinstance(s, InferenceModeConfig) for s in steps) else Recipe(steps))
     return out
 

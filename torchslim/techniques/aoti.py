@@ -24,7 +24,7 @@ from .static_int8 import StaticInt8Config
 @dataclass(frozen=True)
 class AotiConfig(TechniqueConfig):
     name = "aoti"
-    engine: ClassVar[str] = "aoti"
+    runtime: ClassVar[str] = "aoti"
     lossy = engines.PerConfig(lambda cfg: cfg.dtype != "fp32")
     dtype: str = "fp32"  # or "bf16": the whole model cast (only where BF16 is native)
     freezing: bool = True

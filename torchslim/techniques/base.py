@@ -39,7 +39,7 @@ class TechniqueConfig:
     # sensitivity analysis and the search's float fallback use it).
     per_layer_skip: ClassVar[bool] = False
     speeds_up: ClassVar[str] = ""  # generation recipes: "prefill", "decode" or "both" ("": not declared)
-    engine: ClassVar[str] = "torch"  # who runs the result: torch, torchscript, aoti, onnxruntime, openvino
+    runtime: ClassVar[str] = "torch"  # who runs the result: torch, torchscript, aoti, onnxruntime, openvino
 
     @classmethod
     def candidates(cls, device: torch.device) -> list[tuple["TechniqueConfig", ...]]:
@@ -92,14 +92,9 @@ def with_per_layer_skip() -> list[str]:
     return [name for name, cls in CONFIGS.items() if cls.per_layer_skip]
 
 
-def engine_of(cfg: TechniqueConfig | type[TechniqueConfig]) -> str:
-    """Who runs a step's result: the `engine` ClassVar. A config whose `engine` is one of its options
-    (a dataclass field, e.g. a quantized-kernel engine) shadows it: the nearest base's is read."""
-    cls = cfg if isinstance(cfg, type) else type(cfg)
-    for k in cls.__mro__:
-        if not (dataclasses.is_dataclass(k) and "engine" in {f.name for f in dataclasses.fields(k)}):
-            return getattr(k, "engine", "torch")
-    return "torch"
+def runtime_of(cfg: TechniqueConfig | type[TechniqueConfig]) -> str:
+    """Who runs a step's result (torch, torchscript, aoti, onnxruntime, openvino): the `runtime` ClassVar."""
+    return getattr(cfg, "runtime", "torch")
 
 
 def unregister(config_cls: type[TechniqueConfig]) -> None:

@@ -25,7 +25,7 @@ PRECISIONS = ("default", "fp32")
 @dataclass(frozen=True)
 class OpenVinoConfig(TechniqueConfig):
     name = "openvino"
-    engine: ClassVar[str] = "openvino"
+    runtime: ClassVar[str] = "openvino"
     lossy = engines.PerConfig(lambda cfg: cfg.precision != "fp32", default=True)  # default: BF16 where native
     precision: str = "default"  # OpenVINO's choice (BF16 where the CPU has it) | fp32
 
@@ -50,7 +50,7 @@ class OpenVinoInt8Config(TechniqueConfig):
     recipes (model_type=TRANSFORMER where the model has attention)."""
 
     name = "openvino_int8"
-    engine: ClassVar[str] = "openvino"
+    runtime: ClassVar[str] = "openvino"
     needs_calibration = True
     lossy: ClassVar[bool] = True
     per_layer_skip: ClassVar[bool] = True  # skip -> nncf.IgnoredScope

@@ -23,7 +23,7 @@ class OrtConfig(TechniqueConfig):
     """quantize: 'none' (FP32) or 'dynamic' (int8 weights, per-call activation scales)."""
 
     name = "ort"
-    engine: ClassVar[str] = "onnxruntime"
+    runtime: ClassVar[str] = "onnxruntime"
     lossy = engines.PerConfig(lambda cfg: cfg.quantize != "none")
     quantize: str = "none"
     transformer_optimizer: bool = True  # FP32 only: ORT's BERT fusion where the model has attention
@@ -49,7 +49,7 @@ class OrtStaticInt8Config(TechniqueConfig):
     batches as the torch static recipes."""
 
     name = "ort_static_int8"
-    engine: ClassVar[str] = "onnxruntime"
+    runtime: ClassVar[str] = "onnxruntime"
     needs_calibration = True
     lossy: ClassVar[bool] = True
     per_layer_skip: ClassVar[bool] = True  # skip -> quantize_static(nodes_to_exclude=...)

@@ -2,6 +2,8 @@
 torch.ao FX prepare/calibrate/convert, then torch.jit.trace + freeze (optionally Static Runtime)."""
 from __future__ import annotations
 
+from typing import ClassVar
+
 import warnings
 from collections import Counter
 from dataclasses import dataclass
@@ -42,6 +44,7 @@ class StaticInt8FxConfig(StaticInt8Config):
         x86 (Static Runtime's quantized::linear calls an out= variant oneDNN's packing lacks)."""
 
     name = "static_int8_fx"
+    runtime: ClassVar[str] = "torchscript"  # a frozen TorchScript module (the `engine` field is the quantized-kernel one)
     engine: str = "auto"
     static_runtime: bool = False
 

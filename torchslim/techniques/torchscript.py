@@ -16,7 +16,7 @@ from .base import Context, TechniqueConfig, register
 @dataclass(frozen=True)
 class TorchScriptConfig(TechniqueConfig):
     name = "torchscript"
-    engine = "torchscript"
+    runtime = "torchscript"
     freeze: bool = True
     optimize_for_inference: bool = True
 

@@ -67,7 +67,7 @@ class FastTransformerConfig(TechniqueConfig):
     name = "fast_transformer"
     lossy: ClassVar[bool] = False  # float: same numerics up to float rounding
     per_layer_skip: ClassVar[bool] = False
-    engine: ClassVar[str] = "torch"
+    runtime: ClassVar[str] = "torch"
     max_buckets: int = 4
     varlen: bool = True
 
