@@ -78,3 +78,15 @@ def test_shape_rejection_is_not_retried_with_layers_in_float(tmp_path, monkeypat
     assert traced.status == "rejected" and traced.reason.startswith("batch 1: min cosine"), traced.reason
     assert traced.validation["rejected_by"] == "shape"
     assert _row(run, "dynamic-int8").validation["rejected_by"] is None  # eager: follows the branch at batch 1
+
+
+def test_batch_two_check_pairs_the_example_with_a_real_held_out_row():
+    """At batch 1 the other-shape check adds a real held-out row, not generated tokens (generated
+    token rows can hold [PAD] ids as real tokens, which no calibration saw)."""
+    ids = torch.randint(1, 100, (1, 8))
+    batches = [torch.randint(1, 100, (1, 8)) for _ in range(8)]
+    wl = Workload(tiny_models.cnn(), Example((ids,)), calibration=from_batches(batches, Example((ids,))))
+    held, _ = validation._split(wl)
+    check = next(inputs for name, kind, inputs in validation._checks(wl, Example((ids,))) if name == "batch 2")
+    (t,) = check.tensors()
+    assert t.shape == (2, 8) and torch.equal(t[0], ids[0]) and torch.equal(t[1], held[0].tensors()[0][0])
