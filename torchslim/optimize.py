@@ -31,9 +31,10 @@ import torch.nn as nn
 from . import artifacts, measure, resume, validation
 from . import device as dev
 from .calibration_sources import missing_hint
-from .errors import NotApplicable, SlimError
+from .errors import NotApplicable, SlimError, first_line
 from .fidelity import compare
 from .fileio import write_json, write_text
+from .progress import bar as progress_bar
 from .recipes import BASELINE, Recipe, apply, by_name, candidates, missing_hardware, ordered
 from .results import RecipeResult, RunResult, kept_on_stop
 from .sensitivity import fewest_float_layers, make_probe, measure_layers, quantization_step, with_float_layers
@@ -168,7 +169,7 @@ def _search(workload: Workload, config: OptimizeConfig, device: torch.device, ru
     base_call = _run(base_model, example)
     early = (lambda m, r: _early(m, r, base_call, example, device)) if run.search["early_reject"] else None
     models: dict[str, nn.Module] = {"baseline": base_model}
-    bar = _progress(len(recipes) + 2, progress, "recipes")
+    bar = progress_bar(len(recipes) + 2, unit="recipes", enabled=progress)
     tried = 0
     for recipe in recipes:
         elapsed = time.perf_counter() - t_start
@@ -511,18 +512,13 @@ def _evaluate(workload: Workload, model: nn.Module) -> dict:
 def _forward_error(e: Exception, workload: Workload, config: OptimizeConfig) -> SlimError:
     if isinstance(e, (torch.OutOfMemoryError, MemoryError)):
         return SlimError(f"out of memory running the model on {workload.example.describe()}", "use a smaller batch in --input-shape")
-    return SlimError(f"the model raised {type(e).__name__} on example inputs {workload.example.describe()}: {_first_line(e)}",
+    return SlimError(f"the model raised {type(e).__name__} on example inputs {workload.example.describe()}: {first_line(e)[:300]}",
                      "check --input-shape/--dtype match what the model expects (run with --debug for the traceback)")
 
 
 def _reason(e: Exception, debug: bool) -> str:
-    msg = f"{type(e).__name__}: {_first_line(e)}"
+    msg = f"{type(e).__name__}: {first_line(e)[:300]}"
     return msg + ("\n" + traceback.format_exc() if debug else "")
-
-
-def _first_line(e: Exception) -> str:
-    lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
-    return (lines[0] if lines else repr(e))[:300]
 
 
 def _write(run: RunResult, config: OptimizeConfig) -> None:
@@ -538,9 +534,3 @@ def _write(run: RunResult, config: OptimizeConfig) -> None:
     write_html(d, os.path.join(config.out, "report.html"))
     if run.chosen:
         write_text(os.path.join(config.out, "reproduce.py"), d["snippet"])
-
-
-def _progress(total: int, enabled: bool, unit: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, disable=not enabled, unit=unit, dynamic_ncols=True, leave=False)

@@ -31,7 +31,8 @@ import torch
 import torch.nn as nn
 
 from . import backends
-from .errors import NotApplicable, SlimError
+from .errors import NotApplicable, SlimError, first_line
+from .progress import bar as progress_bar
 from .fidelity import compare
 from .inputs import Example, as_example
 from .techniques import Context, TechniqueConfig, handler
@@ -54,6 +55,11 @@ class SensitivityConfig:
                             f"measure one of: {SKIP_TECHNIQUES}")
         if self.batches < 1:
             raise SlimError("batches must be >= 1", "e.g. 4: the example and three calibration batches")
+
+
+def skip_techniques() -> str:
+    """The techniques that can keep single layers in float, comma-separated (for messages)."""
+    return SKIP_TECHNIQUES
 
 
 def has_skip(cfg: TechniqueConfig) -> bool:
@@ -207,12 +213,12 @@ def score(model: nn.Module, batches: list[Example], refs: list, evaluate=None, m
 def measure_layers(probe, batches: list[Example], refs: list, evaluate=None, metric: str | None = None,
                    base_metric: float | None = None, progress: bool = False) -> list[dict]:
     """Each layer quantized alone: its scores, most damaging (lowest SQNR) first."""
-    from tqdm.auto import tqdm
-
     rows = []
-    for name in tqdm(list(probe.layers), desc="layers", unit="layer", disable=not progress, leave=False):
-        s = score(probe.model([name]), batches, refs, evaluate, metric, base_metric)
-        rows.append({"name": name, "kind": probe.layers[name], **s})
+    with progress_bar(len(probe.layers), "layers", "layer", progress) as bar:
+        for name in list(probe.layers):
+            s = score(probe.model([name]), batches, refs, evaluate, metric, base_metric)
+            rows.append({"name": name, "kind": probe.layers[name], **s})
+            bar.update()
     rows.sort(key=lambda r: (_sort_db(r["sqnr_db"]), r["min_cosine"]))
     for i, r in enumerate(rows, 1):
         r["rank"] = i
@@ -269,7 +275,7 @@ def sensitivity(workload: Workload, config: SensitivityConfig = SensitivityConfi
         try:
             refs = [b(model) for b in batches]
         except Exception as e:  # noqa: BLE001 - the user's model or inputs
-            raise SlimError(f"the model raised {type(e).__name__} on its inputs: {str(e).splitlines()[0] if str(e) else ''}",
+            raise SlimError(f"the model raised {type(e).__name__} on its inputs: {first_line(e)}",
                             "check the example/calibration inputs match what the model expects") from e
     probe = make_probe(model, config.technique, ctx)
     evaluate = workload.evaluate if config.metric else None

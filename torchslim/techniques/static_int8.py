@@ -20,7 +20,6 @@ import copy
 import fnmatch
 import logging
 import platform
-import sys
 import warnings
 from collections import Counter
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ import torch.utils._pytree as pytree
 from .. import backends
 from .. import device as dev
 from ..errors import NotApplicable, SlimError, first_line
+from ..progress import bar as progress_bar
 from ..inputs import Example, as_example
 from .base import Context, TechniqueConfig, Wrapper, register
 from ..workload import eval_mode
@@ -360,7 +360,7 @@ def calibrate(prepared: nn.Module, ctx: Context, example: Example, max_samples: 
     total = max_samples
     if hasattr(batches, "__len__"):  # a list: the bar can show the real end
         total = min(max_samples, len(batches) * max(1, example.batch_size))
-    with _progress(total) as bar:
+    with progress_bar(total, "calibrating", "sample") as bar:
         for batch in batches:
             batch = as_example(batch).to(ctx.device)
             _check_batch(batch, spec, example, n_batches)
@@ -414,12 +414,6 @@ def _check_batch(batch: Example, spec, example: Example, index: int) -> None:
 def _brief(tree) -> str:
     s = str(tree).replace("\n", " ")
     return s if len(s) < 160 else s[:157] + "..."
-
-
-def _progress(total: int):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="calibrating", unit="sample", leave=False, file=sys.stderr, dynamic_ncols=True)
 
 
 # -- what was quantized --------------------------------------------------------------------------
