@@ -13,7 +13,8 @@ import os
 import torch
 import torch.nn as nn
 
-from . import __version__, engines
+from . import engines
+from .version import __version__
 from .errors import SlimError
 from .fidelity import compare, output_tensors
 from .techniques.torchscript import script_module

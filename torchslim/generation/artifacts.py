@@ -25,7 +25,7 @@ FORMAT_VERSION = 1
 
 
 def save(folder: str, lm, recipe: Recipe, optimized, prompts: list[torch.Tensor], new_tokens: int) -> str:
-    from .. import __version__
+    from ..version import __version__
     from ..backends import quiet
 
     os.makedirs(folder, exist_ok=True)
