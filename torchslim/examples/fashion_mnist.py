@@ -1,13 +1,5 @@
-"""A real image-classification workload: a small CNN trained on Fashion-MNIST.
-
-The data comes from the Debian package `dataset-fashion-mnist` (fashion_data.py). The model is
-trained once on this machine's CPU (well under two minutes) and cached under
-$TORCHSLIM_CACHE (default ~/.cache/torchslim), so `workload()` is cheap afterwards.
-
-The evaluate() of the workload scores test accuracy, in percent, on the first
-EVAL_IMAGES (2048) test images, always in chunks of exactly the example's batch
-size, because optimized candidates may be compiled for that one shape.
-"""
+"""A real image-classification workload: a small CNN on Fashion-MNIST (Debian `dataset-fashion-mnist`),
+trained once on this machine's CPU and cached under $TORCHSLIM_CACHE (default ~/.cache/torchslim)."""
 from __future__ import annotations
 
 import os
@@ -26,7 +18,9 @@ from ..workload import Workload
 from .fashion_data import CLASSES, MEAN, STD, data_dir, load_split  # noqa: F401 - fm.load_split etc. stay public here
 
 CHECKPOINT = "fashion_cnn_v1.pt"
-EVAL_IMAGES = 2048  # test images scored by evaluate(): ~1 s for the FP32 model at batch 64
+# test images scored by evaluate(): ~1 s for the FP32 model at batch 64; always in chunks of exactly the
+# example's batch size, because optimized candidates may be compiled for that one shape
+EVAL_IMAGES = 2048
 
 
 # ----------------------------------------------------------------------------- model
@@ -97,8 +91,7 @@ def train(epochs: int = TRAIN_EPOCHS, seed: int = 0, batch: int = TRAIN_BATCH, b
 def _fit(model: FashionCNN, x: torch.Tensor, y: torch.Tensor, epochs: int, batch: int, bf16: bool,
          gen: torch.Generator, progress: bool) -> FashionCNN:
     """The training loop: AdamW + one-cycle LR, label smoothing, flips; channels-last (faster on CPU)."""
-    from tqdm import tqdm
-
+    from ..progress import bar as progress_bar
     from ..training.amp import Amp, backward_and_step
 
     model = model.to(memory_format=torch.channels_last).train()
@@ -107,7 +100,7 @@ def _fit(model: FashionCNN, x: torch.Tensor, y: torch.Tensor, epochs: int, batch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.25)
     amp = Amp("bf16" if bf16 else "fp32", "cpu")  # weights stay FP32; on CPU no gradient scaler is needed
     scaler = amp.scaler()
-    with tqdm(total=steps, desc="training FashionCNN", unit="step", file=sys.stderr, disable=not progress) as bar:
+    with progress_bar(steps, "training FashionCNN", "step", progress) as bar:
         for _ in range(epochs):
             order = torch.randperm(len(x), generator=gen)
             for i in range(len(x) // batch):  # drop the last partial batch: fixed shapes, fixed step count

@@ -76,9 +76,6 @@ class Hooks:
     before_step: Callable[[nn.Module, int], None] | None = None
     # set_mode(model, training): model.train()/.eval() for models that need another switch (torch.export graphs)
     set_mode: Callable[[nn.Module, bool], None] | None = None
-    # augment(inputs) -> inputs: called on every training batch before the forward (random flips, ...);
-    # it may draw from torch's global RNG, which fit() seeds and the checkpoint restores.
-    augment: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 @dataclass
@@ -106,11 +103,10 @@ def cross_entropy(label_smoothing: float = 0.0) -> LossFn:
 
 def fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, *, test_set: Dataset | None = None,
         out: str | None = None, restart: bool = False, loss_fn: LossFn | None = None, hooks: Hooks | None = None,
-        progress: bool = True, settings: dict | None = None, check_data: bool = True, desc: str = "training") -> TrainResult:
+        progress: bool = True, settings: dict | None = None, check_data: bool = True) -> TrainResult:
     """Train `model` (in place) on `train_set`; see the comments below. `out` holds the checkpoint
     (resumed unless `restart`); `settings` are extra facts a resumed run must match (e.g. QAT's);
-    `check_data=False` skips the trial batch (for callers that checked already); `desc` labels the
-    progress bar."""
+    `check_data=False` skips the trial batch (for callers that checked already)."""
     # In order: check that the data fits the model; pick the precision (amp.choose); split each global
     # batch across processes when started by torchrun (distributed.py); resume from `out/checkpoint.pt`
     # if one is there; then for every batch: forward and loss under autocast, stop on a non-finite loss
@@ -159,7 +155,7 @@ def fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, *, test_set: Dat
         if start.get("rng_note"):
             result.notes.append(start["rng_note"])
         t0 = time.perf_counter()
-        bar = progress_bar(total, desc, "step", progress and world.main, initial=result.steps)
+        bar = progress_bar(total, "training", "step", progress and world.main, initial=result.steps)
         try:
             for epoch in range(start["epoch"], cfg.epochs):
                 sampler.set_epoch(epoch)
@@ -170,8 +166,6 @@ def fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, *, test_set: Dat
                 for i in range(skip, steps_per_epoch):
                     x, y = take(train_set, order[i * per_rank:(i + 1) * per_rank])
                     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                    if hooks.augment:
-                        x = hooks.augment(x)
                     if hooks.before_step:
                         hooks.before_step(model, result.steps)
                     with amp.autocast():
