@@ -98,3 +98,38 @@ def test_static_int8_run_serves_and_reproduces(tmp_path):
     r = subprocess.run([sys.executable, str(out / "reproduce.py")], capture_output=True, text=True, timeout=600,
                        env=env, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_one_command_table_builds_the_parser():
+    import argparse
+
+    from torchslim.cli import COMMANDS, build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert list(sub.choices) == list(COMMANDS) == ["optimize", "recipes", "report", "sensitivity", "recalibrate", "train", "qat"]
+    # the shared options (argparse parents) keep their dests and per-command defaults
+    args = parser.parse_args(["optimize", "--model", "m.py:f", "--debug"])
+    assert (args.model, args.calib_samples, args.device, args.out, args.debug, args.no_progress) == ("m.py:f", 256, "auto", None, True, False)
+    args = parser.parse_args(["--debug", "sensitivity", "--model", "m.py:f"])
+    assert (args.out, args.technique, args.debug) == ("torchslim-out", "static_int8", True)  # the command's --debug does not reset it
+    args = parser.parse_args(["qat", "--model", "m.py:f", "--data", "digits"])
+    assert (args.device, args.lr, args.schedule, args.calib_samples, args.out, args.debug) == ("cpu", 1e-4, "cosine", 256, None, False)
+    args = parser.parse_args(["train", "--model", "m.py:f", "--data", "digits"])
+    assert (args.lr, args.schedule, args.amp) == (1e-3, "onecycle", "auto") and not hasattr(args, "calib_samples")
+
+
+def test_static_runtime_is_read_from_the_recipe_steps_not_its_name():
+    from torchslim.cli.optimize import _on_static_runtime
+    from torchslim.recipes import Recipe
+    from torchslim.results import RecipeResult, RunResult
+    from torchslim.techniques import InferenceModeConfig
+    from torchslim.techniques.static_int8_fx import StaticInt8FxConfig
+
+    def run(static_runtime: bool, name: str) -> RunResult:
+        steps = Recipe((StaticInt8FxConfig(engine="x86", static_runtime=static_runtime), InferenceModeConfig())).to_list()
+        return RunResult(workload={}, machine={}, config={}, recipes=[RecipeResult("baseline", []), RecipeResult(name, steps)],
+                         chosen=name)
+
+    assert _on_static_runtime(run(True, "renamed"))
+    assert not _on_static_runtime(run(False, "looks-like-sr"))

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from . import engines
+from .version import __version__
 from .errors import SlimError
 from .fidelity import compare, output_tensors
 from .techniques.torchscript import script_module
@@ -20,7 +21,6 @@ from .fileio import atomic_write, write_json
 from .inputs import Example
 from .recipes import Recipe, apply
 from .techniques import Context
-from .version import __version__
 from .workload import eval_mode
 
 MANIFEST = "torchslim.json"

@@ -18,7 +18,8 @@ from .recipes import by_name, candidates, ordered
 from .results import RunResult, kept_on_stop
 from .search.choose import choose, why
 from .search.loop import baseline, clock, early_check, try_candidates
-from .search.output import progress_bar, save, write
+from .progress import bar as progress_bar
+from .search.output import save, write
 from .search.replay import replay
 from .search.timing import final_timing
 from .search.trial import caller
@@ -132,7 +133,7 @@ def _search(workload: Workload, config: OptimizeConfig, device: torch.device, ru
     base_call = caller(base_model, example)
     early = (lambda m, r: early_check(m, r, base_call, example, device)) if run.search["early_reject"] else None
     models = {"baseline": base_model}
-    bar = progress_bar(len(recipes) + 2, progress, "recipes")
+    bar = progress_bar(len(recipes) + 2, unit="recipes", enabled=progress)
     try_candidates(recipes, workload, example, device, ref_out, base_metric, config, run, models, bar, explicit,
                    t_start, budget_s, early)
     t_trials = time.perf_counter()

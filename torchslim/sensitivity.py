@@ -12,12 +12,14 @@ from typing import Callable, Iterable
 import torch
 import torch.nn as nn
 
-from .errors import NotApplicable, SlimError
+from .errors import NotApplicable, SlimError, first_line
+from .progress import bar as progress_bar
 from .fidelity import compare
 from .inputs import Example, as_example
 from .quant.probes import Pt2eFakeQuant, is_observer
 from .quant.pt2e import weighted_layer
-from .techniques import CONFIGS, Context, TechniqueConfig, handler
+from .techniques import Context, TechniqueConfig, handler
+from .techniques.base import with_per_layer_skip
 from .techniques.static_int8 import Pt2eDynamicInt8Config, StaticInt8Config, prepare_calibrated
 from .techniques.static_int8_fx import StaticInt8FxConfig
 from .workload import Workload, eval_mode
@@ -25,7 +27,7 @@ from .workload import Workload, eval_mode
 
 def skip_techniques() -> str:
     """The registered techniques that can keep named layers in float (per_layer_skip), comma-separated."""
-    return ", ".join(sorted(name for name, cls in CONFIGS.items() if getattr(cls, "per_layer_skip", False)))
+    return ", ".join(sorted(with_per_layer_skip()))
 
 
 @dataclass(frozen=True)
@@ -204,15 +206,13 @@ def score(model: nn.Module, batches: list[Example], refs: list, evaluate=None, m
 
 def measure_layers(probe, batches: list[Example], refs: list, evaluate=None, metric: str | None = None,
                    base_metric: float | None = None, progress: bool = False) -> list[dict]:
-    """Each layer quantized alone: its scores, most damaging (lowest SQNR) first. The task metric is
-    measured too, but one layer alone rarely moves it by more than its resolution (one test
-    example), so it does not order the list; fewest_float_layers judges by the metric."""
-    from tqdm.auto import tqdm
-
+    """Each layer quantized alone: its scores, most damaging (lowest SQNR) first."""
     rows = []
-    for name in tqdm(list(probe.layers), desc="layers", unit="layer", disable=not progress, leave=False):
-        s = score(probe.model([name]), batches, refs, evaluate, metric, base_metric)
-        rows.append({"name": name, "kind": probe.layers[name], **s})
+    with progress_bar(len(probe.layers), "layers", "layer", progress) as bar:
+        for name in list(probe.layers):
+            s = score(probe.model([name]), batches, refs, evaluate, metric, base_metric)
+            rows.append({"name": name, "kind": probe.layers[name], **s})
+            bar.update()
     rows.sort(key=lambda r: (_sort_db(r["sqnr_db"]), r["min_cosine"]))
     for i, r in enumerate(rows, 1):
         r["rank"] = i
@@ -269,7 +269,7 @@ def sensitivity(workload: Workload, config: SensitivityConfig = SensitivityConfi
         try:
             refs = [b(model) for b in batches]
         except Exception as e:  # noqa: BLE001 - the user's model or inputs
-            raise SlimError(f"the model raised {type(e).__name__} on its inputs: {str(e).splitlines()[0] if str(e) else ''}",
+            raise SlimError(f"the model raised {type(e).__name__} on its inputs: {first_line(e)}",
                             "check the example/calibration inputs match what the model expects") from e
     probe = make_probe(model, config.technique, ctx)
     evaluate = workload.evaluate if config.metric else None

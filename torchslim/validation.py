@@ -28,7 +28,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from .errors import SlimError
+from .errors import SlimError, first_line
 from .fidelity import compare, output_tensors
 from .inputs import Example
 
@@ -159,7 +159,7 @@ def check(res, model: nn.Module, workload, example: Example, config) -> tuple[st
     try:
         checks = _checks(workload, example)
     except Exception as e:  # noqa: BLE001 - inputs this module cannot vary: say so, keep the example's verdict
-        res.validation = {"checks": [], "shapes": f"not checked: {type(e).__name__}: {_first(e)}"}
+        res.validation = {"checks": [], "shapes": f"not checked: {type(e).__name__}: {first_line(e)[:200]}"}
         return verdict
     for name, kind, inputs in checks:
         row = {"check": name, "kind": kind, "inputs": inputs.describe()}
@@ -181,11 +181,11 @@ def check(res, model: nn.Module, workload, example: Example, config) -> tuple[st
             row["first_call_ms"] = (time.perf_counter() - t0) * 1000
             fid = compare(ref, out)
         except Exception as e:  # noqa: BLE001 - the recipe's failure at this shape is the finding
-            row["result"] = f"failed: {type(e).__name__}: {_first(e)}"
+            row["result"] = f"failed: {type(e).__name__}: {first_line(e)[:200]}"
             if verdict[0] == "ok":
                 rejected_by = kind
                 verdict = ("rejected", f"{name} ({inputs.describe()}) raised {type(e).__name__}: works only at the example's shape"
-                           if kind == "shape" else f"{name} raised {type(e).__name__}: {_first(e)}")
+                           if kind == "shape" else f"{name} raised {type(e).__name__}: {first_line(e)[:200]}")
             continue
         row.update(min_cosine=fid.min_cosine, sqnr_db=fid.to_dict()["sqnr_db"], finite=fid.finite)
         if fid.exact_match is not None:
@@ -207,10 +207,6 @@ def check(res, model: nn.Module, workload, example: Example, config) -> tuple[st
         res.notes = res.notes + [f"recompiles for each new input shape: {slow[0]['first_call_ms'] / 1000:.1f} s at {slow[0]['check']} "
                                  "(torch.compile(dynamic=True) avoids it at some speed cost)"]
     return verdict
-
-
-def _first(e: BaseException) -> str:
-    return next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)[:200]
 
 
 def rejected_at_other_shape(res) -> bool:

@@ -1,23 +1,11 @@
-"""A real image-classification workload: a small CNN trained on Fashion-MNIST.
-
-The data comes from the Debian package `dataset-fashion-mnist` (idx files under
-/usr/share/datasets/fashion-mnist, or $TORCHSLIM_FASHION_MNIST_DIR). The model is
-trained once on this machine's CPU (well under two minutes) and cached under
-$TORCHSLIM_CACHE (default ~/.cache/torchslim), so `workload()` is cheap afterwards.
-
-The evaluate() of the workload scores test accuracy, in percent, on the first
-EVAL_IMAGES (2048) test images, always in chunks of exactly the example's batch
-size, because optimized candidates may be compiled for that one shape.
-"""
+"""A real image-classification workload: a small CNN on Fashion-MNIST (Debian `dataset-fashion-mnist`),
+trained once on this machine's CPU and cached under $TORCHSLIM_CACHE (default ~/.cache/torchslim)."""
 from __future__ import annotations
 
-import gzip
-import math
 import os
 import sys
 import time
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -27,53 +15,12 @@ from ..fileio import atomic_write
 from ..inputs import Example
 from ..measure import num_threads
 from ..workload import Workload
+from .fashion_data import CLASSES, MEAN, STD, data_dir, load_split  # noqa: F401 - fm.load_split etc. stay public here
 
-DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
 CHECKPOINT = "fashion_cnn_v1.pt"
-MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST training-set pixel statistics (of pixels / 255)
-EVAL_IMAGES = 2048  # test images scored by evaluate(): ~1 s for the FP32 model at batch 64
-CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-           "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
-
-_FILES = {True: ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-          False: ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
-
-
-# ----------------------------------------------------------------------------- data
-
-def data_dir() -> str:
-    """Where the idx files live: $TORCHSLIM_FASHION_MNIST_DIR, else the Debian package's folder."""
-    return os.environ.get("TORCHSLIM_FASHION_MNIST_DIR") or DEFAULT_DIR
-
-
-def _read_idx(path: str, magic: int) -> np.ndarray:
-    """Read one gzipped idx file (big-endian header: magic, then one uint32 per dimension)."""
-    if not os.path.isfile(path):
-        raise SlimError(f"Fashion-MNIST file '{path}' is missing",
-                        "apt-get install -y dataset-fashion-mnist (or set TORCHSLIM_FASHION_MNIST_DIR)")
-    with gzip.open(path, "rb") as f:
-        raw = f.read()
-    ndim = magic & 0xFF
-    if len(raw) < 4 + 4 * ndim or int.from_bytes(raw[:4], "big") != magic:
-        raise SlimError(f"'{path}' is not an idx file", "reinstall dataset-fashion-mnist")
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
-    if data.size != math.prod(dims):
-        raise SlimError(f"'{path}' is truncated", "reinstall dataset-fashion-mnist")
-    return data.reshape(dims)
-
-
-def load_split(train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """The training (60000) or test (10000) split: float32 images [N,1,28,28] normalized, int64 labels."""
-    folder = data_dir()
-    images_file, labels_file = _FILES[train]
-    images = _read_idx(os.path.join(folder, images_file), 0x0803)
-    labels = _read_idx(os.path.join(folder, labels_file), 0x0801)
-    if len(images) != len(labels):
-        raise SlimError(f"Fashion-MNIST in '{folder}' has {len(images)} images but {len(labels)} labels",
-                        "reinstall dataset-fashion-mnist")
-    x = torch.from_numpy(images.astype(np.float32)).div_(255.0).sub_(MEAN).div_(STD)
-    return x.unsqueeze(1).contiguous(), torch.from_numpy(labels.astype(np.int64))
+# test images scored by evaluate(): ~1 s for the FP32 model at batch 64; always in chunks of exactly the
+# example's batch size, because optimized candidates may be compiled for that one shape
+EVAL_IMAGES = 2048
 
 
 # ----------------------------------------------------------------------------- model
@@ -144,8 +91,7 @@ def train(epochs: int = TRAIN_EPOCHS, seed: int = 0, batch: int = TRAIN_BATCH, b
 def _fit(model: FashionCNN, x: torch.Tensor, y: torch.Tensor, epochs: int, batch: int, bf16: bool,
          gen: torch.Generator, progress: bool) -> FashionCNN:
     """The training loop: AdamW + one-cycle LR, label smoothing, flips; channels-last (faster on CPU)."""
-    from tqdm import tqdm
-
+    from ..progress import bar as progress_bar
     from ..training.amp import Amp, backward_and_step
 
     model = model.to(memory_format=torch.channels_last).train()
@@ -154,7 +100,7 @@ def _fit(model: FashionCNN, x: torch.Tensor, y: torch.Tensor, epochs: int, batch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.25)
     amp = Amp("bf16" if bf16 else "fp32", "cpu")  # weights stay FP32; on CPU no gradient scaler is needed
     scaler = amp.scaler()
-    with tqdm(total=steps, desc="training FashionCNN", unit="step", file=sys.stderr, disable=not progress) as bar:
+    with progress_bar(steps, "training FashionCNN", "step", progress) as bar:
         for _ in range(epochs):
             order = torch.randperm(len(x), generator=gen)
             for i in range(len(x) // batch):  # drop the last partial batch: fixed shapes, fixed step count

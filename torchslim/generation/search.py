@@ -19,8 +19,9 @@ import torch
 
 from .. import device as dev
 from .. import measure as tmeasure
-from ..errors import NotApplicable, SlimError
+from ..errors import NotApplicable, SlimError, first_line
 from ..fileio import write_json, write_text
+from ..progress import bar as progress_bar
 from ..recipes import Recipe, apply
 from ..results import RecipeResult, RunResult, kept_on_stop
 from ..techniques import Context
@@ -179,7 +180,7 @@ def _search(lm: CausalLM, config: GenerationConfig, device, run: RunResult, prog
     try:
         base.first_call_ms, _ = measure.first_call(gen, ev.ids, config.new_tokens)
     except Exception as e:  # noqa: BLE001 - user model
-        raise SlimError(f"the model's generate() fails: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+        raise SlimError(f"the model's generate() fails: {type(e).__name__}: {first_line(e)}",
                         "check the model loads and generates with transformers alone") from e
     ev.ref_tokens = [gen(p, config.agreement_tokens).tokens for p in ev.agree]
     ev.base_distinct = quality.distinct_fraction(ev.ref_tokens)
@@ -190,7 +191,7 @@ def _search(lm: CausalLM, config: GenerationConfig, device, run: RunResult, prog
 
     chosen = by_name(list(config.recipes), device) if config.recipes else candidates(device)
     models = {"baseline": model}
-    bar = _progress(len(chosen) + 2, progress)
+    bar = progress_bar(len(chosen) + 2, unit="generation recipes", enabled=progress)
     for recipe, target in chosen:
         bar.set_postfix_str(recipe.name)
         res, m = _try(recipe, target, model, ev, config, device)
@@ -275,7 +276,7 @@ def _try(recipe: Recipe, target: str, model, ev: _Eval, config: GenerationConfig
         res.status, res.reason = "failed", f"out of memory ({type(e).__name__})"
         return res, None
     except Exception as e:  # noqa: BLE001 - a recipe's failure is a result, not a crash
-        msg = traceback.format_exc() if config.debug else (str(e).splitlines()[0] if str(e) else "")
+        msg = traceback.format_exc() if config.debug else first_line(e)
         res.status, res.reason, res.notes = "failed", f"{type(e).__name__}: {msg}"[:2000], ctx.notes
         return res, None
     bad = quality.garbage(tr.first_logits, res.perplexity, ev.base_ppl, quality.distinct_fraction([t.tokens for t in toks]),
@@ -320,9 +321,3 @@ def _write(run: RunResult, config: GenerationConfig) -> None:
         from .artifacts import write_reproduce
 
         write_reproduce(os.path.join(config.out, "reproduce.py"), run.artifact, config)
-
-
-def _progress(total: int, enabled: bool):
-    from ..search.output import progress_bar as bar
-
-    return bar(total, enabled, "generation recipes")

@@ -7,7 +7,6 @@ import copy
 import dataclasses
 import logging
 import math
-import sys
 from collections import Counter
 from typing import Any, Iterable
 
@@ -17,6 +16,7 @@ import torch.nn as nn
 from ..calibration import check_batch
 from ..errors import NotApplicable, SlimError, first_line
 from ..inputs import Example, as_example
+from ..progress import bar as progress_bar
 from .common import OBSERVERS, observer_class, quiet, unavailable
 
 __all__ = ["OBSERVERS", "missing", "x86_quantizer", "weight_range", "export", "prepare", "calibrate", "convert",
@@ -217,7 +217,7 @@ def calibrate(prepared, batches: Iterable, example: Example, max_samples: float 
     total = max_samples
     if hasattr(batches, "__len__"):  # a list: the bar can show the real end
         total = min(max_samples, len(batches) * max(1, example.batch_size))
-    with _progress(total if math.isfinite(total) else None, progress) as bar:
+    with progress_bar(total if math.isfinite(total) else None, "calibrating", "sample", progress) as bar:
         for batch in batches:
             batch = as_example(batch)
             batch = batch.to(device) if device is not None else batch
@@ -238,12 +238,6 @@ def calibrate(prepared, batches: Iterable, example: Example, max_samples: float 
         raise SlimError("the calibration set is empty", "give at least one calibration batch (a few hundred samples is typical)")
     return {"batches": n_batches, "samples": n_samples}
 
-
-def _progress(total, show: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="calibrating", unit="sample", leave=False, file=sys.stderr, dynamic_ncols=True,
-                disable=not show)
 
 
 def convert(prepared):

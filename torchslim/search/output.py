@@ -1,4 +1,4 @@
-"""What the search writes as it goes (results.json, report.html, reproduce.py, the chosen model) and its progress bar."""
+"""What the search writes as it goes (results.json, report.html, reproduce.py, the chosen model)."""
 from __future__ import annotations
 
 import os
@@ -38,9 +38,3 @@ def save(run: RunResult, chosen: RecipeResult, model: nn.Module, workload: Workl
                    reference_output=caller(model, example)(), calibration=calib, optimized=model)
     run.artifact = folder
 
-
-def progress_bar(total: int, enabled: bool, unit: str):
-    """A tqdm bar (disabled with `enabled=False`) shared by the searches."""
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, disable=not enabled, unit=unit, dynamic_ncols=True, leave=False)

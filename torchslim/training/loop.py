@@ -1,23 +1,9 @@
-"""A short reference training loop for classification, readable top to bottom.
-
-    result = fit(model, train_set, TrainConfig(epochs=2, precision="auto"), test_set=test_set, out="run/")
-
-What it does, in order: check that the data fits the model; pick the precision (amp.choose);
-split each global batch across processes when started by torchrun (distributed.py); resume from
-`out/checkpoint.pt` if one is there; then for every batch: forward and loss under autocast, stop
-on a non-finite loss (keeping the last good checkpoint), backward and step through the gradient
-scaler, and write a checkpoint every `checkpoint_every` steps and at the end of every epoch.
-
-Exact resumption: the batch order of epoch e is a permutation seeded by (seed, e) (the
-DistributedSampler's rule), so a resumed run regenerates it and skips the batches already done;
-model, optimizer, scheduler, scaler and RNG states come from the checkpoint. A run killed at any
-point and resumed ends with the same weights as one that was never interrupted (same thread count).
-"""
+"""A short reference training loop for classification, readable top to bottom:
+`fit(model, train_set, TrainConfig(epochs=2, precision="auto"), test_set=test_set, out="run/")`."""
 from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -29,6 +15,7 @@ from torch.utils.data import Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from ..errors import SlimError
+from ..progress import bar as progress_bar
 from . import amp as amp_mod
 from . import checkpoint as ckpt
 from . import distributed as dist_mod
@@ -117,9 +104,14 @@ def cross_entropy(label_smoothing: float = 0.0) -> LossFn:
 def fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, *, test_set: Dataset | None = None,
         out: str | None = None, restart: bool = False, loss_fn: LossFn | None = None, hooks: Hooks | None = None,
         progress: bool = True, settings: dict | None = None, check_data: bool = True) -> TrainResult:
-    """Train `model` (in place) on `train_set`; see the module docstring. `out` holds the checkpoint
+    """Train `model` (in place) on `train_set`; see the comments below. `out` holds the checkpoint
     (resumed unless `restart`); `settings` are extra facts a resumed run must match (e.g. QAT's);
     `check_data=False` skips the trial batch (for callers that checked already)."""
+    # In order: check that the data fits the model; pick the precision (amp.choose); split each global
+    # batch across processes when started by torchrun (distributed.py); resume from `out/checkpoint.pt`
+    # if one is there; then for every batch: forward and loss under autocast, stop on a non-finite loss
+    # (keeping the last good checkpoint), backward and step through the gradient scaler, and write a
+    # checkpoint every `checkpoint_every` steps and at the end of every epoch.
     hooks = hooks or Hooks()
     set_mode = hooks.set_mode or (lambda m, training: m.train(training))
     loss_fn = loss_fn or cross_entropy(cfg.label_smoothing)
@@ -136,6 +128,10 @@ def fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, *, test_set: Dat
 
     model.to(device)
     amp = amp_mod.choose(cfg.precision, device)
+    # Exact resumption: the batch order of epoch e is a permutation seeded by (seed, e) (the
+    # DistributedSampler's rule), so a resumed run regenerates it and skips the batches already done;
+    # model, optimizer, scheduler, scaler and RNG states come from the checkpoint. A run killed at any
+    # point and resumed ends with the same weights as one that was never interrupted (same thread count).
     sampler = DistributedSampler(train_set, num_replicas=world.size, rank=world.rank, shuffle=True,
                                  seed=cfg.seed, drop_last=True)
     steps_per_epoch = len(sampler) // per_rank
@@ -159,7 +155,7 @@ def fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, *, test_set: Dat
         if start.get("rng_note"):
             result.notes.append(start["rng_note"])
         t0 = time.perf_counter()
-        bar = _progress(total, result.steps, progress and world.main, desc="training")
+        bar = progress_bar(total, "training", "step", progress and world.main, initial=result.steps)
         try:
             for epoch in range(start["epoch"], cfg.epochs):
                 sampler.set_epoch(epoch)
@@ -274,23 +270,3 @@ def _non_finite(value: float, step: int, epoch: int, out: str | None) -> SlimErr
                      "lower the learning rate, clip gradients, train in fp32 or bf16 instead of fp16, "
                      "or check the data for NaN/inf values")
 
-
-class _NoBar:
-    n = 0
-
-    def update(self, k: int = 1) -> None:
-        self.n += k
-
-    def set_postfix(self, **kw) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress(total: int, initial: int, show: bool, desc: str):
-    if not show:
-        return _NoBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc=desc, unit="step", file=sys.stderr, dynamic_ncols=True, leave=False)

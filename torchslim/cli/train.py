@@ -1,37 +1,57 @@
-"""`torchslim train` and `torchslim qat` (issue 4: AMP, QAT, distributed, checkpoints).
-
-    torchslim train --model my_model.py:build --data fashion-mnist --amp bf16 --epochs 2 --out run/
-    torchrun --nproc_per_node 2 -m torchslim train --model my_model.py:build --data digits --out run/
-    torchslim qat --model my_model.py:build --weights run/model.pt --data fashion-mnist --weight-bits 4
-"""
+"""`torchslim train` (mixed precision, resumable, under torchrun too) and `torchslim qat`."""
 from __future__ import annotations
 
 import argparse
 import os
 import sys
 
-from .errors import SlimError
+from ..errors import SlimError
+from . import options
 
 TRAIN_OUT = "torchslim-train"
 QAT_OUT = "torchslim-qat"
 
 
-def add_parsers(sub) -> dict:
-    """Add this module's sub-commands to `sub`; return {name: function(args) -> exit code}."""
-    from .training.amp import PRECISIONS
-    from .training.data import DATASETS
-    from .training.loop import SCHEDULES
+def _training(*, out: str, epochs: int, lr: float, schedule: str) -> list[argparse.ArgumentParser]:
+    """The parents of train and qat: the shared options and the training ones, with this command's defaults."""
+    from ..training.loop import SCHEDULES
+
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--data", required=True, help="dataset: fashion-mnist, digits, digits-images, or file.py:fn returning (train, test)")
+    p.add_argument("--epochs", type=int, default=epochs, help=f"epochs (default {epochs})")
+    p.add_argument("--batch-size", type=int, default=64, help="global batch size, split over torchrun processes (default 64)")
+    p.add_argument("--lr", type=float, default=lr, help=f"AdamW learning rate (peak of the schedule; default {lr:g})")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default 0)")
+    p.add_argument("--schedule", default=schedule, choices=SCHEDULES, help=f"learning-rate schedule (default {schedule})")
+    p.add_argument("--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing (default 0)")
+    p.add_argument("--grad-clip", type=float, default=None, help="clip the gradient norm to this value")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N training samples")
+    p.add_argument("--seed", type=int, default=0, help="seed of the batch order and dropout (default 0)")
+    p.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints (default 0: every epoch)")
+    p.add_argument("--restart", action="store_true", help="ignore a checkpoint in --out and train from the start")
+    return [options.model(required=True), p, options.out("checkpoint, weights, summary", out),
+            options.device("cpu", "cpu or cuda"), options.progress(), options.debug()]
+
+
+def add_train(sub) -> argparse.ArgumentParser:
+    from ..training.amp import PRECISIONS
+    from ..training.data import DATASETS
 
     t = sub.add_parser("train", help="train a classifier with mixed precision (resumable; runs under torchrun)",
-                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=DATASETS + _EPILOG)
-    _common(t, out=TRAIN_OUT, epochs=2, lr=1e-3, schedule="onecycle", schedules=SCHEDULES)
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=DATASETS + _EPILOG,
+                       parents=_training(out=TRAIN_OUT, epochs=2, lr=1e-3, schedule="onecycle"))
     t.add_argument("--amp", default="auto", choices=PRECISIONS,
                    help="precision: auto (BF16 on CPUs with AMX/AVX-512 BF16 and on Ampere+ GPUs, FP16 with a "
                         "gradient scaler on older GPUs, else FP32), fp32, bf16, fp16")
+    return t
+
+
+def add_qat(sub) -> argparse.ArgumentParser:
+    from ..training.data import DATASETS
 
     q = sub.add_parser("qat", help="quantization-aware training from the PTQ (static INT8) scheme, converted to INT8 kernels",
-                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=DATASETS + _EPILOG)
-    _common(q, out=QAT_OUT, epochs=2, lr=1e-4, schedule="cosine", schedules=SCHEDULES)
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=DATASETS + _EPILOG,
+                       parents=_training(out=QAT_OUT, epochs=2, lr=1e-4, schedule="cosine") + [options.calibration(data=False)])
     q.add_argument("--weight-bits", type=int, default=8,
                    help="weight bits, 2..8 (below 8: int8 values in a narrower range, same kernels; default 8)")
     q.add_argument("--distill", type=float, default=0.0,
@@ -42,42 +62,18 @@ def add_parsers(sub) -> dict:
                    help="steps before every quantization scale freezes (default: 80%% of the steps; 0: keep PTQ's)")
     q.add_argument("--observe-activations", action="store_true",
                    help="let activation scales follow a moving min/max during QAT (default: keep PTQ's histogram scales)")
-    q.add_argument("--calib-samples", type=int, default=256, help="PTQ calibration samples (default 256)")
     q.add_argument("--no-compile", action="store_true", help="skip compiling the INT8 model (report the q/dq graph only)")
-    return {"train": cmd_train, "qat": cmd_qat}
+    return q
 
 
 _EPILOG = """
 
 model specs: as for `torchslim optimize` (file.py:factory, package.module:factory, ...); the model must
-return [batch, classes] logits. Re-running the same command resumes from --out/checkpoint.pt."""
-
-
-def _common(p, *, out: str, epochs: int, lr: float, schedule: str, schedules) -> None:
-    p.add_argument("--model", required=True, help="model spec: file.py:factory or package.module:factory (a Python nn.Module)")
-    p.add_argument("--data", required=True, help="dataset: fashion-mnist, digits, digits-images, or file.py:fn returning (train, test)")
-    p.add_argument("--weights", help="state dict to start from (loaded with weights_only=True)")
-    p.add_argument("--trust-pickle", action="store_true", help="allow loading pickled modules (runs code from the file!)")
-    p.add_argument("--epochs", type=int, default=epochs, help=f"epochs (default {epochs})")
-    p.add_argument("--batch-size", type=int, default=64, help="global batch size, split over torchrun processes (default 64)")
-    p.add_argument("--lr", type=float, default=lr, help=f"AdamW learning rate (peak of the schedule; default {lr:g})")
-    p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default 0)")
-    p.add_argument("--schedule", default=schedule, choices=schedules, help=f"learning-rate schedule (default {schedule})")
-    p.add_argument("--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing (default 0)")
-    p.add_argument("--grad-clip", type=float, default=None, help="clip the gradient norm to this value")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N training samples")
-    p.add_argument("--seed", type=int, default=0, help="seed of the batch order and dropout (default 0)")
-    p.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints (default 0: every epoch)")
-    p.add_argument("--out", default=None, help=f"output folder: checkpoint, weights, summary (default {out})")
-    p.add_argument("--restart", action="store_true", help="ignore a checkpoint in --out and train from the start")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads per process (default: torch's choice)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+be a Python nn.Module returning [batch, classes] logits. Re-running the same command resumes from --out/checkpoint.pt."""
 
 
 def _train_config(args, precision: str):
-    from .training.loop import TrainConfig
+    from ..training.loop import TrainConfig
 
     try:
         return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
@@ -91,8 +87,8 @@ def _train_config(args, precision: str):
 def _load(args):
     import torch
 
-    from .loading import load_model
-    from .training.data import load
+    from ..loading import load_model
+    from ..training.data import load
 
     wl = load_model(args.model, weights=args.weights, trust_pickle=args.trust_pickle, need_example=False)
     model = wl.model
@@ -103,13 +99,13 @@ def _load(args):
     return model, train, test, wl.name
 
 
-def cmd_train(args) -> int:
+def run_train(args) -> int:
     import torch
 
-    from .fileio import atomic_write, write_json
-    from .measure import num_threads
-    from .training import distributed
-    from .training.loop import fit
+    from ..fileio import atomic_write, write_json
+    from ..measure import num_threads
+    from ..training import distributed
+    from ..training.loop import fit
 
     cfg = _train_config(args, args.amp)
     out = args.out or TRAIN_OUT
@@ -125,14 +121,14 @@ def cmd_train(args) -> int:
     return 0
 
 
-def cmd_qat(args) -> int:
+def run_qat(args) -> int:
     import torch
 
-    from .fileio import write_json
-    from .inputs import Example
-    from .measure import num_threads
-    from .training import distributed
-    from .training.qat import QatConfig, fit_qat, save_int8
+    from ..fileio import write_json
+    from ..inputs import Example
+    from ..measure import num_threads
+    from ..training import distributed
+    from ..training.qat import QatConfig, fit_qat, save_int8
 
     cfg = _train_config(args, "fp32")
     try:
@@ -147,7 +143,7 @@ def cmd_qat(args) -> int:
         model, train, test, name = _load(args)
         res = fit_qat(model, train, test, qcfg, cfg, out=out, restart=args.restart, progress=not args.no_progress)
         if world.main:
-            from .training.data import take
+            from ..training.data import take
 
             example = Example((take(train, range(min(len(train), cfg.batch_size)))[0],))
             save_int8(res.converted, example, os.path.join(out, "qat_int8.pt2"))

@@ -1,0 +1,189 @@
+"""`torchslim optimize` (image/text models and causal LMs), `torchslim recipes` and `torchslim report`."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from ..errors import SlimError
+from . import options
+
+GENERATION_EXAMPLES = ("smollm2",)
+
+
+def add_optimize(sub) -> argparse.ArgumentParser:
+    o = sub.add_parser("optimize", help="try every applicable recipe, measure, choose and save the best",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="With no --model, runs the built-in real examples (Fashion-MNIST CNN, all-MiniLM-L6-v2).",
+                       parents=[options.model(), options.example(), options.calibration(),
+                                options.out("results.json, report.html, the chosen model", options.DEFAULT_OUT),
+                                options.device("auto", "cpu, cuda or auto"), options.progress(), options.debug()])
+    o.add_argument("--objective", default="latency", choices=["latency", "throughput", "size", "memory"])
+    o.add_argument("--max-drop", type=float, default=1.0, help="largest allowed drop of the task metric (default 1.0)")
+    o.add_argument("--min-cosine", type=float, default=0.99, help="smallest allowed per-sample output cosine vs FP32 (default 0.99)")
+    o.add_argument("--recipes", help="comma-separated recipe names to try (default: all applicable; see `torchslim recipes`)")
+    o.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds (default 15)")
+    o.add_argument("--no-fallback", action="store_true",
+                   help="do not retry a rejected quantization recipe with its most sensitive layers kept in float")
+    o.add_argument("--fallback-max-layers", type=int, default=None,
+                   help="most layers the fallback may keep in float (default: half the quantized layers, at most 8)")
+    o.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
+                   help="minutes for trying recipes (likely winners first); the rest are listed as skipped "
+                        "(default 1.5 per model; 0: no limit)")
+    o.add_argument("--exhaustive", action="store_true",
+                   help="try every recipe: no time budget, no hardware skip, no early rejection, every fallback")
+    o.add_argument("--fresh", action="store_true", help="search anew instead of reusing the rows of an identical earlier search")
+    g = o.add_argument_group("text generation (causal LMs: hf:DIR with a *ForCausalLM, or a .gguf file)")
+    g.add_argument("--task", choices=["text-generation"], default=None, help="treat --model as a causal LM to generate with")
+    g.add_argument("--example", choices=GENERATION_EXAMPLES, default=None,
+                   help="a built-in generation example: smollm2 (SmolLM2-135M-Instruct GGUF)")
+    g.add_argument("--prompt-len", type=int, default=128, help="prompt tokens (default 128)")
+    g.add_argument("--new-tokens", type=int, default=64, help="tokens generated per prompt, greedy, EOS ignored (default 64)")
+    g.add_argument("--batch-size", type=int, default=1, help="prompts generated together (default 1)")
+    g.add_argument("--large-batch", type=int, default=4, help="also time this larger batch (default 4; 0: no)")
+    g.add_argument("--prompts", default=None, help="prompts file, one per line (default: built-in real prompts)")
+    g.add_argument("--max-ppl-increase", type=float, default=5.0, help="largest allowed perplexity increase in percent (default 5)")
+    return o
+
+
+def run_optimize(args) -> int:
+    from ..examples import DEMOS
+    from ..optimize import OptimizeConfig, optimize
+    from ..report import format_table
+
+    if _wants_generation(args):
+        return _run_generation(args)
+    out = args.out or options.DEFAULT_OUT
+    if args.model:
+        jobs = [(args.model, out)]
+    else:
+        if args.input_shape or args.weights or args.inputs or args.eval:
+            raise SlimError("--input-shape/--inputs/--weights/--eval need --model", "pass --model, or drop them to run the built-in examples")
+        jobs = [(spec, os.path.join(out, name)) for name, spec in DEMOS.items()]
+        print(f"torchslim: no --model given: running the built-in examples ({', '.join(DEMOS)}) into {out}/", file=sys.stderr)
+    for spec, folder in jobs:
+        workload = options.workload_from_args(args, spec)
+        config = OptimizeConfig(
+            objective=args.objective, max_drop=args.max_drop, min_cosine=args.min_cosine, recipes=options.recipe_names(args),
+            device=args.device, threads=args.threads, rounds=args.rounds, out=folder, debug=args.debug,
+            fallback=not args.no_fallback, fallback_max_layers=args.fallback_max_layers, **_search_options(args),
+        )
+        run = optimize(workload, config, progress=not args.no_progress)
+        print(format_table(run.to_dict()))
+        print(f"\nwrote {folder}/results.json, {folder}/report.html" + (f", {run.artifact}/ and {folder}/reproduce.py" if run.artifact else ""))
+        _print_deploy(run)
+        if not run.chosen:
+            print("no recipe beat the baseline under the thresholds; nothing was saved", file=sys.stderr)
+    return 0
+
+
+def _print_deploy(run) -> None:
+    """How to serve the saved model without torchslim."""
+    from .. import artifacts
+
+    if not run.artifact:
+        return
+    path = os.path.join(run.artifact, artifacts.TORCHSCRIPT)
+    if os.path.isfile(path):
+        print(f"serve without torchslim: torch.jit.load('{path}')")
+        if _on_static_runtime(run):
+            print("  measured on TorchScript's Static Runtime: in Python torch._C._jit_to_static_module(m._c), "
+                  "in C++ torch::jit::StaticModule (torch.jit.load alone runs the interpreter, a few % slower at batch 1)")
+    if os.path.isfile(os.path.join(run.artifact, "engine.json")):
+        from ..engines import deploy_line
+
+        print(deploy_line(run.artifact))
+
+
+def _on_static_runtime(run) -> bool:
+    """Whether the chosen recipe was measured on TorchScript's Static Runtime: a step of it says so
+    in its `static_runtime` field (asked of the recipe's configs, not read from its name)."""
+    from ..recipes import Recipe
+
+    row = next((r for r in run.recipes if r.name == run.chosen), None)
+    return row is not None and any(getattr(step, "static_runtime", False) is True
+                                   for step in Recipe.from_list(row.steps).steps)
+
+
+def _search_options(args) -> dict:
+    """--time-budget/--exhaustive/--fresh as OptimizeConfig fields; the CLI caches searches."""
+    from ..optimize import DEFAULT_TIME_BUDGET_MIN
+
+    budget = DEFAULT_TIME_BUDGET_MIN if args.time_budget is None else args.time_budget
+    return {"time_budget": None if args.exhaustive else budget, "exhaustive": args.exhaustive,
+            "cache": True, "fresh": args.fresh}
+
+
+# -- text generation --------------------------------------------------------------------------------
+
+def _wants_generation(args) -> bool:
+    from ..generation.load import is_generation_spec
+
+    if args.example:
+        return True
+    return bool(args.model) and (args.task == "text-generation" or is_generation_spec(args.model))
+
+
+def _run_generation(args) -> int:
+    import torch
+
+    from ..generation.load import load_causal_lm, smollm2_gguf
+    from ..generation.report import format_generation_table
+    from ..generation.search import GenerationConfig, optimize_generation
+
+    if args.example and args.model:
+        raise SlimError("--example and --model are exclusive", "pass one of them")
+    spec = smollm2_gguf() if args.example == "smollm2" else args.model
+    out = args.out or os.path.join(options.DEFAULT_OUT, args.example or "generation")
+    config = GenerationConfig(
+        prompt_len=args.prompt_len, new_tokens=args.new_tokens, batch_size=args.batch_size, large_batch=args.large_batch,
+        prompts=args.prompts, max_ppl_increase=args.max_ppl_increase, recipes=options.recipe_names(args),
+        rounds=5 if args.rounds == 15 else args.rounds,  # 15 single calls is optimize's default; 5 generations here
+        device=args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu",
+        threads=args.threads, out=out, debug=args.debug)
+    lm = load_causal_lm(spec, task=args.task)
+    run = optimize_generation(lm, config, progress=not args.no_progress)
+    print(format_generation_table(run.to_dict()))
+    print(f"\nwrote {out}/results.json, {out}/report.html" + (f", {run.artifact}/ and {out}/reproduce.py" if run.artifact else ""))
+    if not run.chosen:
+        print("no recipe beat the baseline under the thresholds; nothing was saved", file=sys.stderr)
+    return 0
+
+
+# -- recipes, report --------------------------------------------------------------------------------
+
+def add_recipes(sub) -> argparse.ArgumentParser:
+    return sub.add_parser("recipes", help="list the recipes torchslim can try on this machine",
+                          parents=[options.device("auto", "cpu, cuda or auto", threads=False)])
+
+
+def run_recipes(args) -> int:
+    from .. import device as dev
+    from ..recipes import candidates, missing_hardware
+
+    device = dev.resolve(args.device)
+    for r in candidates(device):
+        why = missing_hardware(r, device)
+        print(r.name + (f"  (skipped unless named: {why})" if why else ""))
+    return 0
+
+
+def add_report(sub) -> argparse.ArgumentParser:
+    rep = sub.add_parser("report", help="re-render report.html and the table from a results.json")
+    rep.add_argument("results", help="path to results.json")
+    return rep
+
+
+def run_report(args) -> int:
+    from ..report import format_table, write_html
+
+    if not os.path.isfile(args.results):
+        raise SlimError(f"'{args.results}' does not exist", "give the results.json that torchslim optimize wrote")
+    with open(args.results, encoding="utf-8") as f:
+        run = json.load(f)
+    path = os.path.join(os.path.dirname(os.path.abspath(args.results)), "report.html")
+    write_html(run, path)
+    print(format_table(run))
+    print(f"\nwrote {path}")
+    return 0
