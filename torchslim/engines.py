@@ -4,7 +4,6 @@ export helpers the engine recipes (techniques/aoti.py, ort.py, openvino.py) shar
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import importlib.util
 import io
 import json
@@ -193,16 +192,9 @@ def quantizable_layers(model: nn.Module) -> list[str]:
 
 def resolve_skip(model: nn.Module, patterns: tuple[str, ...]) -> list[str]:
     """The Conv/Linear layers the fnmatch `patterns` name (a pattern matching none is an error)."""
-    from .errors import SlimError
+    from .quant.common import match_names
 
-    layers, out = quantizable_layers(model), []
-    for p in patterns:
-        hits = [n for n in layers if fnmatch.fnmatchcase(n, p)]
-        if not hits:
-            raise SlimError(f"skip pattern '{p}' matches no Conv/Linear layer of the model",
-                            f"layer names look like: {', '.join(layers[:5])}{', ...' if len(layers) > 5 else ''}")
-        out += [h for h in hits if h not in out]
-    return out
+    return match_names(quantizable_layers(model), patterns, "Conv/Linear layer")
 
 # -- the engine model ----------------------------------------------------------------------------
 

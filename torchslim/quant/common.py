@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import logging
 import warnings
 
 import torch
 
 from .. import device as dev
+from ..errors import SlimError
 
 # Activation range observers of the static configs, by our name -> upstream class name (the same
 # names in torch.ao.quantization.observer and torchao.quantization.pt2e.observer).
@@ -58,3 +60,16 @@ def needs_reduce_range() -> bool:
 def unavailable(what: str, e: Exception) -> str:
     """One line saying `what` is unavailable because of `e`."""
     return f"{what} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+
+
+def match_names(names: list[str], patterns: tuple[str, ...], what: str = "module") -> list[str]:
+    """The `names` the fnmatch `patterns` match, in pattern order; SlimError for a pattern that
+    matches none (a typo must not silently quantize the layer it meant to keep in float)."""
+    out: list[str] = []
+    for p in patterns:
+        hits = [n for n in names if fnmatch.fnmatchcase(n, p)]
+        if not hits:
+            raise SlimError(f"skip pattern '{p}' matches no {what} of the model",
+                            f"{what} names look like: {', '.join(names[:5])}{', ...' if len(names) > 5 else ''}")
+        out += [h for h in hits if h not in out]
+    return out

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import copy
-import fnmatch
 from dataclasses import dataclass
 
 import torch
@@ -14,6 +13,7 @@ import torch.nn as nn
 from ..errors import NotApplicable, SlimError, first_line
 from ..inputs import Example
 from ..quant import needs_reduce_range, pt2e
+from ..quant.common import match_names
 from ..workload import eval_mode
 from .base import Context, TechniqueConfig, register
 from .compile import Compiled
@@ -200,15 +200,7 @@ def calibrate(model: nn.Module, ctx: Context, example: Example, max_samples: int
 def resolve_skip(model: nn.Module, patterns: tuple[str, ...]) -> tuple[str, ...]:
     """The module names matching the fnmatch `patterns`, in pattern order; SlimError for a pattern
     that matches nothing."""
-    names = [n for n, _ in model.named_modules() if n]
-    out: list[str] = []
-    for p in patterns:
-        hits = [n for n in names if fnmatch.fnmatchcase(n, p)]
-        if not hits:
-            raise SlimError(f"skip pattern '{p}' matches no module of the model",
-                            f"module names look like: {', '.join(names[:5])}{', ...' if len(names) > 5 else ''}")
-        out += [h for h in hits if h not in out]
-    return tuple(out)
+    return tuple(match_names([n for n, _ in model.named_modules() if n], patterns))
 
 
 def _note(d: dict) -> str:
