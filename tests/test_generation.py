@@ -35,6 +35,27 @@ def test_lean_loop_gives_generate_tokens(tiny_lm):
     assert len(ref.step_ms) == 9 and ref.ttft_ms > 0
 
 
+def test_lean_loop_applies_generate_eos_rules(tiny_lm):
+    """EOS is the model's favourite first token: generate(min_new_tokens=n) suppresses it, and so must the
+    lean loop (it did not: 76% agreement on SmolLM2, whose first greedy token is often <|im_end|>); without
+    min_new_tokens both stop at EOS and pad the finished rows."""
+    import copy
+
+    model = copy.deepcopy(tiny_lm.model)
+    ids = prompt_ids(tiny_lm.tokenizer, ["The history of the printing press begins in", "Write a haiku."], 12, 2)
+    with torch.no_grad():
+        first = model(input_ids=ids).logits[:, -1].argmax(-1)
+    model.generation_config.eos_token_id = int(first[0])
+    model.generation_config.pad_token_id = 3
+    lean = GreedyLM(model, compile_decode=False)
+    ref = hf_generate(model, ids, 10)
+    got = lean.generate_timed(ids, 10)
+    assert torch.equal(got.tokens, ref.tokens) and not (got.tokens == first[0]).any()
+    with torch.no_grad():
+        for kw in ({"max_new_tokens": 6}, {"max_new_tokens": 6, "min_new_tokens": 3}):
+            assert torch.equal(lean.generate(ids, **kw), model.generate(ids, do_sample=False, **kw)), kw
+
+
 def test_search_rows_carry_generation_figures_and_reload(tiny_lm, tmp_path):
     config = GenerationConfig(prompt_len=16, new_tokens=6, large_batch=2, rounds=2, ppl_tokens=128, agreement_prompts=2,
                               agreement_tokens=6, recipes=("static-cache", "int4-g32-wo-bf16-headfloat+static-cache"), threads=2,
