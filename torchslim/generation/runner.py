@@ -65,13 +65,16 @@ def _pad_id(model) -> int | None:
 
 class GreedyLM(nn.Module):
     """A causal LM whose greedy generate() runs the lean loop: static KV cache, decode step
-    optionally compiled. Any other generate() call (sampling, beams, ...) goes to the model's own.
-    State dict keys keep the 'inner.' prefix."""
+    optionally compiled, the prompt pass optionally on a second copy of the weights (`prefill_model`).
+    Any other generate() call (sampling, beams, ...) goes to the model's own. State dict keys keep
+    the 'inner.' prefix."""
 
     def __init__(self, inner: nn.Module, compile_decode: bool = True, compile_prefill: bool = False,
-                 compile_options: dict | None = None, freezing: bool = False):
+                 compile_options: dict | None = None, freezing: bool = False, prefill_model: nn.Module | None = None):
         super().__init__()
         self.inner = inner
+        # the prompt pass may run on other weights (e.g. BF16 while decode reads INT4); same KV cache
+        self.prefill_inner = prefill_model
         self.compile_decode = compile_decode
         self.compile_prefill = compile_prefill
         self.compile_options = dict(compile_options or {})
@@ -158,7 +161,8 @@ class GreedyLM(nn.Module):
         cache = self._cache(b, n + new_tokens)
         t0 = time.perf_counter()
         kw = cache_kwarg(self.inner)
-        logits = self._prefill(self.inner, input_ids, cache, torch.arange(n, device=input_ids.device), kw)
+        first = self.inner if self.prefill_inner is None else self.prefill_inner
+        logits = self._prefill(first, input_ids, cache, torch.arange(n, device=input_ids.device), kw)
         no_eos, plain = self._bias(logits.shape[-1], eos, input_ids.device)
         tok = (logits + (no_eos if min_new > 0 else plain)).argmax(-1, keepdim=True)
         t_prev = time.perf_counter()

@@ -10,9 +10,10 @@ torchao kernels to lower). mode='reduce-overhead' adds CUDA graphs (GPU only).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from .base import Context, TechniqueConfig, register
-from .lm_weights import is_causal_lm
+from .lm_weights import is_causal_lm, take_prefill_model
 
 MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
 
@@ -20,6 +21,8 @@ MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
 @dataclass(frozen=True)
 class LMDecodeConfig(TechniqueConfig):
     name = "lm_decode"
+    speeds_up: ClassVar[str] = "decode"
+    lossy: ClassVar[bool] = False  # the same math in a static cache: the same greedy tokens as generate()
     compile: bool = True  # False: static cache + lean loop, eager
     freezing: bool = True
     mode: str = "default"
@@ -66,5 +69,8 @@ def apply_lm_decode(model, cfg: LMDecodeConfig, ctx: Context):
     opts = {"mode": cfg.mode} if cfg.mode != "default" else {}
     if cfg.cpp_wrapper:
         opts["cpp_wrapper"] = True
+    twin = take_prefill_model(model)
+    if twin is not None:
+        ctx.notes.append("prefill runs on the BF16 copy, decode on the quantized weights (one shared KV cache)")
     return GreedyLM(model, compile_decode=cfg.compile, compile_prefill=cfg.compile and cfg.compile_prefill,
-                    compile_options=opts, freezing=cfg.freezing)
+                    compile_options=opts, freezing=cfg.freezing, prefill_model=twin)
