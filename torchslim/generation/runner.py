@@ -1,11 +1,5 @@
-"""Greedy generation, timed per token: the model's own generate() (the baseline) and a lean loop.
-
-The lean loop is gpt-fast's: a static KV cache allocated once, the prompt run as one forward
-(prefill, eager or compiled), then one fixed-shape step per token (decode), which torch.compile
-can turn into one graph (no per-op Python dispatch, no per-token cache growth). Both paths call a
-callback with a timestamp after every token, so time to first token (TTFT) and the per-token decode
-times are measured the same way for both.
-"""
+"""Greedy generation timed per token: the model's own generate() (the baseline) and gpt-fast's lean
+loop (static KV cache, prefill, then one fixed-shape, optionally compiled, step per token)."""
 from __future__ import annotations
 
 import contextlib
@@ -63,6 +57,9 @@ def _pad_id(model) -> int | None:
     return pad
 
 
+# Both paths stamp the time after every token, so TTFT and decode are measured the same way.
+# The lean loop's decode step has fixed shapes, so torch.compile makes it one graph: no per-op
+# Python dispatch, no per-token cache growth.
 class GreedyLM(nn.Module):
     """A causal LM whose greedy generate() runs the lean loop: static KV cache, decode step
     optionally compiled, the prompt pass optionally on a second copy of the weights (`prefill_model`).

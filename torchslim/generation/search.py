@@ -1,11 +1,5 @@
-"""`optimize` for text generation: try generation recipes on a causal LM, validate on text, time
-prefill and decode interleaved against the model's own FP32 eager generate(), choose, save.
-
-The same plain search as optimize.py: baseline first; each recipe applied to a fresh copy, first
-call (compile) timed apart, quality checked (perplexity on held-out text, greedy agreement, garbage
-checks); survivors timed together round-robin at the batch size asked for and at one larger batch;
-the fastest decode that keeps perplexity within --max-ppl-increase is chosen and saved.
-"""
+"""`optimize` for text generation: try generation recipes on a causal LM, validate them on text, time
+prefill and decode interleaved against the model's own FP32 eager generate(), choose, save."""
 from __future__ import annotations
 
 import copy
@@ -176,6 +170,9 @@ class _Eval:
     base_distinct: float = 0.0
 
 
+# The same plain search as optimize.py: baseline first; each recipe applied to a fresh copy, first
+# call (compile) timed apart, quality checked; survivors timed together round-robin at the asked and
+# one larger batch; the fastest decode within --max-ppl-increase is chosen and saved.
 def _search(lm: CausalLM, config: GenerationConfig, device, run: RunResult, progress: bool) -> None:
     tok, model = lm.tokenizer, lm.model.to(device).eval()
     prompts = quality.load_prompts(config.prompts)

@@ -1,12 +1,5 @@
-"""Static KV cache + a compiled decode step (the gpt-fast recipe) for a causal LM's greedy generate().
-
-The model is wrapped in generation.runner.GreedyLM: the KV cache is allocated once at a fixed
-length, the prompt runs as one eager forward (prefill; its length varies), and each new token is
-one fixed-shape step that torch.compile turns into one graph: no per-op Python dispatch, no cache
-growth per token. Decode at batch 1 is dominated by exactly that overhead on a small model.
-freezing: Inductor constant-folds the weights (prepacked oneDNN BF16 matmuls; needed for some
-torchao kernels to lower). mode='reduce-overhead' adds CUDA graphs (GPU only).
-"""
+"""Static KV cache + a compiled decode step (the gpt-fast recipe) for a causal LM's greedy generate():
+the model is wrapped in generation.runner.GreedyLM."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,8 +17,8 @@ class LMDecodeConfig(TechniqueConfig):
     speeds_up: ClassVar[str] = "decode"
     lossy: ClassVar[bool] = False  # the same math in a static cache: the same greedy tokens as generate()
     compile: bool = True  # False: static cache + lean loop, eager
-    freezing: bool = True
-    mode: str = "default"
+    freezing: bool = True  # Inductor constant-folds the weights (prepacked oneDNN BF16 matmuls; some torchao kernels need it)
+    mode: str = "default"  # 'reduce-overhead' adds CUDA graphs (GPU only)
     cpp_wrapper: bool = False  # Inductor's C++ wrapper: less Python per call, longer compile
     compile_prefill: bool = False  # also compile the prompt pass (dynamic shapes)
 

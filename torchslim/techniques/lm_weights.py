@@ -1,18 +1,5 @@
 """The weights of a causal LM for generation: BF16, and torchao weight-only INT8/INT4 (or dynamic
-INT8) on every nn.Linear, the LM head included (it is the largest matmul of a small LM).
-
-The model stays a Hugging Face model (generate(), save_pretrained() work): token ids go in, logits
-come out in the weights' dtype. Kernels reached on CPU (checked with the profiler, see
-BENCHMARKS.md "Text generation"):
-- int4: torchao's Int4OpaqueTensor (prototype Int4WeightOnlyConfig for CPU) -> aten._weight_int4pack_mm_for_cpu,
-  eager and compiled; BF16 activations (its FP32 path is 25-70x slower).
-- int8: torchao Int8WeightOnlyConfig -> aten._weight_int8pack_mm under torch.compile with BF16 activations.
-- int8-dynamic: per-token INT8 activations x INT8 weights; pays off compiled, for prefill and larger batches.
-- da8w4: torchao's prototype Int8DynamicActivationInt4WeightConfig (INT8 activations x INT4 weights on
-  AMX) -> torchao::da8w4_linear_cpu, a kernel in torchao's own C++ extension: the PyPI wheel of
-  torchao 0.18 does not ship it for CPU, so applies() says so and the recipe is skipped.
-Decode at batch 1 is bound by the bytes of weights read per token: INT4 reads ~1/8 of FP32.
-"""
+INT8, DA8W4) on every nn.Linear, the LM head included; the model stays a Hugging Face model."""
 from __future__ import annotations
 
 import copy
@@ -145,6 +132,14 @@ def _applies(model, cfg: LMWeightsConfig, ctx: Context):
     return None
 
 
+# Kernels reached on CPU (checked with the profiler, BENCHMARKS.md "Text generation"):
+# - int4: torchao's Int4OpaqueTensor (prototype Int4WeightOnlyConfig for CPU) -> aten._weight_int4pack_mm_for_cpu,
+#   eager and compiled; BF16 activations (its FP32 path is 25-70x slower); slow at M=128 (prefill).
+# - int8: torchao Int8WeightOnlyConfig -> aten._weight_int8pack_mm under torch.compile with BF16 activations.
+# - int8-dynamic: per-token INT8 activations x INT8 weights; pays off compiled, for prefill and larger batches.
+# - da8w4: torchao's prototype Int8DynamicActivationInt4WeightConfig -> torchao::da8w4_linear_cpu (AMX), a
+#   kernel of torchao's own C++ extension, which torchao 0.18's PyPI wheel does not ship for CPU.
+# Decode at batch 1 is bound by the bytes of weights read per token: INT4 reads ~1/8 of FP32.
 @register(LMWeightsConfig, applies=_applies)
 def apply_lm_weights(model, cfg: LMWeightsConfig, ctx: Context):
     names = set(_linears(model, cfg)) if cfg.quant != "none" else set()
