@@ -102,7 +102,7 @@ def test_recipe_targets_come_from_step_metadata():
         LMWeightsConfig("bf16", prefill="bf16")  # nothing quantized: no second copy
 
 
-def test_prefill_on_a_bf16_copy_decode_on_int4(tiny_lm):
+def test_prefill_on_a_bf16_copy_decode_on_int4(tiny_lm, tmp_path):
     """lm_weights(prefill='bf16') + lm_decode: the prompt pass runs on an unquantized BF16 copy, decode
     on the INT4 weights, one KV cache; the copy is a submodule of the GreedyLM (saved with it) only."""
     import copy
@@ -132,6 +132,13 @@ def test_prefill_on_a_bf16_copy_decode_on_int4(tiny_lm):
     hook.remove()
     assert calls == [1] and tr.tokens.shape == (1, 6) and torch.isfinite(tr.first_logits).all()
     assert any(k.startswith("prefill_inner.") for k in model.state_dict())
+    import torchslim
+    from torchslim.generation.artifacts import save
+
+    recipe = Recipe((cfg, LMDecodeConfig(compile=False)))
+    save(str(tmp_path), tiny_lm, recipe, model, [ids], 6)
+    again = torchslim.load(str(tmp_path))  # verify=True: the saved greedy tokens come back
+    assert again.prefill_inner is not None
 
 
 def _cands():
