@@ -30,12 +30,13 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=1)
     ap.add_argument("--recipes", required=True, help="comma-separated generation recipe names")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     lm = load_causal_lm(smollm2_gguf())
     model, tok, cpu = lm.model.eval(), lm.tokenizer, torch.device("cpu")
-    ids = prompt_ids(tok, list(quality.PROMPTS), args.prompt_len, 1)
+    ids = prompt_ids(tok, list(quality.PROMPTS), args.prompt_len, args.batch_size)
     text = quality.text_tokens(tok, 512)
     prompts = [tok(p, return_tensors="pt").input_ids for p in quality.PROMPTS[:4]]
     gens = {"baseline": timed_generate(model)}
@@ -52,10 +53,10 @@ def main(argv=None) -> int:
             gens[recipe.name] = gen
         before = os.getloadavg()
         samples = measure.interleaved(gens, ids, args.new_tokens, rounds=args.rounds)
-    base = measure.summary(samples["baseline"], 1, args.new_tokens)
+    base = measure.summary(samples["baseline"], args.batch_size, args.new_tokens)
     print(f"load average before/after timing: {before} / {os.getloadavg()}")
     for name, s in samples.items():
-        x = measure.summary(s, 1, args.new_tokens)
+        x = measure.summary(s, args.batch_size, args.new_tokens)
         print(f"{name:58s} TTFT {x['ttft_ms']:8.1f} ms x{base['ttft_ms'] / x['ttft_ms']:.2f}   "
               f"decode {x['decode_ms_per_token']:7.2f} ms/tok x{base['decode_ms_per_token'] / x['decode_ms_per_token']:.2f}")
     return 0
