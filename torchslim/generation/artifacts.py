@@ -1,11 +1,5 @@
-"""Save the chosen generation recipe; load it back to a model whose greedy generate() gives the
-same tokens.
-
-Folder layout: torchslim.json (task, recipe, spec), base/ (the FP32 Hugging Face folder with its
-tokenizer: self-contained, also for GGUF sources), reference.pt (prompts and the greedy tokens the
-optimized model generated at optimize time; checked on load) and, for torchao recipes, hf-torchao/
-(the quantized model with its TorchAoConfig via save_pretrained; transformers reloads it directly).
-"""
+"""Save the chosen generation recipe and load it back to a model whose greedy generate() gives the
+same tokens (checked on load against reference.pt)."""
 from __future__ import annotations
 
 import datetime
@@ -20,6 +14,10 @@ from ..recipes import Recipe, apply
 from ..techniques import Context
 from .runner import timed_generate
 
+# Folder layout: torchslim.json (task, recipe, spec), base/ (the FP32 Hugging Face folder with its
+# tokenizer, self-contained also for GGUF sources), reference.pt (prompts and the greedy tokens of the
+# optimized model at optimize time) and, for torchao recipes, hf-torchao/ (save_pretrained with its
+# TorchAoConfig: transformers reloads it directly).
 MANIFEST = "torchslim.json"
 FORMAT_VERSION = 1
 

@@ -1,9 +1,5 @@
-"""Load a causal language model and its tokenizer, offline: a Hugging Face folder or a GGUF file.
-
-transformers reads a GGUF into a float model through the `gguf` package (30-110 s); the result is
-converted once and cached as a safetensors folder under $TORCHSLIM_CACHE (default
-~/.cache/torchslim), keyed by the GGUF's size and mtime, so later loads take seconds.
-"""
+"""Load a causal LM and its tokenizer offline: a Hugging Face folder, or a GGUF file converted once
+(transformers + gguf, 30-110 s) to a cached safetensors folder under $TORCHSLIM_CACHE (then seconds)."""
 from __future__ import annotations
 
 import dataclasses

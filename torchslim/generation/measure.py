@@ -1,10 +1,5 @@
-"""Generation timing: time to first token (prefill) and decode (per token), apart, interleaved.
-
-Each round runs one full greedy generation per contestant, in an order rotated from round to round
-(as measure.interleaved does for single calls), so drift on a shared machine hits all alike. TTFT
-gets one sample per generation; decode gets one sample per token step. Medians come with the
-order-statistic 95% confidence interval of torchslim.measure.
-"""
+"""Generation timing: time to first token and per-token decode, apart, interleaved round-robin with
+rotated order (as torchslim.measure.interleaved), medians with order-statistic 95% CIs."""
 from __future__ import annotations
 
 import time

@@ -1,11 +1,5 @@
-"""Quality of a generation recipe, judged on text: perplexity on held-out real English, greedy-token
-agreement with the FP32 model, and the checks that catch garbage (NaN logits, repetition collapse,
-perplexity blown up).
-
-The held-out text is CPython's own documentation (`pydoc_data.topics`, shipped with every Python):
-a fixed slice, a fixed number of tokens, so every recipe is scored on exactly the same text in a
-few seconds.
-"""
+"""Quality of a generation recipe on text: perplexity on held-out real English (a fixed slice of
+CPython's pydoc_data.topics), greedy agreement with FP32, and the garbage checks."""
 from __future__ import annotations
 
 import math

@@ -1,11 +1,5 @@
-"""Greedy generation, timed per token: the model's own generate() (the baseline) and a lean loop.
-
-The lean loop is gpt-fast's: a static KV cache allocated once, the prompt run as one forward
-(prefill, eager or compiled), then one fixed-shape step per token (decode), which torch.compile
-can turn into one graph (no per-op Python dispatch, no per-token cache growth). Both paths call a
-callback with a timestamp after every token, so time to first token (TTFT) and the per-token decode
-times are measured the same way for both.
-"""
+"""Greedy generation timed per token: the model's own generate() (the baseline) and gpt-fast's lean
+loop (static KV cache, prefill, then one fixed-shape, optionally compiled, step per token)."""
 from __future__ import annotations
 
 import contextlib
@@ -41,7 +35,8 @@ class _Stamps:
 
 
 def hf_generate(model: nn.Module, input_ids: torch.Tensor, new_tokens: int, **kwargs) -> GenTrace:
-    """The model's own generate(): greedy, exactly `new_tokens` tokens (EOS ignored)."""
+    """The model's own generate(): greedy, exactly `new_tokens` tokens (min_new_tokens suppresses EOS,
+    so its logit never wins; GreedyLM.generate_timed applies the same rule)."""
     stamps = _Stamps()
     t0 = time.perf_counter()
     with torch.no_grad():
@@ -62,15 +57,21 @@ def _pad_id(model) -> int | None:
     return pad
 
 
+# Both paths stamp the time after every token, so TTFT and decode are measured the same way.
+# The lean loop's decode step has fixed shapes, so torch.compile makes it one graph: no per-op
+# Python dispatch, no per-token cache growth.
 class GreedyLM(nn.Module):
     """A causal LM whose greedy generate() runs the lean loop: static KV cache, decode step
-    optionally compiled. Any other generate() call (sampling, beams, ...) goes to the model's own.
-    State dict keys keep the 'inner.' prefix."""
+    optionally compiled, the prompt pass optionally on a second copy of the weights (`prefill_model`).
+    Any other generate() call (sampling, beams, ...) goes to the model's own. State dict keys keep
+    the 'inner.' prefix."""
 
     def __init__(self, inner: nn.Module, compile_decode: bool = True, compile_prefill: bool = False,
-                 compile_options: dict | None = None, freezing: bool = False):
+                 compile_options: dict | None = None, freezing: bool = False, prefill_model: nn.Module | None = None):
         super().__init__()
         self.inner = inner
+        # the prompt pass may run on other weights (e.g. BF16 while decode reads INT4); same KV cache
+        self.prefill_inner = prefill_model
         self.compile_decode = compile_decode
         self.compile_prefill = compile_prefill
         self.compile_options = dict(compile_options or {})
@@ -78,6 +79,7 @@ class GreedyLM(nn.Module):
         # techniques/compile.py): set for each call, never left on.
         self.freezing = freezing and (compile_decode or compile_prefill)
         self._caches: dict[tuple, object] = {}
+        self._biases: dict[tuple, tuple] = {}
         self._decode = self._compiled(_decode_step) if compile_decode else _decode_step
         self._prefill = self._compiled(_prefill_step, dynamic=True) if compile_prefill else _prefill_step
 
@@ -113,41 +115,88 @@ class GreedyLM(nn.Module):
 
     def generate(self, input_ids: torch.Tensor, attention_mask=None, max_new_tokens: int = 32,
                  do_sample: bool = False, **kwargs):
+        """Greedy: the lean loop with generate()'s own rules (EOS suppressed for the first
+        `min_new_tokens`, then a row that emits EOS is finished and padded, and the loop stops when all
+        are). Anything else (sampling, beams, padding) goes to the model's own generate()."""
         lean = (not do_sample and kwargs.get("num_beams", 1) == 1
+                and set(kwargs) <= {"num_beams", "min_new_tokens", "pad_token_id", "eos_token_id"}
                 and (attention_mask is None or bool(attention_mask.all())))
         if not lean:
             return self.inner.generate(input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
                                        do_sample=do_sample, **kwargs)
-        trace = self.generate_timed(input_ids, max_new_tokens)
+        eos = kwargs.get("eos_token_id")
+        trace = self.generate_timed(input_ids, max_new_tokens, min_new_tokens=kwargs.get("min_new_tokens") or 0,
+                                    eos=eos_ids(self.inner) if eos is None else _as_list(eos),
+                                    pad=kwargs.get("pad_token_id"))
         return torch.cat([input_ids, trace.tokens], dim=1)
 
-    def generate_timed(self, input_ids: torch.Tensor, new_tokens: int) -> GenTrace:
+    def generate_timed(self, input_ids: torch.Tensor, new_tokens: int, min_new_tokens: int | None = None,
+                       eos: list[int] | None = None, pad: int | None = None) -> GenTrace:
+        """Greedy generation, timed per token. By default exactly `new_tokens` tokens with EOS
+        suppressed, as hf_generate() (min_new_tokens = max_new_tokens) does for the baseline."""
         from ..techniques.compile import inductor_freezing
 
+        min_new = new_tokens if min_new_tokens is None else min_new_tokens
+        eos = eos_ids(self.inner) if eos is None else eos
         with torch.no_grad(), inductor_freezing(self.freezing) if self.freezing else contextlib.nullcontext():
-            return self._generate_timed(input_ids, new_tokens)
+            return self._generate_timed(input_ids, new_tokens, min_new, eos, pad)
 
-    def _generate_timed(self, input_ids: torch.Tensor, new_tokens: int) -> GenTrace:
+    def _bias(self, vocab: int, eos: list[int], device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logit bias with -inf at the EOS ids, zeros): added before the argmax."""
+        key = (vocab, tuple(eos), str(device))
+        if key not in self._biases:
+            zero = torch.zeros(vocab, device=device)
+            self._biases[key] = (zero.index_fill(0, torch.tensor(eos, dtype=torch.long, device=device), float("-inf"))
+                                 if eos else zero, zero)
+        return self._biases[key]
+
+    def _generate_timed(self, input_ids: torch.Tensor, new_tokens: int, min_new: int, eos: list[int],
+                        pad: int | None) -> GenTrace:
         if new_tokens < 1:
             raise ValueError("new_tokens must be >= 1")
         b, n = input_ids.shape
         cache = self._cache(b, n + new_tokens)
         t0 = time.perf_counter()
         kw = cache_kwarg(self.inner)
-        logits = self._prefill(self.inner, input_ids, cache, torch.arange(n, device=input_ids.device), kw)
-        tok = logits.argmax(-1, keepdim=True)
+        first = self.inner if self.prefill_inner is None else self.prefill_inner
+        logits = self._prefill(first, input_ids, cache, torch.arange(n, device=input_ids.device), kw)
+        no_eos, plain = self._bias(logits.shape[-1], eos, input_ids.device)
+        tok = (logits + (no_eos if min_new > 0 else plain)).argmax(-1, keepdim=True)
         t_prev = time.perf_counter()
         ttft = (t_prev - t0) * 1000.0
         out, steps = [tok], []
+        stop = bool(eos) and min_new < new_tokens  # generate()'s EOS rule applies to some steps
+        if stop:
+            eos_t = torch.tensor(eos, device=input_ids.device)
+            done = torch.isin(tok, eos_t)
+            pad = _pad_id(self.inner) if pad is None else pad
+            pad_t = torch.tensor(eos[0] if pad is None else pad, device=input_ids.device)
         pos = torch.tensor([n], device=input_ids.device)
         for i in range(1, new_tokens):
-            tok = self._decode(self.inner, tok, cache, pos, kw)
+            if stop and bool(done.all()):
+                break
+            tok = self._decode(self.inner, tok, cache, pos, kw, no_eos if i < min_new else plain)
             pos += 1
+            if stop:
+                tok = torch.where(done, pad_t, tok)
+                done = done | torch.isin(tok, eos_t)
             now = time.perf_counter()
             steps.append((now - t_prev) * 1000.0)
             t_prev = now
             out.append(tok)
         return GenTrace(tokens=torch.cat(out, dim=1), ttft_ms=ttft, step_ms=steps, first_logits=logits.float())
+
+
+def eos_ids(model) -> list[int]:
+    """The end-of-sequence token ids of the model's generation config ([] if it has none)."""
+    cfg = getattr(model, "generation_config", None)
+    return _as_list(getattr(cfg, "eos_token_id", None))
+
+
+def _as_list(ids) -> list[int]:
+    if ids is None:
+        return []
+    return [int(i) for i in (ids.tolist() if isinstance(ids, torch.Tensor) else ids if isinstance(ids, (list, tuple)) else [ids])]
 
 
 def cache_kwarg(model) -> str:
@@ -163,9 +212,9 @@ def _prefill_step(model, input_ids, cache, cache_position, kw):
     return out.logits[:, -1]
 
 
-def _decode_step(model, tok, cache, cache_position, kw):
+def _decode_step(model, tok, cache, cache_position, kw, bias):
     out = model(input_ids=tok, **{kw: cache}, cache_position=cache_position.clone(), use_cache=True)
-    return out.logits[:, -1].argmax(-1, keepdim=True)
+    return (out.logits[:, -1] + bias).argmax(-1, keepdim=True)
 
 
 Generate = Callable[[torch.Tensor, int], GenTrace]

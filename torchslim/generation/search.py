@@ -1,11 +1,5 @@
-"""`optimize` for text generation: try generation recipes on a causal LM, validate on text, time
-prefill and decode interleaved against the model's own FP32 eager generate(), choose, save.
-
-The same plain search as optimize.py: baseline first; each recipe applied to a fresh copy, first
-call (compile) timed apart, quality checked (perplexity on held-out text, greedy agreement, garbage
-checks); survivors timed together round-robin at the batch size asked for and at one larger batch;
-the fastest decode that keeps perplexity within --max-ppl-increase is chosen and saved.
-"""
+"""`optimize` for text generation: try generation recipes on a causal LM, validate them on text, time
+prefill and decode interleaved against the model's own FP32 eager generate(), choose, save."""
 from __future__ import annotations
 
 import copy
@@ -83,31 +77,43 @@ class GenRecipeResult(RecipeResult):
     large_batch: dict | None = None  # the same at the larger batch size
 
 
-def candidates(device: torch.device, extended: bool = False) -> list[tuple[Recipe, str]]:
-    """(recipe, the part it targets), cheapest first. Inapplicable ones are skipped with the reason.
-    Each compiled recipe costs a first call of minutes on a small CPU, so the default list keeps
-    the ones that won somewhere in our trials (BENCHMARKS.md "Text generation"); `extended` adds
-    the rest (FP32 compiled, INT8 dynamic activations with a compiled prefill), also by name."""
+def candidates(device: torch.device, extended: bool = False) -> list[Recipe]:
+    """Generation recipes, cheapest first (the part each speeds up: targets()). Inapplicable ones are
+    skipped with the reason. Each compiled recipe costs a first call of minutes on a small CPU, so
+    the default list keeps the ones that won somewhere in our trials (BENCHMARKS.md "Text
+    generation"); `extended` adds the rest (FP32 compiled, INT4 with its prompt pass on INT4, INT8
+    dynamic activations with a compiled prefill), also by name."""
     dec, eager = LMDecodeConfig(), LMDecodeConfig(compile=False)
-    out = [(Recipe((eager,)), "decode")]
+    out = [Recipe((eager,))]
     if dev.supports_bf16(device):
         # INT4 heads cost perplexity (+5.7% on SmolLM2): the head stays BF16 eager (INT8 weight-only
-        # has no eager kernel) and INT8 compiled (aten._weight_int8pack_mm)
-        out += [(Recipe((LMWeightsConfig("bf16", "int4", lm_head="float"), eager)), "decode"),
-                (Recipe((LMWeightsConfig("bf16"), dec)), "both"),
-                (Recipe((LMWeightsConfig("bf16", "int8"), dec)), "decode"),
-                (Recipe((LMWeightsConfig("bf16", "int4", lm_head="int8"), dec)), "decode"),
-                (Recipe((LMWeightsConfig("bf16", "da8w4"), dec)), "both")]  # skipped where torchao lacks the kernel
+        # has no eager kernel) and INT8 compiled (aten._weight_int8pack_mm). INT4's kernel is slow at
+        # M=128 (TTFT 0.79x): the default INT4 recipe runs the prompt on a BF16 copy of the weights.
+        out += [Recipe((LMWeightsConfig("bf16", "int4", lm_head="float"), eager)),
+                Recipe((LMWeightsConfig("bf16"), dec)),
+                Recipe((LMWeightsConfig("bf16", "int8"), dec)),
+                Recipe((LMWeightsConfig("bf16", "int4", lm_head="int8", prefill="bf16"), dec)),
+                Recipe((LMWeightsConfig("bf16", "da8w4"), dec))]  # skipped where torchao lacks the kernel
     if extended or not dev.supports_bf16(device):
-        out += [(Recipe((dec,)), "decode")]
+        out += [Recipe((dec,))]
     if extended:
-        out += [(Recipe((LMWeightsConfig("bf16", "int4"), eager)), "decode"), (Recipe((LMWeightsConfig("bf16", "int4"), dec)), "decode")]
-        out += [(Recipe((LMWeightsConfig("fp32", "int8-dynamic"), LMDecodeConfig(compile_prefill=True))), "prefill")]
+        out += [Recipe((LMWeightsConfig("bf16", "int4", lm_head="int8"), dec)),
+                Recipe((LMWeightsConfig("bf16", "int4"), eager)), Recipe((LMWeightsConfig("bf16", "int4"), dec))]
+        out += [Recipe((LMWeightsConfig("fp32", "int8-dynamic"), LMDecodeConfig(compile_prefill=True)))]
     return out
 
 
-def by_name(names: list[str], device: torch.device) -> list[tuple[Recipe, str]]:
-    known = {r.name: (r, t) for r, t in candidates(device, extended=True)}
+def targets(recipe: Recipe) -> str:
+    """The part of generation a recipe is meant to speed up, from its steps' `speeds_up`:
+    'prefill', 'decode', 'both' (or '' when no step declares one)."""
+    parts = {getattr(step, "speeds_up", "") for step in recipe.steps} - {""}
+    if "both" in parts or {"prefill", "decode"} <= parts:
+        return "both"
+    return parts.pop() if parts else ""
+
+
+def by_name(names: list[str], device: torch.device) -> list[Recipe]:
+    known = {r.name: r for r in candidates(device, extended=True)}
     missing = [n for n in names if n not in known]
     if missing:
         raise SlimError(f"unknown or unavailable generation recipe(s) {missing}", f"available here: {', '.join(known)}")
@@ -166,6 +172,9 @@ class _Eval:
     base_distinct: float = 0.0
 
 
+# The same plain search as optimize.py: baseline first; each recipe applied to a fresh copy, first
+# call (compile) timed apart, quality checked; survivors timed together round-robin at the asked and
+# one larger batch; the fastest decode within --max-ppl-increase is chosen and saved.
 def _search(lm: CausalLM, config: GenerationConfig, device, run: RunResult, progress: bool) -> None:
     tok, model = lm.tokenizer, lm.model.to(device).eval()
     prompts = quality.load_prompts(config.prompts)
@@ -192,9 +201,9 @@ def _search(lm: CausalLM, config: GenerationConfig, device, run: RunResult, prog
     chosen = by_name(list(config.recipes), device) if config.recipes else candidates(device)
     models = {"baseline": model}
     bar = progress_bar(len(chosen) + 2, unit="generation recipes", enabled=progress)
-    for recipe, target in chosen:
+    for recipe in chosen:
         bar.set_postfix_str(recipe.name)
-        res, m = _try(recipe, target, model, ev, config, device)
+        res, m = _try(recipe, model, ev, config, device)
         run.recipes.append(res)
         if m is not None:
             models[recipe.name] = m
@@ -250,8 +259,8 @@ def _search(lm: CausalLM, config: GenerationConfig, device, run: RunResult, prog
     bar.close()
 
 
-def _try(recipe: Recipe, target: str, model, ev: _Eval, config: GenerationConfig, device):
-    res = GenRecipeResult(name=recipe.name, steps=recipe.to_list(), targets=target)
+def _try(recipe: Recipe, model, ev: _Eval, config: GenerationConfig, device):
+    res = GenRecipeResult(name=recipe.name, steps=recipe.to_list(), targets=targets(recipe))
     ctx = Context(device=device, example=None)
     try:
         t0 = time.perf_counter()

@@ -1,18 +1,12 @@
-"""Static KV cache + a compiled decode step (the gpt-fast recipe) for a causal LM's greedy generate().
-
-The model is wrapped in generation.runner.GreedyLM: the KV cache is allocated once at a fixed
-length, the prompt runs as one eager forward (prefill; its length varies), and each new token is
-one fixed-shape step that torch.compile turns into one graph: no per-op Python dispatch, no cache
-growth per token. Decode at batch 1 is dominated by exactly that overhead on a small model.
-freezing: Inductor constant-folds the weights (prepacked oneDNN BF16 matmuls; needed for some
-torchao kernels to lower). mode='reduce-overhead' adds CUDA graphs (GPU only).
-"""
+"""Static KV cache + a compiled decode step (the gpt-fast recipe) for a causal LM's greedy generate():
+the model is wrapped in generation.runner.GreedyLM."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from .base import Context, TechniqueConfig, register
-from .lm_weights import is_causal_lm
+from .lm_weights import is_causal_lm, take_prefill_model
 
 MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
 
@@ -20,9 +14,11 @@ MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
 @dataclass(frozen=True)
 class LMDecodeConfig(TechniqueConfig):
     name = "lm_decode"
+    speeds_up: ClassVar[str] = "decode"
+    lossy: ClassVar[bool] = False  # the same math in a static cache: the same greedy tokens as generate()
     compile: bool = True  # False: static cache + lean loop, eager
-    freezing: bool = True
-    mode: str = "default"
+    freezing: bool = True  # Inductor constant-folds the weights (prepacked oneDNN BF16 matmuls; some torchao kernels need it)
+    mode: str = "default"  # 'reduce-overhead' adds CUDA graphs (GPU only)
     cpp_wrapper: bool = False  # Inductor's C++ wrapper: less Python per call, longer compile
     compile_prefill: bool = False  # also compile the prompt pass (dynamic shapes)
 
@@ -66,5 +62,8 @@ def apply_lm_decode(model, cfg: LMDecodeConfig, ctx: Context):
     opts = {"mode": cfg.mode} if cfg.mode != "default" else {}
     if cfg.cpp_wrapper:
         opts["cpp_wrapper"] = True
+    twin = take_prefill_model(model)
+    if twin is not None:
+        ctx.notes.append("prefill runs on the BF16 copy, decode on the quantized weights (one shared KV cache)")
     return GreedyLM(model, compile_decode=cfg.compile, compile_prefill=cfg.compile and cfg.compile_prefill,
-                    compile_options=opts, freezing=cfg.freezing)
+                    compile_options=opts, freezing=cfg.freezing, prefill_model=twin)

@@ -1,21 +1,10 @@
 """The weights of a causal LM for generation: BF16, and torchao weight-only INT8/INT4 (or dynamic
-INT8) on every nn.Linear, the LM head included (it is the largest matmul of a small LM).
-
-The model stays a Hugging Face model (generate(), save_pretrained() work): token ids go in, logits
-come out in the weights' dtype. Kernels reached on CPU (checked with the profiler, see
-BENCHMARKS.md "Text generation"):
-- int4: torchao's Int4OpaqueTensor (prototype Int4WeightOnlyConfig for CPU) -> aten._weight_int4pack_mm_for_cpu,
-  eager and compiled; BF16 activations (its FP32 path is 25-70x slower).
-- int8: torchao Int8WeightOnlyConfig -> aten._weight_int8pack_mm under torch.compile with BF16 activations.
-- int8-dynamic: per-token INT8 activations x INT8 weights; pays off compiled, for prefill and larger batches.
-- da8w4: torchao's prototype Int8DynamicActivationInt4WeightConfig (INT8 activations x INT4 weights on
-  AMX) -> torchao::da8w4_linear_cpu, a kernel in torchao's own C++ extension: the PyPI wheel of
-  torchao 0.18 does not ship it for CPU, so applies() says so and the recipe is skipped.
-Decode at batch 1 is bound by the bytes of weights read per token: INT4 reads ~1/8 of FP32.
-"""
+INT8, DA8W4) on every nn.Linear, the LM head included; the model stays a Hugging Face model."""
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
@@ -28,6 +17,8 @@ DTYPES = ("fp32", "bf16")
 QUANTS = ("none", "int8", "int4", "int8-dynamic", "da8w4")
 INT4_GROUPS = (32, 64, 128)
 HEADS = ("same", "float", "int8")
+PREFILLS = ("same", "bf16")
+PREFILL_ATTR = "torchslim_prefill_model"  # where a separate prefill copy waits for lm_decode (not a submodule)
 
 
 @dataclass(frozen=True)
@@ -36,13 +27,18 @@ class LMWeightsConfig(TechniqueConfig):
     'int4' (weight-only, asymmetric groups of `group_size`), 'int8-dynamic', 'da8w4'. lm_head: the
     output projection as the other layers ('same'), kept in `dtype` ('float'), or INT8 weight-only
     ('int8'); when quantized it is untied from the embedding, which stays in `dtype`. On SmolLM2
-    an INT4 head costs +5.7% perplexity, an INT8 head nothing measurable."""
+    an INT4 head costs +5.7% perplexity, an INT8 head nothing measurable. prefill: 'same' (the
+    prompt pass runs on these weights) or 'bf16' (on an unquantized BF16 copy, which lm_decode's
+    loop uses for the prompt while decode reads the quantized weights: INT4's kernel is slow at M=128)."""
 
     name = "lm_weights"
+    lossy: ClassVar[bool] = True  # BF16 and quantized weights change the numerics
+    speeds_up: ClassVar[str] = "decode"  # the class default; each instance sets its own in __post_init__
     dtype: str = "bf16"
     quant: str = "none"
     group_size: int = 32
     lm_head: str = "same"
+    prefill: str = "same"
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
@@ -55,6 +51,13 @@ class LMWeightsConfig(TechniqueConfig):
             raise ValueError(f"lm_head must be one of {HEADS}, got {self.lm_head!r}")
         if self.quant in ("int4", "int8", "da8w4") and self.dtype != "bf16":
             raise ValueError(f"weight-only {self.quant} runs with BF16 activations (the CPU kernels' fast path): use dtype='bf16'")
+        if self.prefill not in PREFILLS:
+            raise ValueError(f"prefill must be one of {PREFILLS}, got {self.prefill!r}")
+        if self.prefill != "same" and (self.quant == "none" or self.dtype != "bf16"):
+            raise ValueError("a separate BF16 prefill copy goes with quantized BF16 weights (the KV cache is shared)")
+        # fewer bytes per token (weight-only) speed up decode; 16-bit or INT8 matmuls also the prompt pass
+        parts = {"none": "both", "int8": "decode", "int4": "decode", "int8-dynamic": "prefill", "da8w4": "both"}[self.quant]
+        object.__setattr__(self, "speeds_up", "both" if self.prefill != "same" else parts)
 
     def label(self) -> str:
         if self.quant == "none":
@@ -62,7 +65,8 @@ class LMWeightsConfig(TechniqueConfig):
         q = {"int4": f"int4-g{self.group_size}", "int8": "int8", "int8-dynamic": "int8-dyn",
              "da8w4": f"da8w4-g{self.group_size}"}[self.quant]
         return q + ("-wo" if self.quant in ("int4", "int8") else "") + (f"-{self.dtype}" if self.dtype != "fp32" else "") \
-            + {"same": "", "float": "-headfloat", "int8": "-head8"}[self.lm_head]
+            + {"same": "", "float": "-headfloat", "int8": "-head8"}[self.lm_head] \
+            + ("" if self.prefill == "same" else f"-prefill{self.prefill}")
 
 
 def is_causal_lm(model: nn.Module) -> bool:
@@ -82,6 +86,11 @@ def da8w4_missing() -> str | None:
     if "CPU" not in torch._C._dispatch_dump("torchao::da8w4_linear_cpu"):
         return "torchao's da8w4_linear_cpu kernel is not built in this torchao (its PyPI wheel has no CPU extension)"
     return None
+
+
+def take_prefill_model(model: nn.Module) -> nn.Module | None:
+    """The separate prefill copy lm_weights(prefill=...) left on `model` (removed from it), or None."""
+    return model.__dict__.pop(PREFILL_ATTR, None)
 
 
 def _linears(model: nn.Module, cfg: LMWeightsConfig) -> list[str]:
@@ -123,6 +132,14 @@ def _applies(model, cfg: LMWeightsConfig, ctx: Context):
     return None
 
 
+# Kernels reached on CPU (checked with the profiler, BENCHMARKS.md "Text generation"):
+# - int4: torchao's Int4OpaqueTensor (prototype Int4WeightOnlyConfig for CPU) -> aten._weight_int4pack_mm_for_cpu,
+#   eager and compiled; BF16 activations (its FP32 path is 25-70x slower); slow at M=128 (prefill).
+# - int8: torchao Int8WeightOnlyConfig -> aten._weight_int8pack_mm under torch.compile with BF16 activations.
+# - int8-dynamic: per-token INT8 activations x INT8 weights; pays off compiled, for prefill and larger batches.
+# - da8w4: torchao's prototype Int8DynamicActivationInt4WeightConfig -> torchao::da8w4_linear_cpu (AMX), a
+#   kernel of torchao's own C++ extension, which torchao 0.18's PyPI wheel does not ship for CPU.
+# Decode at batch 1 is bound by the bytes of weights read per token: INT4 reads ~1/8 of FP32.
 @register(LMWeightsConfig, applies=_applies)
 def apply_lm_weights(model, cfg: LMWeightsConfig, ctx: Context):
     names = set(_linears(model, cfg)) if cfg.quant != "none" else set()
@@ -136,6 +153,7 @@ def apply_lm_weights(model, cfg: LMWeightsConfig, ctx: Context):
         ctx.notes.append("lm_head untied from the embedding (quantized; the embedding table stays float)")
     if cfg.dtype == "bf16":
         model = model.to(torch.bfloat16)
+    twin = copy.deepcopy(model).to(torch.bfloat16) if cfg.prefill == "bf16" else None
     flt = (lambda m, fqn: fqn in names) if names else None
     if cfg.quant == "int4":
         ao.int4_weight_only(model, flt, cfg.group_size, hqq=False, device=ctx.device)
@@ -154,5 +172,8 @@ def apply_lm_weights(model, cfg: LMWeightsConfig, ctx: Context):
         ctx.notes.append("lm_head: INT8 weight-only")
     if names:
         ctx.notes.append(f"{cfg.label()}: {len(names)} Linear layers quantized")
+    if twin is not None:
+        model.__dict__[PREFILL_ATTR] = twin  # plain attribute: not in state_dict(), not saved by save_pretrained()
+        ctx.notes.append("prompt pass on a separate BF16 copy of the weights (lm_decode's loop uses it)")
     ctx.details["lm_weights"] = {"quantized": sorted(names | int8_head), "dtype": cfg.dtype, "quant": cfg.quant}
     return model
