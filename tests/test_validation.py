@@ -90,3 +90,16 @@ def test_batch_two_check_pairs_the_example_with_a_real_held_out_row():
     check = next(inputs for name, kind, inputs in validation._checks(wl, Example((ids,))) if name == "batch 2")
     (t,) = check.tensors()
     assert t.shape == (2, 8) and torch.equal(t[0], ids[0]) and torch.equal(t[1], held[0].tensors()[0][0])
+
+
+def test_pt2e_recipe_with_a_batch_one_example_serves_batch_two():
+    """torch.export specializes size-1 dimensions: PT2E exports a batch-1 example at batch 2 so the
+    quantized graph is not tied to batch 1 (it was rejected at the batch-2 check before)."""
+    model, x = tiny_models.cnn(), torch.randn(1, 3, 16, 16)
+    batches = [torch.randn(1, 3, 16, 16) for _ in range(8)]
+    wl = Workload(model, Example((x,)), name="cnn-b1", calibration=from_batches(batches, Example((x,))))
+    run = optimize(wl, OptimizeConfig(recipes=("static-int8",), rounds=1, out=None, save_model=False,
+                                      early_reject=False, fallback=False), progress=False)
+    row = _row(run, "static-int8")
+    checks = {c["check"]: c for c in row.validation["checks"]}
+    assert checks["batch 2"]["result"] == "ok" and checks["batch 2"]["min_cosine"] > 0.99, row.reason
