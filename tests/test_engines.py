@@ -272,3 +272,24 @@ def test_aoti_package_serves_in_a_fresh_process_without_torchslim(tmp_path):
     assert got.returncode == 0, got.stderr[-2000:]
     assert got.stdout.strip() == "False"
     assert torch.equal(torch.load(tmp_path / "y.pt"), out)
+
+
+@needs_ort
+@pytest.mark.parametrize("name", ["cnn", "encoder"])
+def test_ort_static_int8_leaves_nothing_in_the_working_directory(tmp_path, monkeypatch, name):
+    """ORT's symbolic shape inference saves a partial model with a weights-sized external data file
+    into the cwd when it cannot finish (dynamic dimensions); none of it may land in the user's folder."""
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    def incomplete(*args, **kwargs):  # what ORT does on MiniLM's dynamic-shape graph
+        for f in ("sym_shape_infer_temp.onnx", "0e0f512a-eb24-11f1-943e-02fc00000001.data"):
+            open(f, "wb").close()
+        raise Exception("Incomplete symbolic shape inference")
+
+    monkeypatch.setattr(SymbolicShapeInference, "infer_shapes", staticmethod(incomplete))
+    monkeypatch.chdir(tmp_path)
+    model, example, calib = _case(name)
+    slim, _ = _apply(model, OrtStaticInt8Config(), example, calib)
+    assert os.listdir(tmp_path) == [] and os.getcwd() == str(tmp_path)
+    with torch.no_grad():
+        assert compare(example(model), example(slim)).min_cosine >= 0.98

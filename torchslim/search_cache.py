@@ -50,6 +50,21 @@ def _function(fn) -> str:
         code + (call.co_code if call is not None else b"")).hexdigest()[:16]
 
 
+def _code() -> str:
+    """A hash of torchslim's own source and data files: a changed technique, check or prior must not
+    replay rows measured by the code before it."""
+    h = hashlib.sha256()
+    root = os.path.dirname(os.path.abspath(__file__))
+    for dirpath, dirnames, files in sorted(os.walk(root)):
+        dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
+        for name in sorted(f for f in files if f.endswith((".py", ".json", ".j2"))):
+            path = os.path.join(dirpath, name)
+            h.update(os.path.relpath(path, root).encode())
+            with open(path, "rb") as f:
+                h.update(f.read())
+    return h.hexdigest()
+
+
 def _version(pkg: str) -> str | None:
     try:
         return importlib.metadata.version(pkg)
@@ -62,9 +77,9 @@ def key(workload, config, device: torch.device) -> str:
     that can change a row: the weights (every parameter and buffer, bytes), the model's module
     types, the example inputs (shapes, dtypes, values), the calibration batches (values), the task
     metric (its function's module, name and code; not data it reads from elsewhere), the workload's
-    name/spec/source, the OptimizeConfig (less where the results are written), the recipe list,
-    torch/torchao/transformers versions, the device, the CPU flags and the thread count."""
-    from .recipes import by_name, candidates
+    name/spec/source, the OptimizeConfig (less where the results are written), the recipe list in
+    search order (priors.json), torchslim's own source (a hash), torch/torchao/transformers versions, the device, the CPU flags and the thread count."""
+    from .recipes import by_name, candidates, ordered
 
     h = hashlib.sha256(f"torchslim-search-v{VERSION}".encode())
     _model(h, workload.model)
@@ -77,12 +92,13 @@ def key(workload, config, device: torch.device) -> str:
         for batch in workload.calibration():
             for t in as_example(batch).tensors():
                 _tensor(h, t)
-    recipes = by_name(list(config.recipes), device) if config.recipes else candidates(device)
+    # in the order the search tries them (priors.json): with a time budget the order decides which are tried
+    recipes = by_name(list(config.recipes), device) if config.recipes else ordered(candidates(device), workload.model, device)
     cfg = {k: v for k, v in dataclasses.asdict(config).items() if k not in _NOT_IN_KEY}
     facts = {
         "workload": [workload.name, workload.spec, workload.metric, repr(sorted(workload.source.items(), key=str))],
         "evaluate": _function(workload.evaluate), "config": cfg, "recipes": [r.to_list() for r in recipes],
-        "versions": {p: _version(p) for p in ("torch", "torchao", "transformers", "torchslim")},
+        "versions": {p: _version(p) for p in ("torch", "torchao", "transformers", "torchslim")}, "code": _code(),
         "device": str(device), "cpu_flags": sorted(dev.cpu_flags()), "threads": torch.get_num_threads(),
         "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
     }

@@ -180,6 +180,26 @@ def onnx_layers(path: str) -> dict[str, list[str]]:
     return out
 
 
+
+def pre_process(path: str, out: str) -> None:
+    """ORT's quant_pre_process, run from the folder of `out`: where symbolic shape inference cannot
+    finish (dynamic dimensions) ORT saves its partial model and a ~size-of-the-weights external data
+    file into the working directory; they stay in our temporary folder. Then again without it."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    path, out, cwd = os.path.abspath(path), os.path.abspath(out), os.getcwd()
+    os.chdir(os.path.dirname(out))
+    try:
+        try:
+            with quiet():
+                quant_pre_process(path, out)
+        except Exception:  # noqa: BLE001 - symbolic inference is optional: ONNX shape inference still runs
+            with quiet():
+                quant_pre_process(path, out, skip_symbolic_shape=True)
+    finally:
+        os.chdir(cwd)
+
+
 def _static_int8(path: str, tmp: str, cfg: OrtStaticInt8Config, model, ctx: Context, notes: list[str]) -> str:
     import onnx
     import onnxruntime as ort
@@ -187,10 +207,7 @@ def _static_int8(path: str, tmp: str, cfg: OrtStaticInt8Config, model, ctx: Cont
 
     src = os.path.join(tmp, "pre.onnx")
     try:  # shape inference and graph clean-up, as ORT recommends before static quantization
-        from onnxruntime.quantization.shape_inference import quant_pre_process
-
-        with quiet():
-            quant_pre_process(path, src)
+        pre_process(path, src)
     except Exception as e:  # noqa: BLE001 - optional step
         src = path
         notes.append(f"quant_pre_process skipped ({first_line(e)[:80]})")
