@@ -91,14 +91,6 @@ def dynamic_dims(example) -> dict[int, str]:
     return dims
 
 
-def export_example(example, dims: dict[int, str]):
-    """The inputs to export with: the example, at batch 2 where it has batch 1 and the batch is to
-    be dynamic (torch.export specializes dimensions of size 1)."""
-    if 0 in dims and example.batch_size == 1:
-        return example.map(lambda t: torch.cat([t, t]))
-    return example
-
-
 def dynamic_shapes(model: nn.Module, example, dims: dict[int, str]):
     """torch.export / torch.onnx.export(dynamo=True) `dynamic_shapes` marking `dims` of every input
     tensor Dim.AUTO (dynamic where the model allows it, static where it does not: no error)."""
@@ -127,7 +119,7 @@ def export_with_shapes(export: Callable, example, dims: dict[int, str]) -> tuple
     specializes. Returns (result, shapes_meta(...))."""
     why = ""
     if dims:
-        ex = export_example(example, dims)
+        ex = example.for_export() if 0 in dims else example  # batch to stay dynamic
         try:
             result, shapes = export(ex, dims)
             kept, note = served_shapes(example, dims, shapes)

@@ -46,6 +46,14 @@ class Example:
         ts = self.tensors()
         return int(ts[0].shape[0]) if ts and ts[0].dim() > 0 else 1
 
+    def for_export(self) -> "Example":
+        """These inputs at batch 2 where they have batch 1 (every tensor): torch.export specializes
+        dimensions of size 1, so a graph exported at batch 1 would serve batch 1 only."""
+        ts = self.tensors()
+        if ts and all(t.dim() >= 1 and t.shape[0] == 1 for t in ts):
+            return self.map(lambda t: torch.cat([t, t]))
+        return self
+
     def describe(self) -> str:
         parts = [f"{tuple(t.shape)}:{str(t.dtype).replace('torch.', '')}" for t in self.tensors()]
         return ", ".join(parts) or "(no tensors)"

@@ -102,7 +102,7 @@ def export(model: nn.Module, example: Example) -> tuple[torch.fx.GraphModule, bo
             kw: dict[str, Any] = {"strict": False}
             ex = example
             if dynamic:
-                ex = batch_of_two(example)
+                ex = example.for_export()
                 kw["dynamic_shapes"] = auto_shapes(model, ex)
             with quiet(), quiet_export():
                 ep = torch.export.export(model, tuple(ex.args), dict(ex.kwargs), **kw)
@@ -118,15 +118,6 @@ def export(model: nn.Module, example: Example) -> tuple[torch.fx.GraphModule, bo
     if gm.graph.eliminate_dead_code():
         gm.recompile()
     return gm, dynamic
-
-
-def batch_of_two(example: Example) -> Example:
-    """The example at batch 2 where it has batch 1: torch.export specializes dimensions of size 1,
-    so a graph exported at batch 1 would serve batch 1 only."""
-    ts = example.tensors()
-    if ts and example.batch_size == 1 and all(t.dim() >= 1 and t.shape[0] == 1 for t in ts):
-        return example.map(lambda t: torch.cat([t, t]))
-    return example
 
 
 @contextlib.contextmanager
