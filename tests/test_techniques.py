@@ -17,7 +17,6 @@ from torchslim.techniques import (
     CONFIGS, ChannelsLastConfig, CompileConfig, Context, DynamicInt8Config, InferenceModeConfig, LowPrecisionConfig,
     TorchScriptConfig, config_from_dict, with_per_layer_skip,
 )
-from torchslim.techniques.base import runtime_of
 
 CPU = torch.device("cpu")
 MODELS = {
@@ -27,7 +26,7 @@ MODELS = {
 }
 # Engine recipes (a step's `engine`: AOTInductor, ONNX Runtime, OpenVINO) have their own tests
 # (tests/test_engines.py), on fewer and smaller compiles.
-RECIPES = {r.name: r for r in candidates(CPU) if all(runtime_of(s) in ("torch", "torchscript") for s in r.steps)}
+RECIPES = {r.name: r for r in candidates(CPU) if all(s.runtime in ("torch", "torchscript") for s in r.steps)}
 # Quantization by name until every quantization config declares `lossy` (issue 15 merge), then only `lossy`.
 QUANTIZED = {"dynamic_int8", "static_int8", "static_int8_fx", "pt2e_dynamic_int8", "ao_int8_dynamic", "weight_only"}
 
@@ -159,11 +158,11 @@ def test_registry_metadata_is_well_formed():
     for name, cls in CONFIGS.items():
         fields = {f.name for f in dataclasses.fields(cls)}
         assert isinstance(cls.lossy, bool) and isinstance(cls.needs_calibration, bool), name
-        assert runtime_of(cls) in engines and cls.speeds_up in ("", "prefill", "decode", "both"), name
+        assert cls.runtime in engines and cls.speeds_up in ("", "prefill", "decode", "both"), name
         assert not cls.per_layer_skip or "skip" in fields, f"{name}: per_layer_skip without a skip field"
         assert isinstance(cls.candidates(CPU), list), name
     assert set(with_per_layer_skip()) <= set(CONFIGS)
-    assert LowPrecisionConfig.lossy and runtime_of(TorchScriptConfig()) == "torchscript"
+    assert LowPrecisionConfig.lossy and TorchScriptConfig().runtime == "torchscript"
 
 
 def test_candidates_hook_recipes_are_wrapped_and_deduplicated(monkeypatch):

@@ -14,7 +14,6 @@ from .techniques import (
     LowPrecisionConfig, Pt2eDynamicInt8Config, StaticInt8Config, StaticInt8FxConfig, StaticLinearInt8Config, TechniqueConfig, TorchScriptConfig, config_from_dict, handler,
     registered,
 )
-from .techniques.base import runtime_of
 
 
 @dataclass(frozen=True)
@@ -134,12 +133,12 @@ def candidates(device: torch.device) -> list[Recipe]:
 def contributed(device: torch.device) -> list[Recipe]:
     """The recipes registered techniques add through their `candidates(device)` hook, in registration
     order. Each is wrapped in inference mode as the built-ins are, unless its steps already hold it
-    or a step's result runs outside eager torch (`engine` other than "torch": nothing records autograd)."""
+    or a step's result runs outside eager torch (`runtime` other than "torch": nothing records autograd)."""
     out = []
     for cls in registered():
         for steps in cls.candidates(device):
             steps = tuple(steps)
-            eager = all(runtime_of(s) == "torch" for s in steps)
+            eager = all(s.runtime == "torch" for s in steps)
             out.append(_im(*steps) if eager and not any(isinstance(s, InferenceModeConfig) for s in steps) else Recipe(steps))
     return out
 

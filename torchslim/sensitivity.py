@@ -46,7 +46,7 @@ class SensitivityConfig:
 
 def has_skip(cfg: TechniqueConfig) -> bool:
     """True for a config that can keep named layers in float (its `skip` patterns)."""
-    return bool(getattr(cfg, "per_layer_skip", False))
+    return cfg.per_layer_skip
 
 
 def quantization_step(steps: Iterable[TechniqueConfig]) -> int | None:

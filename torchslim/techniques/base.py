@@ -92,11 +92,6 @@ def with_per_layer_skip() -> list[str]:
     return [name for name, cls in CONFIGS.items() if cls.per_layer_skip]
 
 
-def runtime_of(cfg: TechniqueConfig | type[TechniqueConfig]) -> str:
-    """Who runs a step's result (torch, torchscript, aoti, onnxruntime, openvino): the `runtime` ClassVar."""
-    return getattr(cfg, "runtime", "torch")
-
-
 def unregister(config_cls: type[TechniqueConfig]) -> None:
     """Remove a registered technique (tests that register one of their own clean up with it)."""
     if CONFIGS.get(config_cls.name) is config_cls:
