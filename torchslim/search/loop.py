@@ -43,8 +43,10 @@ def try_candidates(recipes: list[Recipe], workload: Workload, example, device, r
                    run: RunResult, models: dict[str, nn.Module], bar, explicit: bool, t_start: float,
                    budget_s: float | None, early=None) -> None:
     """Try each recipe in order (or list why not), appending its row to `run.recipes` and its model
-    to `models`; a rejected quantization recipe gets the float fallback as a row of its own."""
-    tried = 0
+    to `models`; a rejected quantization recipe gets the float fallback as a row of its own. Under a
+    time budget the fallbacks wait until every recipe has had its turn: a retry of a rejected recipe
+    (tens of seconds of ranking and task metric) is less promising than the next fresh candidate."""
+    tried, deferred = 0, []
     for recipe in recipes:
         elapsed = time.perf_counter() - t_start
         bar.set_postfix_str(recipe.name + clock(elapsed, budget_s))
@@ -59,21 +61,36 @@ def try_candidates(recipes: list[Recipe], workload: Workload, example, device, r
         if model is not None:
             models[recipe.name] = model
         if config.fallback and res.status == "rejected" and quantization_step(recipe.steps) is not None:
-            write(run, config)
-            why = why_not(recipe, res, config, time.perf_counter() - t_start, budget_s)
-            if why:
-                res.fallback = {"from": recipe.name, "why": res.reason, "result": f"not tried: {why}"}
+            if budget_s is None or config.exhaustive:
+                write(run, config)
+                retry_in_float(recipe, res, workload, example, device, ref_out, base_metric, config, run, models,
+                               bar, t_start, budget_s)
             else:
-                bar.set_postfix_str(f"{recipe.name}: keeping sensitive layers in float" + clock(time.perf_counter() - t_start, budget_s))
-                retry, model = fallback(recipe, res, workload, example, device, ref_out, base_metric, config,
-                                        taken={r.name for r in run.recipes},
-                                        deadline=None if budget_s is None else t_start + budget_s)
-                if retry is not None:
-                    run.recipes.append(retry)
-                    if model is not None:
-                        models[retry.name] = model
+                deferred.append((recipe, res))
         write(run, config)
         bar.update(1)
+    for recipe, res in deferred:
+        retry_in_float(recipe, res, workload, example, device, ref_out, base_metric, config, run, models, bar,
+                       t_start, budget_s)
+        write(run, config)
+
+
+def retry_in_float(recipe: Recipe, res: RecipeResult, workload: Workload, example, device, ref_out, base_metric,
+                   config, run: RunResult, models: dict[str, nn.Module], bar, t_start: float,
+                   budget_s: float | None) -> None:
+    """The float fallback of one rejected recipe, or the reason it is not tried in `res.fallback`."""
+    why = why_not(recipe, res, config, time.perf_counter() - t_start, budget_s)
+    if why:
+        res.fallback = {"from": recipe.name, "why": res.reason, "result": f"not tried: {why}"}
+        return
+    bar.set_postfix_str(f"{recipe.name}: keeping sensitive layers in float" + clock(time.perf_counter() - t_start, budget_s))
+    retry, model = fallback(recipe, res, workload, example, device, ref_out, base_metric, config,
+                            taken={r.name for r in run.recipes},
+                            deadline=None if budget_s is None else t_start + budget_s)
+    if retry is not None:
+        run.recipes.append(retry)
+        if model is not None:
+            models[retry.name] = model
 
 
 def clock(elapsed: float, budget_s: float | None) -> str:
