@@ -90,6 +90,17 @@ def test_engine_recipe_keeps_outputs_and_structure(name, cfg, min_cos):
     assert isinstance(slim, engines.EngineModule) and any("thread" in n for n in ctx.notes)
 
 
+def test_seven_bit_int8_where_the_cpu_lacks_vnni(monkeypatch):
+    from torchslim import device as dev
+
+    for flags, seven in (("fpu sse2 avx avx2 fma", True), ("avx2 avx512f avx512_vnni", False), ("avx2 avx_vnni", False)):
+        monkeypatch.setenv(dev.FLAGS_ENV, flags)
+        dev.cpu_flags.cache_clear()
+        assert dev.seven_bit_int8() is seven and dev.seven_bit_int8(not seven) is (not seven)
+    monkeypatch.delenv(dev.FLAGS_ENV)
+    dev.cpu_flags.cache_clear()
+
+
 @needs_ort
 def test_ort_dynamic_int8_and_threads_and_spinning():
     model, example, calib = _case("encoder")

@@ -159,6 +159,9 @@ def test_order_puts_likely_winners_first(cpu_flags):
     assert conv[0].startswith("static-int8-ts") and conv.index("static-int8") < conv.index("compile")
     cpu_flags(VNNI_FLAGS)
     assert priors.patterns("transformer", "vnni")[0] == "fast-transformer"
+    cpu_flags("fpu sse2 avx avx2 fma")  # an AVX2-only EPYC: PT2E static INT8 led there
+    assert dev.capabilities(CPU).tier() == "avx2"
+    assert [r.name for r in ordered(candidates(CPU), tiny_models.cnn(), CPU)][0] == "static-int8"
     assert priors.model_kind(nn.TransformerEncoderLayer(16, 2)) == "transformer"
     assert priors.model_kind(tiny_models.LSTMNet()) == "recurrent"
 

@@ -53,8 +53,7 @@ def quantized_engine(name: str | None):
 
 def needs_reduce_range() -> bool:
     """7-bit activations on x86 CPUs without VNNI (their u8*s8 multiply-add can saturate)."""
-    flags = dev.cpu_flags()
-    return bool(flags) and not ({"avx512_vnni", "avx_vnni", "amx_int8"} & flags)
+    return dev.seven_bit_int8()
 
 
 def unavailable(what: str, e: Exception) -> str:

@@ -11,6 +11,7 @@ import torch
 
 from .. import engines
 from ..calibration import DEFAULT_SAMPLES, cap
+from ..device import seven_bit_int8
 from ..errors import first_line
 from .base import Context, TechniqueConfig, register
 from ..engines import quiet
@@ -56,6 +57,9 @@ class OpenVinoInt8Config(TechniqueConfig):
     per_layer_skip: ClassVar[bool] = True  # skip -> nncf.IgnoredScope
     max_samples: int = DEFAULT_SAMPLES
     skip: tuple[str, ...] = ()  # fnmatch patterns of Conv/Linear module names to keep in float
+    # NNCF's OverflowFix on every layer (7-bit weights) instead of its default (first layer only);
+    # None = where the CPU lacks VNNI, the same saturation ORT's reduce_range avoids (device.seven_bit_int8)
+    overflow_fix: bool | None = None
 
     def __post_init__(self):
         if self.max_samples < 1:
@@ -155,11 +159,16 @@ def _nncf_int8(ov_model, model, cfg: OpenVinoInt8Config, ctx: Context, notes: li
         raise RuntimeError(f"cannot keep {', '.join(missing)} in float: no OpenVINO op is named after it (ONNX frontend?)")
     ignored = nncf.IgnoredScope(names=[n for f in floats for n in ops[f]], validate=False) if floats else None
     ctx.details[cfg.name] = {"quantized": [n for n in ops if n not in floats], "float": floats}
+    extra = {"ignored_scope": ignored} if ignored else {}
+    seven_bit = seven_bit_int8(cfg.overflow_fix)
+    if seven_bit:
+        from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+
+        extra["advanced_parameters"] = AdvancedQuantizationParameters(overflow_fix=OverflowFix.ENABLE)
     with quiet():
-        quantized = nncf.quantize(ov_model, dataset, subset_size=len(batches), model_type=kind,
-                                  **({"ignored_scope": ignored} if ignored else {}))
+        quantized = nncf.quantize(ov_model, dataset, subset_size=len(batches), model_type=kind, **extra)
     notes.append(f"nncf.quantize on {sum(b.batch_size for b in batches)} calibration samples"
-                 + (", model_type=TRANSFORMER" if kind else "") + (f"; kept in float: {', '.join(floats)}" if floats else ""))
+                 + (", model_type=TRANSFORMER" if kind else "") + (", overflow fix on every layer (no VNNI)" if seven_bit else "") + (f"; kept in float: {', '.join(floats)}" if floats else ""))
     return quantized
 
 

@@ -11,6 +11,7 @@ from typing import ClassVar
 import torch
 
 from .. import engines
+from ..device import seven_bit_int8
 from ..calibration import DEFAULT_SAMPLES, cap
 from ..engines import SPIN_OFF, quiet
 from ..errors import first_line
@@ -27,8 +28,7 @@ class OrtConfig(TechniqueConfig):
     lossy = engines.PerConfig(lambda cfg: cfg.quantize != "none")
     quantize: str = "none"
     transformer_optimizer: bool = True  # FP32 only: ORT's BERT fusion where the model has attention
-    reduce_range: bool | None = False  # dynamic INT8: 7-bit weights (None: where the CPU lacks VNNI; unneeded
-    # there in our trials: the Fashion CNN kept min cosine 0.9999 at 8 bits on an AVX2-only EPYC, 0.9993 at 7)
+    reduce_range: bool | None = None  # INT8: 7-bit weights; None = where the CPU lacks VNNI (device.seven_bit_int8)
 
     def __post_init__(self):
         if self.quantize not in ("none", "dynamic"):
@@ -58,7 +58,7 @@ class OrtStaticInt8Config(TechniqueConfig):
     per_channel: bool = True
     max_samples: int = DEFAULT_SAMPLES
     skip: tuple[str, ...] = ()  # fnmatch patterns of Conv/Linear module names to keep in float
-    reduce_range: bool | None = None  # 7-bit weights; None = where the CPU lacks VNNI (see reduce_range())
+    reduce_range: bool | None = None  # 7-bit weights; None = where the CPU lacks VNNI (device.seven_bit_int8)
 
     def __post_init__(self):
         if self.max_samples < 1:
@@ -68,17 +68,6 @@ class OrtStaticInt8Config(TechniqueConfig):
 
     def label(self) -> str:
         return "ort-int8-static" + ("" if self.per_channel else "-per-tensor") + ("-skip" if self.skip else "")
-
-
-def reduce_range(cfg) -> bool:
-    """7-bit INT8 weights: ORT's advice for its U8S8 kernels on AVX2/AVX-512 CPUs without VNNI, whose
-    u8*s8 pair sums saturate int16 (on an AVX2-only EPYC the 8-bit Fashion CNN gave min cosine 0.76;
-    7-bit kept 0.99+). VNNI CPUs accumulate in int32 and keep all 8 bits."""
-    if cfg.reduce_range is not None:
-        return cfg.reduce_range
-    from ..device import capabilities
-
-    return not capabilities(torch.device("cpu")).vnni
 
 
 # -- export -------------------------------------------------------------------------------------
@@ -238,9 +227,9 @@ def _static_int8(path: str, tmp: str, cfg: OrtStaticInt8Config, model, ctx: Cont
     with quiet():
         quantize_static(src, out, reader, quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
-                        nodes_to_exclude=exclude, reduce_range=reduce_range(cfg))
+                        nodes_to_exclude=exclude, reduce_range=seven_bit_int8(cfg.reduce_range))
     notes.append(f"QDQ, {'per-channel' if cfg.per_channel else 'per-tensor'} "
-                 f"{'7-bit (reduce_range: no VNNI)' if reduce_range(cfg) else 'int8'} weights, uint8 activations, "
+                 f"{'7-bit (reduce_range: no VNNI)' if seven_bit_int8(cfg.reduce_range) else 'int8'} weights, uint8 activations, "
                  f"MinMax on {sum(b.batch_size for b in batches)} calibration samples"
                  + (f"; kept in float: {', '.join(floats)} ({len(exclude)} ONNX nodes excluded)" if floats else ""))
     return out
@@ -288,9 +277,9 @@ def _build(model, cfg, ctx: Context) -> engines.OrtModule:
 
             out = os.path.join(tmp, "int8_dynamic.onnx")
             with quiet():
-                quantize_dynamic(path, out, weight_type=QuantType.QInt8, reduce_range=reduce_range(cfg))
+                quantize_dynamic(path, out, weight_type=QuantType.QInt8, reduce_range=seven_bit_int8(cfg.reduce_range))
             path = out
-            notes.append("quantize_dynamic(weight_type=QInt8" + (", reduce_range: no VNNI)" if reduce_range(cfg) else ")"))
+            notes.append("quantize_dynamic(weight_type=QInt8" + (", reduce_range: no VNNI)" if seven_bit_int8(cfg.reduce_range) else ")"))
         elif cfg.transformer_optimizer and has_attention(model):
             path = _bert_optimized(path, os.path.join(tmp, "bert.onnx"), notes)
         with open(path, "rb") as f:
