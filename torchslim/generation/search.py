@@ -106,6 +106,10 @@ def candidates(device: torch.device, extended: bool = False) -> list[Recipe]:
         out += [Recipe((LMWeightsConfig("bf16", "int4", lm_head="int8"), dec)),
                 Recipe((LMWeightsConfig("bf16", "int4"), eager)), Recipe((LMWeightsConfig("bf16", "int4"), dec))]
         out += [Recipe((LMWeightsConfig("fp32", "int8-dynamic"), LMDecodeConfig(compile_prefill=True)))]
+        # Inductor's C++ GEMM template for the M=1 matmuls (FP32/FP16 weights): 4-6 minutes of compile
+        tune = LMDecodeConfig(mode="max-autotune-no-cudagraphs")
+        out += [Recipe((tune,)), Recipe((LMWeightsConfig("fp32", "fp16", prefill="fp32"), tune)),
+                Recipe((LMWeightsConfig("fp32", "int4", lm_head="fp16", prefill="fp32"), tune))]
     return out
 
 

@@ -32,6 +32,8 @@ class LMDecodeConfig(TechniqueConfig):
         s = "static-cache+compile"
         if self.mode == "reduce-overhead":
             s += "-cudagraphs"
+        elif self.mode == "max-autotune-no-cudagraphs":
+            s += "-autotune"  # Inductor's C++ GEMM template (CPU): also M=1 FP32/FP16 GEMVs, minutes of compile
         if self.cpp_wrapper:
             s += "-cpp"
         if not self.freezing:
