@@ -283,3 +283,26 @@ def test_fp32_model_with_16bit_kernels_generates_and_reloads(tiny_lm, tmp_path, 
     assert json.loads((tmp_path / "torchslim.json").read_text())["hf_torchao"] is None
     again = torchslim.load(str(tmp_path))  # verify=True: the saved greedy tokens come back
     assert torch.equal(timed_generate(again)(ids, 6).tokens, timed_generate(model)(ids, 6).tokens)
+
+
+@pytest.mark.slow
+def test_fp32_model_fp16_weights_compiled_decode_matches_eager(tiny_lm):
+    """The shipped path for hosts without native BF16: FP16 weights in an FP32 model, decode compiled
+    with Inductor freezing (the cast hooks traced into the graph) gives the eager loop's tokens."""
+    import copy
+
+    from torchslim.recipes import Recipe, apply
+    from torchslim.techniques import Context
+    from torchslim.techniques.lm_decode import LMDecodeConfig
+    from torchslim.techniques.lm_weights import LMWeightsConfig
+
+    cpu = torch.device("cpu")
+    cfg = LMWeightsConfig("fp32", "fp16", lm_head="fp16", prefill="fp32")
+    try:
+        eager = apply(copy.deepcopy(tiny_lm.model), Recipe((cfg, LMDecodeConfig(compile=False))), Context(device=cpu, example=None))
+    except Exception as e:  # noqa: BLE001 - no F16C here
+        pytest.skip(f"not applicable here: {e}")
+    compiled = apply(copy.deepcopy(tiny_lm.model), Recipe((cfg, LMDecodeConfig())), Context(device=cpu, example=None))
+    ids = prompt_ids(tiny_lm.tokenizer, ["Give me a simple recipe for pancakes."], 10, 1)
+    got, ref = compiled.generate_timed(ids, 8), eager.generate_timed(ids, 8)
+    assert torch.isfinite(got.first_logits).all() and torch.equal(got.tokens, ref.tokens)
