@@ -37,7 +37,7 @@ class LMWeightsConfig(TechniqueConfig):
     INT4's kernel is slow at M=128, FP16's without AVX512-FP16/AMX too).
     FP32 models (hosts without native BF16): quant='int4' keeps the model FP32 (norms, attention, KV
     cache) and casts each INT4 Linear's input to BF16 for aten._weight_int4pack_mm_for_cpu (its FP32
-    path is ~10x slower, its BF16 path is fast at M=1 also on AVX2); quant='fp16' stores the Linear
+    path is ~6.5x slower on an AVX2 host, its BF16 path is not); quant='fp16' stores the Linear
     weights in FP16 (half of FP32's bytes per token) and runs them through ATen's FP16 GEMV with FP32
     accumulation (F16C), inputs cast to FP16."""
 
@@ -171,7 +171,7 @@ def _applies(model, cfg: LMWeightsConfig, ctx: Context):
 
 # Kernels reached on CPU (checked with the profiler, BENCHMARKS.md "Text generation"):
 # - int4: torchao's Int4OpaqueTensor (prototype Int4WeightOnlyConfig for CPU) -> aten._weight_int4pack_mm_for_cpu,
-#   eager and compiled; BF16 activations (its FP32 path is 25-70x slower); slow at M=128 (prefill).
+#   eager and compiled; BF16 activations (its FP32 path is 25-70x slower on AMX hosts, ~6.5x on AVX2); slow at M=128 (prefill).
 # - int8: torchao Int8WeightOnlyConfig -> aten._weight_int8pack_mm under torch.compile with BF16 activations.
 # - int8-dynamic: per-token INT8 activations x INT8 weights; pays off compiled, for prefill and larger batches.
 # - da8w4: torchao's prototype Int8DynamicActivationInt4WeightConfig -> torchao::da8w4_linear_cpu (AMX), a
