@@ -306,3 +306,19 @@ def test_fp32_model_fp16_weights_compiled_decode_matches_eager(tiny_lm):
     ids = prompt_ids(tiny_lm.tokenizer, ["Give me a simple recipe for pancakes."], 10, 1)
     got, ref = compiled.generate_timed(ids, 8), eager.generate_timed(ids, 8)
     assert torch.isfinite(got.first_logits).all() and torch.equal(got.tokens, ref.tokens)
+
+
+def test_hosts_without_native_bf16_get_fp32_model_recipes(monkeypatch):
+    """The default generation search offers FP32-model INT4/FP16 recipes where BF16 is not native, the
+    BF16 ones where it is; all of them stay reachable by name (extended)."""
+    from torchslim import device as dev
+    from torchslim.generation import search
+
+    new = {"int4-g32-wo-head16-prefillfp32+static-cache+compile", "fp16-wo-prefillfp32+static-cache+compile"}
+    monkeypatch.setattr(dev, "supports_bf16", lambda device: False)
+    names = {r.name for r in search.candidates(torch.device("cpu"))}
+    assert new <= names and not any("bf16" in n for n in names)
+    assert "fp16-wo-prefillfp32+static-cache+compile-autotune" in {r.name for r in search.candidates(torch.device("cpu"), True)}
+    monkeypatch.setattr(dev, "supports_bf16", lambda device: True)
+    names = {r.name for r in search.candidates(torch.device("cpu"))}
+    assert not new & names and "int4-g32-wo-bf16-head8-prefillbf16+static-cache+compile" in names
