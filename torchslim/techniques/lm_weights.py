@@ -156,6 +156,8 @@ def _applies(model, cfg: LMWeightsConfig, ctx: Context):
         why = ao.torchao_importable()
         if why:
             return why
+    if cfg.dtype == "fp32" and cfg.quant in ("int4", "fp16") and ctx.device.type != "cpu":
+        return f"{cfg.quant.upper()} weights in an FP32 model are for CPUs without native BF16 (on {ctx.device.type}: dtype='bf16')"
     if cfg.quant == "int4" and ctx.device.type == "cpu" and not ao.int4_cpu_kernel_ok():
         return "aten._weight_int4pack_mm_for_cpu is missing or failed its check here"
     if "fp16" in (cfg.quant, cfg.lm_head) and ctx.device.type == "cpu" and "f16c" not in dev.cpu_flags():
