@@ -222,3 +222,103 @@ def test_smollm2_int4_decode_keeps_perplexity(tmp_path):
         assert r.ppl_increase_pct < 5.0 and r.status != "failed", r.reason
     for r in run.recipes:
         assert r.ttft_ms > 0 and r.decode_tokens_per_s > 0
+
+
+def test_fp32_model_int4_and_fp16_weights_config_rules():
+    """Hosts without native BF16: INT4 or FP16 weights in an FP32 model; the rules say what goes together."""
+    from torchslim.techniques.lm_weights import LMWeightsConfig
+
+    for bad in ({"dtype": "fp32", "quant": "int8"}, {"dtype": "bf16", "quant": "fp16"}, {"dtype": "fp32", "lm_head": "fp16"},
+                {"dtype": "bf16", "quant": "int4", "lm_head": "fp16"}, {"dtype": "fp32", "quant": "int4", "prefill": "bf16"},
+                {"dtype": "bf16", "quant": "int4", "prefill": "fp32"}):
+        with pytest.raises(ValueError):
+            LMWeightsConfig(**bad)
+    cfg = LMWeightsConfig("fp32", "int4", lm_head="fp16", prefill="fp32")
+    assert cfg.label() == "int4-g32-wo-head16-prefillfp32" and cfg.speeds_up == "both"
+    assert LMWeightsConfig("fp32", "fp16").label() == "fp16-wo" and LMWeightsConfig("fp32", "fp16").speeds_up == "decode"
+    from torchslim.recipes import Recipe
+
+    assert Recipe.from_list(Recipe((cfg,)).to_list()).steps == (cfg,)
+
+
+@pytest.mark.parametrize("cfg_kw", [{"quant": "int4", "lm_head": "fp16", "prefill": "fp32"}, {"quant": "fp16", "prefill": "fp32"}])
+def test_fp32_model_with_16bit_kernels_generates_and_reloads(tiny_lm, tmp_path, cfg_kw):
+    """lm_weights(dtype='fp32', quant='int4'|'fp16'): the model stays FP32 (embedding, norms, KV cache,
+    the prefill copy); each quantized Linear casts its input to its kernel's dtype and its output back;
+    greedy tokens close to FP32's, perplexity within 5% (tiny random model), and the saved recipe reloads
+    with the same tokens (hooks re-applied; no hf-torchao folder)."""
+    import copy
+
+    import torchslim
+    from torchslim.generation import quality
+    from torchslim.generation.artifacts import save
+    from torchslim.recipes import Recipe, apply
+    from torchslim.techniques import Context
+    from torchslim.techniques.lm_decode import LMDecodeConfig
+    from torchslim.techniques.lm_weights import LMWeightsConfig
+
+    cpu = torch.device("cpu")
+    cfg = LMWeightsConfig("fp32", **cfg_kw)
+    recipe = Recipe((cfg, LMDecodeConfig(compile=False)))
+    ctx = Context(device=cpu, example=None)
+    try:
+        model = apply(copy.deepcopy(tiny_lm.model), recipe, ctx)
+    except Exception as e:  # noqa: BLE001 - no INT4 kernel / no F16C here
+        pytest.skip(f"not applicable here: {e}")
+    inner = model.inner
+    assert inner.model.embed_tokens.weight.dtype == torch.float32 and inner.model.norm.weight.dtype == torch.float32
+    assert inner.lm_head.weight.dtype == torch.float16 and not inner.config.tie_word_embeddings
+    assert all(p.dtype == torch.float32 for p in model.prefill_inner.parameters())
+    if cfg.quant == "fp16":
+        assert inner.model.layers[0].mlp.down_proj.weight.dtype == torch.float16
+    ids = prompt_ids(tiny_lm.tokenizer, ["The history of the printing press begins in"], 12, 1)
+    tr = model.generate_timed(ids, 8)
+    assert tr.first_logits.dtype == torch.float32 and torch.isfinite(tr.first_logits).all()
+    ref = hf_generate(tiny_lm.model, ids, 8).tokens
+    assert float((tr.tokens == ref).float().mean()) >= 0.5
+    text = quality.text_tokens(tiny_lm.tokenizer, 128)
+    base, got = quality.perplexity(tiny_lm.model, text), quality.perplexity(model, text)
+    assert abs(got / base - 1) < 0.05, (got, base)
+    save(str(tmp_path), tiny_lm, recipe, model, [ids], 6)
+    assert json.loads((tmp_path / "torchslim.json").read_text())["hf_torchao"] is None
+    again = torchslim.load(str(tmp_path))  # verify=True: the saved greedy tokens come back
+    assert torch.equal(timed_generate(again)(ids, 6).tokens, timed_generate(model)(ids, 6).tokens)
+
+
+@pytest.mark.slow
+def test_fp32_model_fp16_weights_compiled_decode_matches_eager(tiny_lm):
+    """The shipped path for hosts without native BF16: FP16 weights in an FP32 model, decode compiled
+    with Inductor freezing (the cast hooks traced into the graph) gives the eager loop's tokens."""
+    import copy
+
+    from torchslim.recipes import Recipe, apply
+    from torchslim.techniques import Context
+    from torchslim.techniques.lm_decode import LMDecodeConfig
+    from torchslim.techniques.lm_weights import LMWeightsConfig
+
+    cpu = torch.device("cpu")
+    cfg = LMWeightsConfig("fp32", "fp16", lm_head="fp16", prefill="fp32")
+    try:
+        eager = apply(copy.deepcopy(tiny_lm.model), Recipe((cfg, LMDecodeConfig(compile=False))), Context(device=cpu, example=None))
+    except Exception as e:  # noqa: BLE001 - no F16C here
+        pytest.skip(f"not applicable here: {e}")
+    compiled = apply(copy.deepcopy(tiny_lm.model), Recipe((cfg, LMDecodeConfig())), Context(device=cpu, example=None))
+    ids = prompt_ids(tiny_lm.tokenizer, ["Give me a simple recipe for pancakes."], 10, 1)
+    got, ref = compiled.generate_timed(ids, 8), eager.generate_timed(ids, 8)
+    assert torch.isfinite(got.first_logits).all() and torch.equal(got.tokens, ref.tokens)
+
+
+def test_hosts_without_native_bf16_get_fp32_model_recipes(monkeypatch):
+    """The default generation search offers FP32-model INT4/FP16 recipes where BF16 is not native, the
+    BF16 ones where it is; all of them stay reachable by name (extended)."""
+    from torchslim import device as dev
+    from torchslim.generation import search
+
+    new = {"int4-g32-wo-head16-prefillfp32+static-cache+compile", "fp16-wo-prefillfp32+static-cache+compile"}
+    monkeypatch.setattr(dev, "supports_bf16", lambda device: False)
+    names = {r.name for r in search.candidates(torch.device("cpu"))}
+    assert new <= names and not any("bf16" in n for n in names)
+    assert "fp16-wo-prefillfp32+static-cache+compile-autotune" in {r.name for r in search.candidates(torch.device("cpu"), True)}
+    monkeypatch.setattr(dev, "supports_bf16", lambda device: True)
+    names = {r.name for r in search.candidates(torch.device("cpu"))}
+    assert not new & names and "int4-g32-wo-bf16-head8-prefillbf16+static-cache+compile" in names

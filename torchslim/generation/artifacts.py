@@ -51,8 +51,8 @@ def save_torchao_folder(folder: str, lm, recipe: Recipe) -> dict | None:
     from ..techniques.lm_weights import LMWeightsConfig
 
     step = next((s for s in recipe.steps if isinstance(s, LMWeightsConfig) and s.quant != "none"), None)
-    if step is None:
-        return None
+    if step is None or step.quant == "fp16" or (step.quant == "int4" and step.dtype == "fp32"):
+        return None  # no torchao config: FP16 weights, or INT4 in an FP32 model (its BF16 kernel casts are torchslim's hooks)
     try:
         import transformers
 

@@ -95,11 +95,21 @@ def candidates(device: torch.device, extended: bool = False) -> list[Recipe]:
                 Recipe((LMWeightsConfig("bf16", "int4", lm_head="int8", prefill="bf16"), dec)),
                 Recipe((LMWeightsConfig("bf16", "da8w4"), dec))]  # skipped where torchao lacks the kernel
     if extended or not dev.supports_bf16(device):
-        out += [Recipe((dec,))]
+        # no native BF16 (e.g. AVX2 only): the model stays FP32, decode reads fewer bytes per token
+        # (INT4 layers through the BF16-input INT4 kernel, FP16 head; or FP16 weights everywhere), the
+        # prompt runs on an FP32 copy (both kernels are slower than FP32 at M=128). BENCHMARKS.md
+        # "host without native BF16".
+        out += [Recipe((dec,)),
+                Recipe((LMWeightsConfig("fp32", "int4", lm_head="fp16", prefill="fp32"), dec)),
+                Recipe((LMWeightsConfig("fp32", "fp16", prefill="fp32"), dec))]
     if extended:
         out += [Recipe((LMWeightsConfig("bf16", "int4", lm_head="int8"), dec)),
                 Recipe((LMWeightsConfig("bf16", "int4"), eager)), Recipe((LMWeightsConfig("bf16", "int4"), dec))]
         out += [Recipe((LMWeightsConfig("fp32", "int8-dynamic"), LMDecodeConfig(compile_prefill=True)))]
+        # Inductor's C++ GEMM template for the M=1 matmuls (FP32/FP16 weights): 4-6 minutes of compile
+        tune = LMDecodeConfig(mode="max-autotune-no-cudagraphs")
+        out += [Recipe((tune,)), Recipe((LMWeightsConfig("fp32", "fp16", prefill="fp32"), tune)),
+                Recipe((LMWeightsConfig("fp32", "int4", lm_head="fp16", prefill="fp32"), tune))]
     return out
 
 

@@ -65,8 +65,8 @@ def int8_weight_only(model: nn.Module, filter_fn, group_size: int | None) -> nn.
 def int4_weight_only(model: nn.Module, filter_fn, group_size: int, hqq: bool, device: torch.device) -> nn.Module:
     """torchao INT4 weight-only with a packed tinygemm layout (asymmetric, per group), in place.
     CPU: prototype Int4OpaqueTensor -> aten._weight_int4pack_mm_for_cpu (fast with BF16 activations;
-    with FP32 activations the same kernel is ~25-70x slower). CUDA: Int4TilePackedTo4dTensor -> aten._weight_int4pack_mm
-    (BF16 only, sm80+). The weights must already be in their compute dtype and on `device`."""
+    with FP32 activations the same kernel is ~25-70x slower on AMX hosts, ~6.5x on AVX2).
+    CUDA: Int4TilePackedTo4dTensor -> aten._weight_int4pack_mm (BF16 only, sm80+). The weights must already be in their compute dtype and on `device`."""
     with quiet():
         from torchao.quantization import quantize_
         from torchao.quantization.quantize_.workflows import Int4ChooseQParamsAlgorithm, Int4PackingFormat

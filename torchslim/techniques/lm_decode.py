@@ -32,6 +32,8 @@ class LMDecodeConfig(TechniqueConfig):
         s = "static-cache+compile"
         if self.mode == "reduce-overhead":
             s += "-cudagraphs"
+        elif self.mode == "max-autotune-no-cudagraphs":
+            s += "-autotune"  # Inductor's C++ GEMM template (CPU): also M=1 FP32/FP16 GEMVs, minutes of compile
         if self.cpp_wrapper:
             s += "-cpp"
         if not self.freezing:
@@ -64,6 +66,6 @@ def apply_lm_decode(model, cfg: LMDecodeConfig, ctx: Context):
         opts["cpp_wrapper"] = True
     twin = take_prefill_model(model)
     if twin is not None:
-        ctx.notes.append("prefill runs on the BF16 copy, decode on the quantized weights (one shared KV cache)")
+        ctx.notes.append("prefill runs on the unquantized copy, decode on the quantized weights (one shared KV cache)")
     return GreedyLM(model, compile_decode=cfg.compile, compile_prefill=cfg.compile and cfg.compile_prefill,
                     compile_options=opts, freezing=cfg.freezing, prefill_model=twin)

@@ -1,5 +1,7 @@
 """The weights of a causal LM for generation: BF16, and torchao weight-only INT8/INT4 (or dynamic
-INT8, DA8W4) on every nn.Linear, the LM head included; the model stays a Hugging Face model."""
+INT8, DA8W4) on every nn.Linear, the LM head included; or, for CPUs without native BF16, an FP32 model
+whose Linear weights are INT4 or FP16 (each such Linear casts its input to its kernel's 16-bit dtype and
+its output back to FP32); the model stays a Hugging Face model."""
 from __future__ import annotations
 
 import copy
@@ -14,10 +16,12 @@ from .. import device as dev
 from .base import Context, TechniqueConfig, register
 
 DTYPES = ("fp32", "bf16")
-QUANTS = ("none", "int8", "int4", "int8-dynamic", "da8w4")
+QUANTS = ("none", "int8", "int4", "int8-dynamic", "da8w4", "fp16")
 INT4_GROUPS = (32, 64, 128)
-HEADS = ("same", "float", "int8")
-PREFILLS = ("same", "bf16")
+HEADS = ("same", "float", "int8", "fp16")
+PREFILLS = ("same", "bf16", "fp32")
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+KERNEL_DTYPE_ATTR = "torchslim_kernel_dtype"  # on a Linear whose kernel runs in another dtype than the model
 PREFILL_ATTR = "torchslim_prefill_model"  # where a separate prefill copy waits for lm_decode (not a submodule)
 
 
@@ -25,11 +29,17 @@ PREFILL_ATTR = "torchslim_prefill_model"  # where a separate prefill copy waits 
 class LMWeightsConfig(TechniqueConfig):
     """dtype: the compute dtype ('fp32' or 'bf16'). quant: 'none', 'int8' (weight-only, per channel),
     'int4' (weight-only, asymmetric groups of `group_size`), 'int8-dynamic', 'da8w4'. lm_head: the
-    output projection as the other layers ('same'), kept in `dtype` ('float'), or INT8 weight-only
-    ('int8'); when quantized it is untied from the embedding, which stays in `dtype`. On SmolLM2
-    an INT4 head costs +5.7% perplexity, an INT8 head nothing measurable. prefill: 'same' (the
-    prompt pass runs on these weights) or 'bf16' (on an unquantized BF16 copy, which lm_decode's
-    loop uses for the prompt while decode reads the quantized weights: INT4's kernel is slow at M=128)."""
+    output projection as the other layers ('same'), kept in `dtype` ('float'), INT8 weight-only
+    ('int8') or FP16 ('fp16', FP32 models only); when quantized it is untied from the embedding, which
+    stays in `dtype`. On SmolLM2 an INT4 head costs +5.7% perplexity, an INT8 head nothing measurable.
+    prefill: 'same' (the prompt pass runs on these weights), 'bf16' / 'fp32' (on an unquantized copy
+    in `dtype`, which lm_decode's loop uses for the prompt while decode reads the quantized weights:
+    INT4's kernel is slow at M=128, FP16's without AVX512-FP16/AMX too).
+    FP32 models (hosts without native BF16): quant='int4' keeps the model FP32 (norms, attention, KV
+    cache) and casts each INT4 Linear's input to BF16 for aten._weight_int4pack_mm_for_cpu (its FP32
+    path is ~6.5x slower on an AVX2 host, its BF16 path is not); quant='fp16' stores the Linear
+    weights in FP16 (half of FP32's bytes per token) and runs them through ATen's FP16 GEMV with FP32
+    accumulation (F16C), inputs cast to FP16."""
 
     name = "lm_weights"
     lossy: ClassVar[bool] = True  # BF16 and quantized weights change the numerics
@@ -49,23 +59,29 @@ class LMWeightsConfig(TechniqueConfig):
             raise ValueError(f"group_size must be one of {INT4_GROUPS}, got {self.group_size!r}")
         if self.lm_head not in HEADS:
             raise ValueError(f"lm_head must be one of {HEADS}, got {self.lm_head!r}")
-        if self.quant in ("int4", "int8", "da8w4") and self.dtype != "bf16":
+        if self.quant in ("int8", "da8w4") and self.dtype != "bf16":
             raise ValueError(f"weight-only {self.quant} runs with BF16 activations (the CPU kernels' fast path): use dtype='bf16'")
+        if self.quant == "fp16" and self.dtype != "fp32":
+            raise ValueError("quant='fp16' (FP16 weights, FP32 accumulation) is for FP32 models: use dtype='fp32'")
+        if self.lm_head == "fp16" and (self.dtype != "fp32" or self.quant == "none"):
+            raise ValueError("lm_head='fp16' goes with quantized weights in an FP32 model (dtype='fp32', quant set)")
         if self.prefill not in PREFILLS:
             raise ValueError(f"prefill must be one of {PREFILLS}, got {self.prefill!r}")
-        if self.prefill != "same" and (self.quant == "none" or self.dtype != "bf16"):
-            raise ValueError("a separate BF16 prefill copy goes with quantized BF16 weights (the KV cache is shared)")
+        if self.prefill != "same" and (self.quant == "none" or self.dtype != self.prefill):
+            raise ValueError(f"a separate prefill copy goes with quantized weights and has the model's dtype (the KV cache "
+                             f"is shared): use prefill={self.dtype!r} with a quant")
         # fewer bytes per token (weight-only) speed up decode; 16-bit or INT8 matmuls also the prompt pass
-        parts = {"none": "both", "int8": "decode", "int4": "decode", "int8-dynamic": "prefill", "da8w4": "both"}[self.quant]
+        parts = {"none": "both", "int8": "decode", "int4": "decode", "int8-dynamic": "prefill", "da8w4": "both",
+                 "fp16": "decode"}[self.quant]
         object.__setattr__(self, "speeds_up", "both" if self.prefill != "same" else parts)
 
     def label(self) -> str:
         if self.quant == "none":
             return self.dtype
         q = {"int4": f"int4-g{self.group_size}", "int8": "int8", "int8-dynamic": "int8-dyn",
-             "da8w4": f"da8w4-g{self.group_size}"}[self.quant]
-        return q + ("-wo" if self.quant in ("int4", "int8") else "") + (f"-{self.dtype}" if self.dtype != "fp32" else "") \
-            + {"same": "", "float": "-headfloat", "int8": "-head8"}[self.lm_head] \
+             "da8w4": f"da8w4-g{self.group_size}", "fp16": "fp16"}[self.quant]
+        return q + ("-wo" if self.quant in ("int4", "int8", "fp16") else "") + (f"-{self.dtype}" if self.dtype != "fp32" else "") \
+            + {"same": "", "float": "-headfloat", "int8": "-head8", "fp16": "-head16"}[self.lm_head] \
             + ("" if self.prefill == "same" else f"-prefill{self.prefill}")
 
 
@@ -110,6 +126,25 @@ def _is_head(name: str) -> bool:
     return name.split(".")[-1] == "lm_head"
 
 
+def run_in_dtype(model: nn.Module, names, dtype: torch.dtype) -> None:
+    """Each named Linear's weights in `dtype`, its input cast to `dtype` and its output back to FP32
+    (forward hooks: the module, its state dict keys and torch.compile's view of it stay as they are)."""
+    for n in names:
+        m = model.get_submodule(n)
+        m.to(dtype)
+        setattr(m, KERNEL_DTYPE_ATTR, dtype)
+        m.register_forward_pre_hook(_cast_input)
+        m.register_forward_hook(_cast_output)
+
+
+def _cast_input(module: nn.Module, args: tuple):
+    return (args[0].to(getattr(module, KERNEL_DTYPE_ATTR)),) + tuple(args[1:])
+
+
+def _cast_output(module: nn.Module, args: tuple, out: torch.Tensor):
+    return out.to(torch.float32)
+
+
 def _applies(model, cfg: LMWeightsConfig, ctx: Context):
     if not is_causal_lm(model):
         return "not a Hugging Face causal LM (needs .generate and .config)"
@@ -121,8 +156,12 @@ def _applies(model, cfg: LMWeightsConfig, ctx: Context):
         why = ao.torchao_importable()
         if why:
             return why
+    if cfg.dtype == "fp32" and cfg.quant in ("int4", "fp16") and ctx.device.type != "cpu":
+        return f"{cfg.quant.upper()} weights in an FP32 model are for CPUs without native BF16 (on {ctx.device.type}: dtype='bf16')"
     if cfg.quant == "int4" and ctx.device.type == "cpu" and not ao.int4_cpu_kernel_ok():
         return "aten._weight_int4pack_mm_for_cpu is missing or failed its check here"
+    if "fp16" in (cfg.quant, cfg.lm_head) and ctx.device.type == "cpu" and "f16c" not in dev.cpu_flags():
+        return "FP16 weights need F16C on this CPU (ATen's FP16 GEMV converts with it)"
     if cfg.quant == "da8w4":
         why = da8w4_missing()
         if why:
@@ -134,29 +173,37 @@ def _applies(model, cfg: LMWeightsConfig, ctx: Context):
 
 # Kernels reached on CPU (checked with the profiler, BENCHMARKS.md "Text generation"):
 # - int4: torchao's Int4OpaqueTensor (prototype Int4WeightOnlyConfig for CPU) -> aten._weight_int4pack_mm_for_cpu,
-#   eager and compiled; BF16 activations (its FP32 path is 25-70x slower); slow at M=128 (prefill).
+#   eager and compiled; BF16 activations (its FP32 path is 25-70x slower on AMX hosts, ~6.5x on AVX2); slow at M=128 (prefill).
 # - int8: torchao Int8WeightOnlyConfig -> aten._weight_int8pack_mm under torch.compile with BF16 activations.
 # - int8-dynamic: per-token INT8 activations x INT8 weights; pays off compiled, for prefill and larger batches.
 # - da8w4: torchao's prototype Int8DynamicActivationInt4WeightConfig -> torchao::da8w4_linear_cpu (AMX), a
 #   kernel of torchao's own C++ extension, which torchao 0.18's PyPI wheel does not ship for CPU.
+# - int4 / fp16 in an FP32 model (dtype='fp32'; hosts without native BF16): INT4 -> the same
+#   aten._weight_int4pack_mm_for_cpu with its input cast to BF16 (fast at M=1 with AVX2 too); FP16 ->
+#   aten::mm in FP16 -> ATen's fp16_gemv_trans (FP32 accumulation, F16C) at M=1. Everything else FP32.
 # Decode at batch 1 is bound by the bytes of weights read per token: INT4 reads ~1/8 of FP32.
 @register(LMWeightsConfig, applies=_applies)
 def apply_lm_weights(model, cfg: LMWeightsConfig, ctx: Context):
     names = set(_linears(model, cfg)) if cfg.quant != "none" else set()
     heads = {n for n, m in model.named_modules() if _is_head(n) and isinstance(m, nn.Linear)}
     int8_head = heads if cfg.quant != "none" and cfg.lm_head == "int8" else set()
+    fp16_head = heads if cfg.lm_head == "fp16" else set()
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if head is not None and (int8_head or any(_is_head(n) for n in names)):
+    if head is not None and (int8_head or fp16_head or any(_is_head(n) for n in names)):
         # tied to the embedding: give the head its own weight so only the head is quantized
         head.weight = nn.Parameter(head.weight.detach().clone())
         model.config.tie_word_embeddings = False
         ctx.notes.append("lm_head untied from the embedding (quantized; the embedding table stays float)")
     if cfg.dtype == "bf16":
         model = model.to(torch.bfloat16)
-    twin = copy.deepcopy(model).to(torch.bfloat16) if cfg.prefill == "bf16" else None
+    twin = copy.deepcopy(model).to(TORCH_DTYPES[cfg.prefill]) if cfg.prefill != "same" else None
     flt = (lambda m, fqn: fqn in names) if names else None
     if cfg.quant == "int4":
+        if cfg.dtype == "fp32":  # the model stays FP32; the INT4 kernel gets BF16 inputs (its fast path)
+            run_in_dtype(model, names, torch.bfloat16)
         ao.int4_weight_only(model, flt, cfg.group_size, hqq=False, device=ctx.device)
+    elif cfg.quant == "fp16":
+        run_in_dtype(model, names, torch.float16)
     elif cfg.quant == "int8":
         ao.int8_weight_only(model, flt, None)
     elif cfg.quant == "int8-dynamic":
@@ -170,10 +217,16 @@ def apply_lm_weights(model, cfg: LMWeightsConfig, ctx: Context):
     if int8_head:
         ao.int8_weight_only(model, lambda m, fqn: fqn in int8_head, None)
         ctx.notes.append("lm_head: INT8 weight-only")
+    if fp16_head:
+        run_in_dtype(model, fp16_head, torch.float16)
+        ctx.notes.append("lm_head: FP16 weights (FP32 accumulation)")
+    if cfg.dtype == "fp32" and cfg.quant in ("int4", "fp16"):
+        ctx.notes.append(f"FP32 model: the {cfg.quant.upper()} Linears cast their inputs to "
+                         f"{'BF16' if cfg.quant == 'int4' else 'FP16'} for the kernel, their outputs back to FP32")
     if names:
         ctx.notes.append(f"{cfg.label()}: {len(names)} Linear layers quantized")
     if twin is not None:
         model.__dict__[PREFILL_ATTR] = twin  # plain attribute: not in state_dict(), not saved by save_pretrained()
-        ctx.notes.append("prompt pass on a separate BF16 copy of the weights (lm_decode's loop uses it)")
-    ctx.details["lm_weights"] = {"quantized": sorted(names | int8_head), "dtype": cfg.dtype, "quant": cfg.quant}
+        ctx.notes.append(f"prompt pass on a separate {cfg.prefill.upper()} copy of the weights (lm_decode's loop uses it)")
+    ctx.details["lm_weights"] = {"quantized": sorted(names | int8_head | fp16_head), "dtype": cfg.dtype, "quant": cfg.quant}
     return model
