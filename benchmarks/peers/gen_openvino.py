@@ -32,8 +32,12 @@ def main(argv=None) -> int:
 
     threads = job["threads"]
     cfg = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+    # GenAI's default CPU pipeline (paged attention) caches prompt prefixes across generate() calls: every
+    # timed round reuses the same prompt, so prefix caching would skip the prompt pass. Off, explicitly.
+    sched = genai.SchedulerConfig()
+    sched.enable_prefix_caching = False
     t0 = time.perf_counter()
-    pipe = genai.LLMPipeline(args.model, "CPU", **cfg)
+    pipe = genai.LLMPipeline(args.model, "CPU", scheduler_config=sched, **cfg)
     load_s = time.perf_counter() - t0
     gcfg = pipe.get_generation_config()
     gcfg.do_sample = False
