@@ -53,5 +53,47 @@ $(PEERS_VENV)/.torchslim-installed: pyproject.toml Makefile
 bench-peers: $(PEERS_VENV)/.torchslim-installed data
 	$(PEERS_PY) benchmarks/peers/run.py --write BENCHMARKS.md $(PEERS_ARGS)
 
+# The generation peer case (issue 12): llama.cpp and OpenVINO GenAI against torchslim on SmolLM2.
+# Neither is a torchslim dependency and neither is in a default target. llama-cpp-python compiles
+# llama.cpp from source (about 8 minutes on 2 cores); optimum-intel 2.2 needs transformers <= 5.5, so
+# its venv reuses .venv's torch/OpenVINO/NNCF through a .pth and shadows only what must differ.
+GEN_DIR ?= $(HOME)/.cache/torchslim
+GEN_LLAMA_VENV ?= $(GEN_DIR)/venv-llama
+GEN_OV_VENV ?= $(GEN_DIR)/venv-ov
+GEN_OV_MODELS ?= $(GEN_DIR)/ov-smollm2
+GEN_ARGS ?=
+
+.PHONY: bench-peers-gen
+
+$(GEN_LLAMA_VENV)/.installed: $(VENV)/.torchslim-installed
+	test -x $(GEN_LLAMA_VENV)/bin/python || python3 -m venv $(GEN_LLAMA_VENV)
+	CMAKE_ARGS="-DGGML_NATIVE=ON" $(GEN_LLAMA_VENV)/bin/pip install -q llama-cpp-python==0.3.36 numpy
+	$(GEN_LLAMA_VENV)/bin/python benchmarks/peers/gen_llama.py --gguf `$(PY) -c "from torchslim.generation.load import \
+	  smollm2_gguf; print(smollm2_gguf())"` --to-f32 $(GEN_DIR)/SmolLM2-135M-Instruct-F32.gguf
+	touch $@
+
+$(GEN_OV_VENV)/.installed: $(VENV)/.torchslim-installed
+	test -x $(GEN_OV_VENV)/bin/python || python3 -m venv $(GEN_OV_VENV)
+	$(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" > \
+	  `$(GEN_OV_VENV)/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])"`/torchslim-venv.pth
+	$(GEN_OV_VENV)/bin/pip install -q --no-deps optimum-intel==2.2.0 optimum==2.3.0 openvino-genai==2026.4.1.0 \
+	  openvino-tokenizers==2026.4.1.0 transformers==5.5.4 tokenizers==0.22.2 huggingface_hub==1.21.0 \
+	  httpx==0.29.0 httpcore==1.0.9 typer==0.25.1 'datasets<5'
+	touch $@
+
+$(GEN_OV_MODELS)/.exported: $(GEN_OV_VENV)/.installed
+	F=`$(PY) -c "from torchslim.generation.load import gguf_folder, smollm2_gguf; print(gguf_folder(smollm2_gguf()))"` && \
+	for w in int8 fp32; do $(GEN_OV_VENV)/bin/optimum-cli export openvino --model $$F --task text-generation-with-past \
+	  --weight-format $$w $(GEN_OV_MODELS)/$$w || exit 1; done && \
+	$(GEN_OV_VENV)/bin/optimum-cli export openvino --model $$F --task text-generation-with-past \
+	  --weight-format int4 --group-size 32 --ratio 1.0 $(GEN_OV_MODELS)/int4-asym-g32
+	touch $@
+
+bench-peers-gen: setup $(GEN_LLAMA_VENV)/.installed $(GEN_OV_MODELS)/.exported
+	$(PY) benchmarks/peers/generation.py --llama-python $(GEN_LLAMA_VENV)/bin/python --ov-python $(GEN_OV_VENV)/bin/python \
+	  --llama-gguf llama.cpp-f32=$(GEN_DIR)/SmolLM2-135M-Instruct-F32.gguf \
+	  --ov-model openvino-fp32=$(GEN_OV_MODELS)/fp32 --ov-model openvino-int8=$(GEN_OV_MODELS)/int8 \
+	  --ov-model openvino-int4-asym-g32=$(GEN_OV_MODELS)/int4-asym-g32 $(GEN_ARGS)
+
 clean:
 	rm -rf $(OUT) .pytest_cache
