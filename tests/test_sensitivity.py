@@ -82,7 +82,10 @@ def test_fashion_cnn_ranking_and_the_probe_matches_the_converted_model(fashion):
     with torch.no_grad():
         simulated = probe.model(probe.layers)(x)
         assert compare(real.inner(x), simulated).max_abs_err < 1e-4
-        assert compare(real(x), simulated).sqnr_db > 50
+        from torchslim.device import seven_bit_int8
+
+        # 7-bit activations (no VNNI) widen the kernels' rounding differences: 47.1 dB on an AVX2-only EPYC
+        assert compare(real(x), simulated).sqnr_db > (45 if seven_bit_int8() else 50)
         assert compare(fashion.model(x), probe.model([])(x)).sqnr_db > 100  # all switches off: FP32 (BN folded)
 
 
