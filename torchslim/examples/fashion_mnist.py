@@ -20,6 +20,7 @@ from ..fileio import atomic_write
 from ..inputs import Example
 from ..measure import num_threads
 from ..workload import Workload
+from . import WEIGHTS, retrain_requested
 from .fashion_data import CLASSES, MEAN, STD, data_dir, load_split  # noqa: F401 - fm.load_split etc. stay public here
 
 CHECKPOINT = "fashion_cnn_v1.pt"
@@ -130,7 +131,7 @@ def _augment(xb: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- checkpoint
 
-PACKAGED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights", CHECKPOINT)
+PACKAGED = os.path.join(WEIGHTS, CHECKPOINT)
 
 
 def checkpoint_path() -> str:
@@ -142,8 +143,7 @@ def checkpoint_path() -> str:
 def pretrained() -> FashionCNN:
     """The trained FashionCNN (eval mode): the packaged weights (the same on every host), else the
     cached ones; trains and caches it where neither exists or TORCHSLIM_RETRAIN=1 is set."""
-    retrain = os.environ.get("TORCHSLIM_RETRAIN", "") not in ("", "0")
-    paths = [] if retrain else [PACKAGED, checkpoint_path()]
+    paths = [] if retrain_requested() else [PACKAGED, checkpoint_path()]
     for path in paths:
         if not os.path.isfile(path):
             continue

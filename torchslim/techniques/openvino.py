@@ -168,7 +168,7 @@ def _nncf_int8(ov_model, model, cfg: OpenVinoInt8Config, ctx: Context, notes: li
     with quiet():
         quantized = nncf.quantize(ov_model, dataset, subset_size=len(batches), model_type=kind, **extra)
     notes.append(f"nncf.quantize on {sum(b.batch_size for b in batches)} calibration samples"
-                 + (", model_type=TRANSFORMER" if kind else "") + (", overflow fix on every layer (no VNNI)" if seven_bit else "") + (f"; kept in float: {', '.join(floats)}" if floats else ""))
+                 + (", model_type=TRANSFORMER" if kind else "") + (", overflow fix on every layer (7-bit)" if seven_bit else "") + (f"; kept in float: {', '.join(floats)}" if floats else ""))
     return quantized
 
 

@@ -224,12 +224,13 @@ def _static_int8(path: str, tmp: str, cfg: OrtStaticInt8Config, model, ctx: Cont
     batches = cap(ctx.calibration(), cfg.max_samples)
     reader = type("Reader", (_Reader, CalibrationDataReader), {})(names, batches)
     out = os.path.join(tmp, "int8_static.onnx")
+    seven_bit = seven_bit_int8(cfg.reduce_range)
     with quiet():
         quantize_static(src, out, reader, quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
-                        nodes_to_exclude=exclude, reduce_range=seven_bit_int8(cfg.reduce_range))
+                        nodes_to_exclude=exclude, reduce_range=seven_bit)
     notes.append(f"QDQ, {'per-channel' if cfg.per_channel else 'per-tensor'} "
-                 f"{'7-bit (reduce_range: no VNNI)' if seven_bit_int8(cfg.reduce_range) else 'int8'} weights, uint8 activations, "
+                 f"{'7-bit (reduce_range)' if seven_bit else 'int8'} weights, uint8 activations, "
                  f"MinMax on {sum(b.batch_size for b in batches)} calibration samples"
                  + (f"; kept in float: {', '.join(floats)} ({len(exclude)} ONNX nodes excluded)" if floats else ""))
     return out
@@ -276,10 +277,11 @@ def _build(model, cfg, ctx: Context) -> engines.OrtModule:
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
             out = os.path.join(tmp, "int8_dynamic.onnx")
+            seven_bit = seven_bit_int8(cfg.reduce_range)
             with quiet():
-                quantize_dynamic(path, out, weight_type=QuantType.QInt8, reduce_range=seven_bit_int8(cfg.reduce_range))
+                quantize_dynamic(path, out, weight_type=QuantType.QInt8, reduce_range=seven_bit)
             path = out
-            notes.append("quantize_dynamic(weight_type=QInt8" + (", reduce_range: no VNNI)" if seven_bit_int8(cfg.reduce_range) else ")"))
+            notes.append(f"quantize_dynamic(weight_type=QInt8, reduce_range={seven_bit})")
         elif cfg.transformer_optimizer and has_attention(model):
             path = _bert_optimized(path, os.path.join(tmp, "bert.onnx"), notes)
         with open(path, "rb") as f:
