@@ -36,6 +36,8 @@ def _int4_linear(w, dtype):
 
 def variants(ws, names):
     import torch
+
+    from torchslim import device as dev
     import torch.nn.functional as F
 
     out = {"fp32 F.linear": [(lambda x, w=w: F.linear(x, w)) for w in ws]}
@@ -52,7 +54,36 @@ def variants(ws, names):
     if "int4fp32" in names:
         l4 = [_int4_linear(w, torch.float32) for w in ws]
         out["int4 _weight_int4pack_mm_for_cpu fp32 x"] = [(lambda x, m=m: m(x)) for m in l4]
+    if "fbgemm8" in names:
+        # fbgemm's dynamic INT8 Linear: the activation quantized per tensor on the fly (7-bit where the CPU
+        # lacks VNNI: vpmaddubsw saturates), INT8 per-channel weights, INT32 accumulation, FP32 out.
+        rr = dev.seven_bit_int8()
+        pk = [_fbgemm_int8(w) for w in ws]
+        out["fbgemm dynamic int8 (x quantized per tensor)"] = [
+            (lambda x, p=p: torch.ops.quantized.linear_dynamic(x, p, rr)) for p in pk]
+    if "fbgemm16" in names:
+        pk = [torch.ops.quantized.linear_prepack_fp16(w, None) for w in ws]
+        out["fbgemm fp16 weights, fp32 x"] = [(lambda x, p=p: torch.ops.quantized.linear_dynamic_fp16(x, p)) for p in pk]
+    if "intmm" in names:
+        q = [_int8(w) for w in ws]
+        out["_int_mm, x int8 per token"] = [(lambda x, q=q.t().contiguous().t(), s=s: _int_mm_dyn(x, q, s)) for q, s in q]
     return out
+
+
+def _fbgemm_int8(w):
+    import torch
+
+    s = (w.abs().amax(1) / 127).double()
+    q = torch.quantize_per_channel(w, s, torch.zeros(w.shape[0], dtype=torch.long), 0, torch.qint8)
+    return torch.ops.quantized.linear_prepack(q, None)
+
+
+def _int_mm_dyn(x, q, s):
+    import torch
+
+    sx = x.abs().amax(-1, keepdim=True) / 127
+    xi = torch.round(x / sx).to(torch.int8)
+    return torch._int_mm(xi, q.t()).float() * sx * s
 
 
 def main(argv=None) -> int:

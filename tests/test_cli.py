@@ -30,34 +30,50 @@ def test_optimize_writes_everything_under_out(tmp_path):
     assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
 
 
+def test_bad_input_exits_2_with_one_line_from_a_real_process(tmp_path):
+    p = cli("optimize", "--model", "no_such_spec", "--out", str(tmp_path), "--no-progress")
+    assert p.returncode == 2 and "unknown model spec" in p.stderr and "Traceback" not in p.stderr
+    assert p.stderr.count("torchslim: error:") == 1 and "what to do:" in p.stderr
+
+
+def in_process(monkeypatch, capsys, *args):
+    """The CLI's main() in this process (the real process is checked above): (exit code, stdout, stderr)."""
+    from torchslim.cli import main
+
+    monkeypatch.chdir(ROOT)
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
 @pytest.mark.parametrize("args, message", [
-    (["--model", "no_such_spec"], "unknown model spec"),
     (["--model", "tests/tiny_models.py:mlp", "--input-shape", "8x65"], "raised RuntimeError"),
     (["--model", "tests/tiny_models.py:mlp", "--input-shape", "8xx"], "cannot read input shape"),
     (["--model", "tests/tiny_models.py:mlp", "--input-shape", "8x64", "--objective", "size", "--max-drop", "-2"], "--max-drop"),
 ])
-def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
-    p = cli("optimize", *args, "--out", str(tmp_path), "--no-progress")
-    assert p.returncode == 2
-    assert message in p.stderr
-    assert "Traceback" not in p.stderr
-    assert p.stderr.count("torchslim: error:") == 1 and "what to do:" in p.stderr
+def test_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys, args, message):
+    code, _, err = in_process(monkeypatch, capsys, "optimize", *args, "--out", str(tmp_path), "--no-progress")
+    assert code == 2
+    assert message in err
+    assert "Traceback" not in err
+    assert err.count("torchslim: error:") == 1 and "what to do:" in err
 
 
-def test_debug_shows_the_traceback(tmp_path):
-    p = cli("optimize", "--model", "tests/tiny_models.py:mlp", "--input-shape", "8x65", "--out", str(tmp_path), "--no-progress", "--debug")
-    assert p.returncode == 2 and "Traceback" in p.stderr
+def test_debug_shows_the_traceback(tmp_path, monkeypatch, capsys):
+    code, _, err = in_process(monkeypatch, capsys, "optimize", "--model", "tests/tiny_models.py:mlp", "--input-shape", "8x65",
+                              "--out", str(tmp_path), "--no-progress", "--debug")
+    assert code == 2 and "Traceback" in err
 
 
-def test_recipes_and_report_commands(tmp_path):
-    p = cli("recipes")
-    assert p.returncode == 0 and "compile" in p.stdout.split()
+def test_recipes_and_report_commands(tmp_path, monkeypatch, capsys):
+    code, out, _ = in_process(monkeypatch, capsys, "recipes")
+    assert code == 0 and "compile" in out.split()
     run = cli("optimize", "--model", "tiny_models:mlp", "--input-shape", "8x64", "--out", str(tmp_path),
               "--recipes", "inference-mode", "--rounds", "2", "--no-progress")
     assert run.returncode == 0, run.stderr
     os.remove(tmp_path / "report.html")
-    p = cli("report", str(tmp_path / "results.json"))
-    assert p.returncode == 0 and (tmp_path / "report.html").exists()
+    code, _, _ = in_process(monkeypatch, capsys, "report", str(tmp_path / "results.json"))
+    assert code == 0 and (tmp_path / "report.html").exists()
 
 
 def test_user_inputs_and_task_metric(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import tiny_models
-from torchslim.techniques import low_precision
+from torchslim import device as dev
 from torchslim import NotApplicable, SlimError
 from torchslim.fidelity import compare
 from torchslim.inputs import Example
@@ -52,7 +52,7 @@ def expected_skip(model_name: str, recipe: Recipe) -> str | None:
     if {"ao_int8_dynamic", "weight_only"} & set(names) and model_name == "lstm":
         return "min_features"  # its only Linear (64 -> 8) is too small to pay off
     autocast = any(s.name == "low_precision" and (s.dtype, s.mode) == ("bf16", "autocast") for s in recipe.steps)
-    if autocast and model_name == "lstm" and not low_precision.onednn_bf16():
+    if autocast and model_name == "lstm" and not dev.onednn_bf16():
         return "no BF16 RNN kernel"  # oneDNN refuses it on CPUs without AVX512-BF16/AMX
     return None
 

@@ -101,6 +101,15 @@ def capabilities(device: torch.device | None = None) -> Capabilities:
     return Capabilities.from_flags(cpu_flags(), cuda_capability=cc)
 
 
+def onednn_bf16() -> bool:
+    """Whether oneDNN runs BF16 at all here (natively or emulated with AVX-512); False on AVX2 CPUs
+    (a BF16 LSTM under autocast fails there with 'could not create a primitive descriptor')."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def seven_bit_int8(asked: bool | None = None) -> bool:
     """7-bit INT8 (`asked`, else on x86 CPUs without VNNI/AMX-INT8, whose u8*s8 multiply-add pair
     sums saturate int16): torch's reduce_range, ORT's advice for its U8S8 kernels, NNCF's OverflowFix

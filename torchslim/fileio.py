@@ -30,6 +30,12 @@ def atomic_write(path: str, write: Callable[[Any], None], mode: str = "wb") -> N
         raise
 
 
+def cache_dir() -> str:
+    """torchslim's cache root: $TORCHSLIM_CACHE, else ~/.cache/torchslim (converted GGUFs, trained
+    examples, the search cache)."""
+    return os.environ.get("TORCHSLIM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "torchslim")
+
+
 def write_text(path: str, text: str) -> None:
     atomic_write(path, lambda f: f.write(text), mode="w")
 

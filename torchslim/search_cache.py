@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from . import device as dev
-from .fileio import write_json
+from .fileio import cache_dir, write_json
 
 VERSION = 1  # bump when what a row means changes
 _NOT_IN_KEY = ("out", "save_model", "debug", "cache", "fresh")
@@ -22,7 +22,7 @@ def folder() -> str:
     """$TORCHSLIM_SEARCH_CACHE, else $TORCHSLIM_CACHE/search/ (default ~/.cache/torchslim/search)."""
     if os.environ.get("TORCHSLIM_SEARCH_CACHE"):
         return os.environ["TORCHSLIM_SEARCH_CACHE"]
-    root = os.environ.get("TORCHSLIM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "torchslim")
+    root = cache_dir()
     return os.path.join(root, "search")
 
 

@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import SlimError
-from ..fileio import atomic_write
+from ..fileio import atomic_write, cache_dir
 from ..inputs import Example
 from ..measure import num_threads
 from ..workload import Workload
@@ -136,7 +136,7 @@ PACKAGED = os.path.join(WEIGHTS, CHECKPOINT)
 
 def checkpoint_path() -> str:
     """$TORCHSLIM_CACHE/fashion_cnn_v1.pt (default cache: ~/.cache/torchslim)."""
-    cache = os.environ.get("TORCHSLIM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "torchslim")
+    cache = cache_dir()
     return os.path.join(cache, CHECKPOINT)
 
 

@@ -51,8 +51,8 @@ def save_torchao_folder(folder: str, lm, recipe: Recipe) -> dict | None:
     from ..techniques.lm_weights import LMWeightsConfig
 
     step = next((s for s in recipe.steps if isinstance(s, LMWeightsConfig) and s.quant != "none"), None)
-    if step is None or step.quant == "fp16" or (step.quant == "int4" and step.dtype == "fp32"):
-        return None  # no torchao config: FP16 weights, or INT4 in an FP32 model (its BF16 kernel casts are torchslim's hooks)
+    if step is None or step.quant in ("fp16", "int8-sq") or (step.quant == "int4" and step.dtype == "fp32"):
+        return None  # no torchao config: FP16 weights, fbgemm INT8, or INT4 in an FP32 model (its BF16 kernel casts are torchslim's hooks)
     try:
         import transformers
 
@@ -110,7 +110,10 @@ def load(folder: str, device: str = "cpu", verify: bool = True):
         raise SlimError(f"'{folder}' was written by a newer torchslim ({manifest.get('torchslim')})", "upgrade torchslim")
     lm = load_causal_lm("hf:" + os.path.join(folder, "base"))
     dev = torch.device(device)
-    model = apply(lm.model.to(dev), Recipe.from_list(manifest["recipe"]), Context(device=dev, example=None))
+    from .quality import calibration
+
+    cal = calibration(lm.tokenizer, device=dev)  # the same text as at optimize time: the same smoothing, the same tokens
+    model = apply(lm.model.to(dev), Recipe.from_list(manifest["recipe"]), Context(device=dev, example=None, calibration=lambda: cal))
     ref_path = os.path.join(folder, "reference.pt")
     if verify and os.path.isfile(ref_path):
         ref = torch.load(ref_path, weights_only=True)

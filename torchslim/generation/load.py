@@ -14,6 +14,7 @@ import sys
 import time
 
 from ..errors import SlimError, first_line
+from ..fileio import cache_dir
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -27,10 +28,6 @@ class CausalLM:
     spec: str
     source: dict
     folder: str  # the Hugging Face folder the weights were read from (the GGUF cache for GGUF files)
-
-
-def cache_dir() -> str:
-    return os.environ.get("TORCHSLIM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "torchslim")
 
 
 def smollm2_gguf() -> str:

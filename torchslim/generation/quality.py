@@ -32,6 +32,18 @@ def heldout_text() -> str:
     return "\n\n".join(topics[k] for k in sorted(topics)[:PPL_TOPICS])
 
 
+CALIBRATION_TOPICS = slice(40, 60)  # sorted topics, disjoint from the held-out ones: SmoothQuant's calibration text
+
+
+def calibration(tokenizer, tokens: int = 512, device="cpu") -> list[dict]:
+    """Model keyword arguments for one pass over real English that perplexity never sees."""
+    from pydoc_data.topics import topics
+
+    text = "\n\n".join(topics[k] for k in sorted(topics)[CALIBRATION_TOPICS])
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids[:, :tokens]
+    return [{"input_ids": ids.to(device), "use_cache": False}]
+
+
 def load_prompts(path: str | None) -> list[str]:
     """Prompts from a file (one per non-blank line), or the built-in real prompts."""
     if path is None:

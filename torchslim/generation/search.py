@@ -20,7 +20,7 @@ from ..recipes import Recipe, apply
 from ..results import RecipeResult, RunResult, kept_on_stop
 from ..techniques import Context
 from ..techniques.lm_decode import LMDecodeConfig
-from ..techniques.lm_weights import LMWeightsConfig
+from ..techniques.lm_weights import QUANTIZED_PREFILL_ATTR, LMWeightsConfig
 from . import measure, quality
 from .load import CausalLM
 from .runner import timed_generate
@@ -95,17 +95,24 @@ def candidates(device: torch.device, extended: bool = False) -> list[Recipe]:
                 Recipe((LMWeightsConfig("bf16", "int4", lm_head="int8", prefill="bf16"), dec)),
                 Recipe((LMWeightsConfig("bf16", "da8w4"), dec))]  # skipped where torchao lacks the kernel
     if extended or not dev.supports_bf16(device):
-        # no native BF16 (e.g. AVX2 only): the model stays FP32, decode reads fewer bytes per token
-        # (INT4 layers through the BF16-input INT4 kernel, FP16 head; or FP16 weights everywhere), the
-        # prompt runs on an FP32 copy (both kernels are slower than FP32 at M=128). BENCHMARKS.md
-        # "host without native BF16".
+        # no native BF16 (e.g. AVX2 only): the model stays FP32, decode reads fewer bytes per token:
+        # INT4 layers through the BF16-input INT4 kernel with an FP16 head, decode step compiled with
+        # Inductor's C++ wrapper (no Python between its kernels: 25 vs 29 ms a token on a 2-core AVX2
+        # EPYC, first call ~1 min more), or FP16 weights everywhere; both run the prompt on an FP32 copy
+        # (their kernels are slower than FP32 at M=128). Extended: fbgemm INT8 x per-token dynamic INT8
+        # (SmoothQuant) for decode (1.96x: each call crosses Python) or for the prompt copy (a quarter
+        # of FP32's bytes, TTFT level with FP32's). BENCHMARKS.md "host without native BF16".
         out += [Recipe((dec,)),
-                Recipe((LMWeightsConfig("fp32", "int4", lm_head="fp16", prefill="fp32"), dec)),
+                Recipe((LMWeightsConfig("fp32", "int4", lm_head="fp16", prefill="fp32"), LMDecodeConfig(cpp_wrapper=True))),
                 Recipe((LMWeightsConfig("fp32", "fp16", prefill="fp32"), dec))]
     if extended:
         out += [Recipe((LMWeightsConfig("bf16", "int4", lm_head="int8"), dec)),
                 Recipe((LMWeightsConfig("bf16", "int4"), eager)), Recipe((LMWeightsConfig("bf16", "int4"), dec))]
         out += [Recipe((LMWeightsConfig("fp32", "int8-dynamic"), LMDecodeConfig(compile_prefill=True)))]
+        out += [Recipe((LMWeightsConfig("fp32", "int4", lm_head="fp16", prefill="fp32"), dec)),
+                Recipe((LMWeightsConfig("fp32", "int8-sq"), dec)),
+                Recipe((LMWeightsConfig("fp32", "int8-sq", lm_head="fp16"), dec)),
+                Recipe((LMWeightsConfig("fp32", "int4", lm_head="fp16", prefill="int8-sq"), dec))]
         # Inductor's C++ GEMM template for the M=1 matmuls (FP32/FP16 weights): 4-6 minutes of compile
         tune = LMDecodeConfig(mode="max-autotune-no-cudagraphs")
         out += [Recipe((tune,)), Recipe((LMWeightsConfig("fp32", "fp16", prefill="fp32"), tune)),
@@ -180,6 +187,7 @@ class _Eval:
     ref_tokens: list[torch.Tensor] = field(default_factory=list)
     base_ppl: float = 0.0
     base_distinct: float = 0.0
+    calibration: list = field(default_factory=list)  # model kwargs of the calibration text (SmoothQuant)
 
 
 # The same plain search as optimize.py: baseline first; each recipe applied to a fresh copy, first
@@ -191,7 +199,8 @@ def _search(lm: CausalLM, config: GenerationConfig, device, run: RunResult, prog
     ev = _Eval(ids=prompt_ids(tok, prompts, config.prompt_len, config.batch_size).to(device),
                big=prompt_ids(tok, prompts, config.prompt_len, config.large_batch).to(device) if config.large_batch else None,
                text=quality.text_tokens(tok, config.ppl_tokens).to(device),
-               agree=[tok(p, return_tensors="pt").input_ids.to(device) for p in prompts[:config.agreement_prompts]])
+               agree=[tok(p, return_tensors="pt").input_ids.to(device) for p in prompts[:config.agreement_prompts]],
+               calibration=quality.calibration(tok, device=device))
     base = GenRecipeResult(name="baseline", steps=[], status="baseline",
                            reason="the model's own generate(): FP32 eager, dynamic cache, greedy")
     run.recipes.append(base)
@@ -271,7 +280,7 @@ def _search(lm: CausalLM, config: GenerationConfig, device, run: RunResult, prog
 
 def _try(recipe: Recipe, model, ev: _Eval, config: GenerationConfig, device):
     res = GenRecipeResult(name=recipe.name, steps=recipe.to_list(), targets=targets(recipe))
-    ctx = Context(device=device, example=None)
+    ctx = Context(device=device, example=None, calibration=lambda: ev.calibration)
     try:
         t0 = time.perf_counter()
         m = apply(copy.deepcopy(model), recipe, ctx)
@@ -284,6 +293,11 @@ def _try(recipe: Recipe, model, ev: _Eval, config: GenerationConfig, device):
         res.greedy_agreement = agree["greedy_agreement"]
         res.fidelity = agree
         res.perplexity = quality.perplexity(m, ev.text)
+        twin = getattr(m, "prefill_inner", None)
+        if twin is not None and getattr(twin, QUANTIZED_PREFILL_ATTR, False):  # its own weights: the worse of the two counts
+            tp = quality.perplexity(twin, ev.text)
+            ctx.notes.append(f"perplexity of the decode weights {res.perplexity:.2f}, of the prompt-pass copy {tp:.2f}")
+            res.perplexity = max(res.perplexity, tp)
         res.ppl_increase_pct = 100.0 * (res.perplexity / ev.base_ppl - 1.0)
         res.metrics = {"perplexity": res.perplexity}
         res.metric_drop = res.perplexity - ev.base_ppl

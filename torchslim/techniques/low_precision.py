@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from .. import device as dev
 from .base import Context, TechniqueConfig, Wrapper, has_module, register
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -71,14 +72,6 @@ def _cast_floats(obj, dtype):
     return obj
 
 
-def onednn_bf16() -> bool:
-    """Whether oneDNN runs BF16 at all here (natively or emulated with AVX-512); False on AVX2 CPUs."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
 def _applies(model, cfg: LowPrecisionConfig, ctx: Context):
     if isinstance(model, torch.jit.ScriptModule):
         return "a TorchScript model cannot be re-typed from outside"
@@ -86,7 +79,7 @@ def _applies(model, cfg: LowPrecisionConfig, ctx: Context):
     # (emulated low precision runs, slowly), unless the user asks for it by name.
     if not any(p.is_floating_point() for p in model.parameters()):
         return "the model has no floating-point weights"
-    if (cfg.dtype, cfg.mode, ctx.device.type) == ("bf16", "autocast", "cpu") and not onednn_bf16() \
+    if (cfg.dtype, cfg.mode, ctx.device.type) == ("bf16", "autocast", "cpu") and not dev.onednn_bf16() \
             and has_module(model, nn.LSTM, nn.GRU, nn.RNN):
         # oneDNN: "could not create a primitive descriptor for the LSTM forward propagation primitive"
         return ("BF16 autocast of an LSTM/GRU/RNN: oneDNN has no BF16 RNN kernel on this CPU (needs AVX-512): "
