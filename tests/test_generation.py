@@ -243,7 +243,8 @@ def test_fp32_model_int4_and_fp16_weights_config_rules():
 
 
 @pytest.mark.parametrize("cfg_kw", [{"quant": "int4", "lm_head": "fp16", "prefill": "fp32"}, {"quant": "fp16", "prefill": "fp32"},
-                                    {"quant": "int4", "lm_head": "fp16", "prefill": "int8-sq"}])
+                                    {"quant": "int4", "lm_head": "fp16", "prefill": "int8-sq"},
+                                    {"quant": "int4", "lm_head": "int8-sq", "prefill": "fp32"}])
 def test_fp32_model_with_16bit_kernels_generates_and_reloads(tiny_lm, tmp_path, cfg_kw):
     """lm_weights(dtype='fp32', quant='int4'|'fp16'): the model stays FP32 (embedding, norms, KV cache,
     the prefill copy); each quantized Linear casts its input to its kernel's dtype and its output back;
@@ -270,7 +271,11 @@ def test_fp32_model_with_16bit_kernels_generates_and_reloads(tiny_lm, tmp_path, 
         pytest.skip(f"not applicable here: {e}")
     inner = model.inner
     assert inner.model.embed_tokens.weight.dtype == torch.float32 and inner.model.norm.weight.dtype == torch.float32
-    assert inner.lm_head.weight.dtype == torch.float16 and not inner.config.tie_word_embeddings
+    assert not inner.config.tie_word_embeddings
+    if cfg.lm_head == "int8-sq":  # fbgemm INT8 head (SmoothQuant on the calibration text)
+        assert type(inner.lm_head).__name__ == "DynamicInt8Linear"
+    else:
+        assert inner.lm_head.weight.dtype == torch.float16
     assert all(p.dtype == torch.float32 for p in model.prefill_inner.parameters())
     if cfg.prefill == "int8-sq":  # the prompt pass runs on fbgemm dynamic INT8 Linears, decode on INT4
         assert {type(m).__name__ for m in model.prefill_inner.modules()} >= {"DynamicInt8Linear"}
@@ -319,7 +324,8 @@ def test_hosts_without_native_bf16_get_fp32_model_recipes(monkeypatch):
     from torchslim import device as dev
     from torchslim.generation import search
 
-    new = {"int4-g32-wo-head16-prefillfp32+static-cache+compile-cpp", "fp16-wo-prefillfp32+static-cache+compile"}
+    new = {"int4-g32-wo-head8sq-prefillfp32+static-cache+compile-cpp", "int4-g32-wo-head16-prefillfp32+static-cache+compile-cpp",
+           "fp16-wo-prefillfp32+static-cache+compile"}
     monkeypatch.setattr(dev, "supports_bf16", lambda device: False)
     names = {r.name for r in search.candidates(torch.device("cpu"))}
     assert new <= names and not any("bf16" in n for n in names)
@@ -340,6 +346,7 @@ def test_int8_sq_rules_and_names():
     cfg = LMWeightsConfig("fp32", "int8-sq")
     assert cfg.label() == "int8-sq-dyn" and cfg.speeds_up == "both"
     assert LMWeightsConfig("fp32", "int8-sq", lm_head="fp16").label() == "int8-sq-dyn-head16"
+    assert LMWeightsConfig("fp32", "int4", lm_head="int8-sq").label() == "int4-g32-wo-head8sq"
 
 
 def test_int8_sq_generates_compiles_and_reloads(tiny_lm, tmp_path):

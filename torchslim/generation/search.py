@@ -95,18 +95,20 @@ def candidates(device: torch.device, extended: bool = False) -> list[Recipe]:
                 Recipe((LMWeightsConfig("bf16", "int4", lm_head="int8", prefill="bf16"), dec)),
                 Recipe((LMWeightsConfig("bf16", "da8w4"), dec))]  # skipped where torchao lacks the kernel
     if extended or not dev.supports_bf16(device):
-        # no native BF16 (e.g. AVX2 only): the model stays FP32, decode reads fewer bytes per token:
-        # INT4 layers through the BF16-input INT4 kernel with an FP16 head, decode step compiled with
-        # Inductor's C++ wrapper (no Python between its kernels: 25 vs 29 ms a token on a 2-core AVX2
-        # EPYC, first call ~1 min more), or FP16 weights everywhere; both run the prompt on an FP32 copy
-        # (their kernels are slower than FP32 at M=128). Extended: fbgemm INT8 x per-token dynamic INT8
-        # (SmoothQuant) for decode (1.96x: each call crosses Python) or for the prompt copy (a quarter
-        # of FP32's bytes, TTFT level with FP32's). BENCHMARKS.md "host without native BF16".
-        out += [Recipe((dec,)),
-                Recipe((LMWeightsConfig("fp32", "int4", lm_head="fp16", prefill="fp32"), LMDecodeConfig(cpp_wrapper=True))),
+        # no native BF16 (e.g. AVX2 only): the model stays FP32, decode reads fewer bytes per token: INT4
+        # layers through the BF16-input INT4 kernel, the decode step compiled with Inductor's C++ wrapper
+        # (no Python between its kernels: 25 vs 29 ms a token on a 2-core AVX2 EPYC; first call up to 3
+        # min), the head fbgemm INT8 x dynamic INT8 (SmoothQuant; half of FP16's bytes, one call a token:
+        # 23.2 vs 24.7 ms, 4.23x FP32 eager, perplexity +0.1%) or FP16; or FP16 weights everywhere
+        # (lossless). All run the prompt on an FP32 copy (their kernels are slower than FP32 at M=128).
+        # Extended: fbgemm INT8 for every Linear (1.96x: each call crosses Python) or for the prompt copy
+        # (a quarter of FP32's bytes). BENCHMARKS.md "host without native BF16" and 2026-12-07.
+        cpp = LMDecodeConfig(cpp_wrapper=True)
+        out += [Recipe((LMWeightsConfig("fp32", "int4", lm_head="int8-sq", prefill="fp32"), cpp)),
+                Recipe((LMWeightsConfig("fp32", "int4", lm_head="fp16", prefill="fp32"), cpp)),
                 Recipe((LMWeightsConfig("fp32", "fp16", prefill="fp32"), dec))]
     if extended:
-        out += [Recipe((LMWeightsConfig("bf16", "int4", lm_head="int8"), dec)),
+        out += [Recipe((dec,)), Recipe((LMWeightsConfig("bf16", "int4", lm_head="int8"), dec)),
                 Recipe((LMWeightsConfig("bf16", "int4"), eager)), Recipe((LMWeightsConfig("bf16", "int4"), dec))]
         out += [Recipe((LMWeightsConfig("fp32", "int8-dynamic"), LMDecodeConfig(compile_prefill=True)))]
         out += [Recipe((LMWeightsConfig("fp32", "int4", lm_head="fp16", prefill="fp32"), dec)),

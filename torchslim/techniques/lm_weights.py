@@ -20,7 +20,7 @@ DTYPES = ("fp32", "bf16")
 QUANTS = ("none", "int8", "int4", "int8-dynamic", "da8w4", "fp16", "int8-sq")
 SQ_ALPHA = 0.65  # SmoothQuant migration strength: +0.48% perplexity on SmolLM2 (0.5: +1.1%, 0.8: +5.0%, none: +8 to +11%)
 INT4_GROUPS = (32, 64, 128)
-HEADS = ("same", "float", "int8", "fp16")
+HEADS = ("same", "float", "int8", "fp16", "int8-sq")
 PREFILLS = ("same", "bf16", "fp32", "int8-sq")
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 KERNEL_DTYPE_ATTR = "torchslim_kernel_dtype"  # on a Linear whose kernel runs in another dtype than the model
@@ -74,8 +74,8 @@ class LMWeightsConfig(TechniqueConfig):
             raise ValueError("quant='int8-sq' (fbgemm dynamic INT8, FP32 activations) is for FP32 models: use dtype='fp32'")
         if self.quant == "fp16" and self.dtype != "fp32":
             raise ValueError("quant='fp16' (FP16 weights, FP32 accumulation) is for FP32 models: use dtype='fp32'")
-        if self.lm_head == "fp16" and (self.dtype != "fp32" or self.quant == "none"):
-            raise ValueError("lm_head='fp16' goes with quantized weights in an FP32 model (dtype='fp32', quant set)")
+        if self.lm_head in ("fp16", "int8-sq") and (self.dtype != "fp32" or self.quant == "none"):
+            raise ValueError(f"lm_head={self.lm_head!r} goes with quantized weights in an FP32 model (dtype='fp32', quant set)")
         if self.prefill not in PREFILLS:
             raise ValueError(f"prefill must be one of {PREFILLS}, got {self.prefill!r}")
         if self.prefill == "int8-sq":
@@ -96,7 +96,7 @@ class LMWeightsConfig(TechniqueConfig):
         q = {"int4": f"int4-g{self.group_size}", "int8": "int8", "int8-dynamic": "int8-dyn",
              "da8w4": f"da8w4-g{self.group_size}", "fp16": "fp16", "int8-sq": "int8-sq-dyn"}[self.quant]
         return q + ("-wo" if self.quant in ("int4", "int8", "fp16") else "") + (f"-{self.dtype}" if self.dtype != "fp32" else "") \
-            + {"same": "", "float": "-headfloat", "int8": "-head8", "fp16": "-head16"}[self.lm_head] \
+            + {"same": "", "float": "-headfloat", "int8": "-head8", "fp16": "-head16", "int8-sq": "-head8sq"}[self.lm_head] \
             + ("" if self.prefill == "same" else f"-prefill{self.prefill}")
 
 
@@ -175,7 +175,7 @@ def _applies(model, cfg: LMWeightsConfig, ctx: Context):
         return f"{cfg.quant.upper()} weights in an FP32 model are for CPUs without native BF16 (on {ctx.device.type}: dtype='bf16')"
     if cfg.quant == "int4" and ctx.device.type == "cpu" and not ao.int4_cpu_kernel_ok():
         return "aten._weight_int4pack_mm_for_cpu is missing or failed its check here"
-    if "int8-sq" in (cfg.quant, cfg.prefill):
+    if "int8-sq" in (cfg.quant, cfg.prefill, cfg.lm_head):
         if ctx.device.type != "cpu":
             return "fbgemm's dynamic INT8 Linear is a CPU kernel (on a GPU: dtype='bf16' recipes)"
         why = fbgemm.available()
@@ -216,8 +216,9 @@ def apply_lm_weights(model, cfg: LMWeightsConfig, ctx: Context):
     heads = {n for n, m in model.named_modules() if _is_head(n) and isinstance(m, nn.Linear)}
     int8_head = heads if cfg.quant != "none" and cfg.lm_head == "int8" else set()
     fp16_head = heads if cfg.lm_head == "fp16" else set()
+    sq_head = heads if cfg.lm_head == "int8-sq" else set()
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if head is not None and (int8_head or fp16_head or any(_is_head(n) for n in names)):
+    if head is not None and (int8_head or fp16_head or sq_head or any(_is_head(n) for n in names)):
         # tied to the embedding: give the head its own weight so only the head is quantized
         head.weight = nn.Parameter(head.weight.detach().clone())
         model.config.tie_word_embeddings = False
@@ -250,6 +251,9 @@ def apply_lm_weights(model, cfg: LMWeightsConfig, ctx: Context):
     if int8_head:
         ao.int8_weight_only(model, lambda m, fqn: fqn in int8_head, None)
         ctx.notes.append("lm_head: INT8 weight-only")
+    if sq_head:  # one call per token: fbgemm's Python crossing costs nothing here, half of FP16's bytes do
+        _int8_sq(model, sorted(sq_head), ctx)
+        ctx.notes.append("lm_head: fbgemm INT8 weights x dynamic INT8 activations (SmoothQuant)")
     if fp16_head:
         run_in_dtype(model, fp16_head, torch.float16)
         ctx.notes.append("lm_head: FP16 weights (FP32 accumulation)")
@@ -264,7 +268,7 @@ def apply_lm_weights(model, cfg: LMWeightsConfig, ctx: Context):
     if twin is not None:
         model.__dict__[PREFILL_ATTR] = twin  # plain attribute: not in state_dict(), not saved by save_pretrained()
         ctx.notes.append(f"prompt pass on a separate {cfg.prefill.upper()} copy of the weights (lm_decode's loop uses it)")
-    ctx.details["lm_weights"] = {"quantized": sorted(names | int8_head | fp16_head), "dtype": cfg.dtype, "quant": cfg.quant}
+    ctx.details["lm_weights"] = {"quantized": sorted(names | int8_head | fp16_head | sq_head), "dtype": cfg.dtype, "quant": cfg.quant}
     return model
 
 
