@@ -112,8 +112,9 @@ def load(folder: str, device: str = "cpu", verify: bool = True):
     dev = torch.device(device)
     from .quality import calibration
 
-    cal = calibration(lm.tokenizer, device=dev)  # the same text as at optimize time: the same smoothing, the same tokens
-    model = apply(lm.model.to(dev), Recipe.from_list(manifest["recipe"]), Context(device=dev, example=None, calibration=lambda: cal))
+    # read only by recipes that calibrate: the same text as at optimize time, the same smoothing, the same tokens
+    model = apply(lm.model.to(dev), Recipe.from_list(manifest["recipe"]),
+                  Context(device=dev, example=None, calibration=lambda: calibration(lm.tokenizer, device=dev)))
     ref_path = os.path.join(folder, "reference.pt")
     if verify and os.path.isfile(ref_path):
         ref = torch.load(ref_path, weights_only=True)

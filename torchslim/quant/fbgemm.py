@@ -3,12 +3,15 @@ INT8 per-channel weights, INT32 accumulation, FP32 out) as a module that torch.c
 
 torch.ao's `nn.quantized.dynamic.Linear` runs the same kernel, but its packed weight is a TorchScript
 object that Dynamo cannot trace through; here the packed weight waits in a table and the graph sees one
-opaque custom op with an integer key. Where the CPU lacks VNNI, the activations are 7-bit
+opaque torch.library op with an integer key (torch's own AOTI-ready `_quantized.wrapped_*` ops break under
+Inductor's freezing). Where the CPU lacks VNNI, the activations are 7-bit
 (`reduce_range`: AVX2's u8 x s8 multiply-add saturates int16 with 8-bit ones).
 
-At batch 1 this is the fastest Linear kernel with FP32 activations on an AVX2-only CPU: 2.96x FP32
-`F.linear` over a decode step of SmolLM2-135M's Linears, against 1.98x for INT4 (BF16 input) and 1.73x
-for FP16 weights (benchmarks/generation_kernels.py; BENCHMARKS.md "Text generation")."""
+At batch 1 this is the fastest Linear kernel with FP32 activations on an AVX2-only CPU: 2.87x FP32
+`F.linear` over a decode step of SmolLM2-135M's Linears at 2 threads, against 1.73x for INT4 (BF16 input)
+and 1.69x for FP16 weights (benchmarks/generation_kernels.py; BENCHMARKS.md 2026-12-07). Each call still
+crosses Python, which costs more than that gain at 211 calls per decode step; at one call per step (the
+LM head) it pays."""
 from __future__ import annotations
 
 import copy
@@ -141,26 +144,3 @@ def smoothing(act_absmax: torch.Tensor, weight: torch.Tensor, alpha: float) -> t
     w = weight.detach().float().abs().amax(0).clamp(min=1e-5)
     return (act_absmax.clamp(min=1e-5) ** alpha / w ** (1 - alpha)).clamp(min=1e-5)
 
-
-class Fp16Linear(nn.Module):
-    """An FP32 Linear whose weight is FP16, packed for fbgemm's FP16 GEMM (FP32 activations and
-    accumulation, AVX2 + F16C): torch's own compile-friendly op (`_quantized.wrapped_fbgemm_linear_fp16_weight`,
-    a C++ kernel with a meta function, made for AOTInductor), so no Python runs per call. Inductor's
-    freezing copies the packed handle and breaks it: compile it with freezing off."""
-
-    def __init__(self, linear: nn.Linear):
-        super().__init__()
-        w = linear.weight.detach().float()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.register_buffer("weight", w.half())  # what state_dict, sizes and a deep copy see
-        self.register_buffer("bias", torch.zeros(w.shape[0]) if linear.bias is None else linear.bias.detach().float())
-        self.packed = torch.ops._quantized.wrapped_fbgemm_pack_gemm_matrix_fp16(w)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops._quantized.wrapped_fbgemm_linear_fp16_weight(x.float(), self.packed, self.bias, self.out_features)
-
-    def __deepcopy__(self, memo):
-        new = copy.copy(self)
-        new.__dict__ = {**self.__dict__, "_buffers": copy.deepcopy(self._buffers, memo), "_modules": {}, "_parameters": {}}
-        new.packed = torch.ops._quantized.wrapped_fbgemm_pack_gemm_matrix_fp16(new.weight.float())
-        return new
