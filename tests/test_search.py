@@ -256,6 +256,25 @@ def test_under_a_budget_the_fallback_waits_for_the_fresh_candidates(tmp_path):
     assert "time budget is spent" in run.recipes[1].fallback["result"], run.recipes[1].fallback
 
 
+
+def test_a_ranking_that_would_outlast_the_budget_is_not_started():
+    """A recipe without a shared calibration (an engine's INT8, torchao's) ranks layers with one
+    quantized copy each: under a budget, the fallback is left out when those copies would take
+    longer than what is left (the peer suite's MiniLM search spent 10 minutes on it)."""
+    from torchslim.results import RecipeResult
+    from torchslim.search.fallback import why_not
+    from torchslim.techniques import WeightOnlyConfig
+
+    recipe = Recipe((WeightOnlyConfig(),))
+    res = RecipeResult(name="int8-weight-only", steps=recipe.to_list(), status="rejected", reason="outputs drifted")
+    res.prepare_s = 16.0
+    config = OptimizeConfig(time_budget=1.5)
+    why = why_not(recipe, res, config, elapsed=30.0, budget_s=90.0, layers=37)
+    assert why and "37 x 16 s = 592 s" in why and "60 s left" in why, why
+    assert why_not(recipe, res, config, elapsed=30.0, budget_s=90.0, layers=3) is None  # 48 s fits
+    assert why_not(recipe, res, OptimizeConfig(exhaustive=True), elapsed=30.0, budget_s=None, layers=37) is None
+    assert why_not(recipe, res, OptimizeConfig(time_budget=0), elapsed=30.0, budget_s=None, layers=37) is None
+
 # -- noisy timing (issue 16, item 1) ----------------------------------------------------------------
 
 class _Jittery(nn.Module):

@@ -63,13 +63,13 @@ def _args(argv=None):
 
 
 def _search_recipes(args, case: cases.Case) -> tuple[str, ...] | None:
-    from benchmarks.peers.search import QUICK_RECIPES, RECIPES
+    from benchmarks.peers.search import DEFAULT, RECIPES
 
     if args.recipes == "all":
         return None
     if args.recipes:
         return tuple(args.recipes.split(","))
-    return QUICK_RECIPES[case.model] if args.quick else RECIPES
+    return DEFAULT if args.quick else RECIPES
 
 
 def _child(args) -> int:

@@ -154,9 +154,12 @@ def _search_line(res: dict) -> str:
     if "tried" not in rec:
         return f"torchslim search: {rec.get('error') or 'no result'}"
     judged = f"task metric `{rec['task_metric']}` + cosine" if rec.get("task_metric") else "output cosine only"
-    tried = rec.get("tried") or []
+    rows = rec.get("tried") or []
+    tried = [t for t in rows if t["status"] != "skipped"]
     kept = sum(1 for t in tried if t["status"] in ("ok", "chosen"))
-    return (f"torchslim chose **{rec.get('chosen') or 'nothing'}** (search: {len(tried)} recipes, {kept} kept, "
+    skipped = f", {len(rows) - len(tried)} skipped" if len(rows) > len(tried) else ""
+    mode = f"{rec['mode']}: " if rec.get("mode") else ""
+    return (f"torchslim chose **{rec.get('chosen') or 'nothing'}** ({mode}{len(tried)} recipes tried, {kept} kept{skipped}, "
             f"{rec.get('search_s', 0):.0f} s, judged by {judged})" + (f"; error: {rec['error']}" if rec.get("error") else ""))
 
 

@@ -21,8 +21,9 @@ from .trial import evaluate, failure_reason, try_recipe
 FALLBACK_MAX_LAYERS = 8  # default cap: each bisection trial costs one evaluate(), 1 + log2(8) = 4 at most
 
 
-def why_not(recipe: Recipe, res: RecipeResult, config, elapsed: float, budget_s: float | None) -> str | None:
-    """Why the sensitivity fallback is not tried for this rejection, or None to try it."""
+def why_not(recipe: Recipe, res: RecipeResult, config, elapsed: float, budget_s: float | None, layers: int = 0) -> str | None:
+    """Why the sensitivity fallback is not tried for this rejection, or None to try it. `layers`:
+    the model's Conv/Linear count, what a ranking without a shared calibration costs in copies."""
     if res.early and res.reason.startswith("slower than the baseline"):
         return "the recipe is slower than the baseline: keeping layers in float would not make it faster"
     if config.exhaustive:
@@ -36,6 +37,14 @@ def why_not(recipe: Recipe, res: RecipeResult, config, elapsed: float, budget_s:
         # an uncompiled quantized copy (many times slower) and every retry compiles anew.
         return (f"ranking {step.label()}'s layers needs one quantized copy per layer, each scored uncompiled, and "
                 "each retry compiles anew (nothing to reuse); --exhaustive runs it")
+    if budget_s is not None and not reuses_calibration(step) and res.prepare_s:
+        # one copy per layer, each as long to make as the recipe was (an engine INT8 recipe on MiniLM:
+        # 37 copies x ~16 s = 10 min, against a 1.5 min budget)
+        cost, left = layers * res.prepare_s, budget_s - elapsed
+        if cost > left:
+            return (f"ranking {step.label()}'s layers needs one quantized copy per layer: about {layers} x "
+                    f"{res.prepare_s:.0f} s = {cost:.0f} s, more than the {max(0.0, left):.0f} s left of the time budget; "
+                    "--exhaustive or --time-budget 0 runs it")
     return None
 
 

@@ -7,6 +7,7 @@ import time
 import torch.nn as nn
 
 from .. import measure, validation
+from ..engines import quantizable_layers
 from ..fidelity import compare
 from ..recipes import Recipe, missing_hardware
 from ..results import RecipeResult, RunResult
@@ -79,7 +80,8 @@ def retry_in_float(recipe: Recipe, res: RecipeResult, workload: Workload, exampl
                    config, run: RunResult, models: dict[str, nn.Module], bar, t_start: float,
                    budget_s: float | None) -> None:
     """The float fallback of one rejected recipe, or the reason it is not tried in `res.fallback`."""
-    why = why_not(recipe, res, config, time.perf_counter() - t_start, budget_s)
+    why = why_not(recipe, res, config, time.perf_counter() - t_start, budget_s,
+                  layers=len(quantizable_layers(workload.model)))
     if why:
         res.fallback = {"from": recipe.name, "why": res.reason, "result": f"not tried: {why}"}
         return
