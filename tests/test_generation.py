@@ -376,6 +376,10 @@ def test_int8_sq_generates_compiles_and_reloads(tiny_lm, tmp_path):
     eager = apply(copy.deepcopy(tiny_lm.model), eager_recipe, Context(device=cpu, example=None, calibration=lambda: cal))
     kinds = {type(m).__name__ for m in eager.inner.modules()}
     assert "DynamicInt8Linear" in kinds and "Linear" not in kinds
+    passes = []  # the body and an INT8 head named apart share one calibration pass
+    apply(copy.deepcopy(tiny_lm.model), Recipe((LMWeightsConfig("fp32", "int8-sq", lm_head="int8-sq"),)),
+          Context(device=cpu, example=None, calibration=lambda: passes.append(1) or cal))
+    assert len(passes) == 1
     text = quality.text_tokens(tiny_lm.tokenizer, 128)
     base, got = quality.perplexity(tiny_lm.model, text), quality.perplexity(eager, text)
     assert abs(got / base - 1) < 0.05, (got, base)

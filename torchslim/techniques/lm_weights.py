@@ -236,8 +236,6 @@ def apply_lm_weights(model, cfg: LMWeightsConfig, ctx: Context):
         ao.int4_weight_only(model, flt, cfg.group_size, hqq=False, device=ctx.device)
     elif cfg.quant == "fp16":
         run_in_dtype(model, names, torch.float16)
-    elif cfg.quant == "int8-sq":
-        _int8_sq(model, sorted(names), ctx)
     elif cfg.quant == "int8":
         ao.int8_weight_only(model, flt, None)
     elif cfg.quant == "int8-dynamic":
@@ -251,8 +249,10 @@ def apply_lm_weights(model, cfg: LMWeightsConfig, ctx: Context):
     if int8_head:
         ao.int8_weight_only(model, lambda m, fqn: fqn in int8_head, None)
         ctx.notes.append("lm_head: INT8 weight-only")
+    sq = (names if cfg.quant == "int8-sq" else set()) | sq_head
+    if sq:  # the body and the head from one calibration pass
+        _int8_sq(model, sorted(sq), ctx)
     if sq_head:  # one call per token: fbgemm's Python crossing costs nothing here, half of FP16's bytes do
-        _int8_sq(model, sorted(sq_head), ctx)
         ctx.notes.append("lm_head: fbgemm INT8 weights x dynamic INT8 activations (SmoothQuant)")
     if fp16_head:
         run_in_dtype(model, fp16_head, torch.float16)
