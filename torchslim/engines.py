@@ -365,6 +365,22 @@ def find(model: nn.Module | None) -> EngineModule | None:
     return model if isinstance(model, EngineModule) else None
 
 
+def build_and_call(model: EngineModule, call: Callable[[], Any]) -> Callable[[], Any]:
+    """For measure.peak_memory: an engine allocates its arenas and its own copy of the weights when
+    its session is built and keeps them, so timing the calls of a built session shows no rise (0 B,
+    which --objective memory would prefer). Drops the session now; the returned function builds a new
+    one and calls it, so the measurement sees what serving the engine costs on top of the model."""
+    import gc
+
+    model.runner = None
+    gc.collect()
+
+    def fn():
+        model.runner = model.build()
+        return call()
+    return fn
+
+
 def save(folder: str, model: EngineModule) -> dict:
     """Write the engine's files and engine.json into `folder`; returns the manifest entry."""
     for name in model.names:
