@@ -36,9 +36,10 @@ def _int4_linear(w, dtype):
 
 def variants(ws, names):
     import torch
+    import torch.nn.functional as F
 
     from torchslim import device as dev
-    import torch.nn.functional as F
+    from torchslim.quant import fbgemm
 
     out = {"fp32 F.linear": [(lambda x, w=w: F.linear(x, w)) for w in ws]}
     if "bf16" in names:
@@ -58,7 +59,7 @@ def variants(ws, names):
         # fbgemm's dynamic INT8 Linear: the activation quantized per tensor on the fly (7-bit where the CPU
         # lacks VNNI: vpmaddubsw saturates), INT8 per-channel weights, INT32 accumulation, FP32 out.
         rr = dev.seven_bit_int8()
-        pk = [_fbgemm_int8(w) for w in ws]
+        pk = [fbgemm.pack_int8(w) for w in ws]
         out["fbgemm dynamic int8 (x quantized per tensor)"] = [
             (lambda x, p=p: torch.ops.quantized.linear_dynamic(x, p, rr)) for p in pk]
     if "fbgemm16" in names:
@@ -68,14 +69,6 @@ def variants(ws, names):
         q = [_int8(w) for w in ws]
         out["_int_mm, x int8 per token"] = [(lambda x, q=q.t().contiguous().t(), s=s: _int_mm_dyn(x, q, s)) for q, s in q]
     return out
-
-
-def _fbgemm_int8(w):
-    import torch
-
-    s = (w.abs().amax(1) / 127).double()
-    q = torch.quantize_per_channel(w, s, torch.zeros(w.shape[0], dtype=torch.long), 0, torch.qint8)
-    return torch.ops.quantized.linear_prepack(q, None)
 
 
 def _int_mm_dyn(x, q, s):

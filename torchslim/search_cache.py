@@ -22,8 +22,7 @@ def folder() -> str:
     """$TORCHSLIM_SEARCH_CACHE, else $TORCHSLIM_CACHE/search/ (default ~/.cache/torchslim/search)."""
     if os.environ.get("TORCHSLIM_SEARCH_CACHE"):
         return os.environ["TORCHSLIM_SEARCH_CACHE"]
-    root = cache_dir()
-    return os.path.join(root, "search")
+    return os.path.join(cache_dir(), "search")
 
 
 def _tensor(h, t: torch.Tensor) -> None:

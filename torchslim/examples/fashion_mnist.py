@@ -136,8 +136,7 @@ PACKAGED = os.path.join(WEIGHTS, CHECKPOINT)
 
 def checkpoint_path() -> str:
     """$TORCHSLIM_CACHE/fashion_cnn_v1.pt (default cache: ~/.cache/torchslim)."""
-    cache = cache_dir()
-    return os.path.join(cache, CHECKPOINT)
+    return os.path.join(cache_dir(), CHECKPOINT)
 
 
 def pretrained() -> FashionCNN:

@@ -23,7 +23,7 @@ import torch.nn as nn
 
 from .common import quiet
 
-__all__ = ["DynamicInt8Linear", "available", "input_absmax", "smoothing"]
+__all__ = ["DynamicInt8Linear", "available", "input_absmax", "pack_int8", "smoothing"]
 
 _PACKED: dict[int, object] = {}  # key -> fbgemm packed weight; each module removes its own when collected
 _KEYS = itertools.count()
@@ -46,6 +46,15 @@ def _linear_meta(x, key, out_features, reduce_range):
 
 _LIB.impl("fbgemm_dynamic_int8_linear", _linear, "CPU")
 _LIB.impl("fbgemm_dynamic_int8_linear", _linear_meta, "Meta")
+
+
+def pack_int8(weight: torch.Tensor):
+    """fbgemm's packed weight for `quantized::linear_dynamic`: INT8 per output channel, symmetric (absmax / 127)."""
+    w = weight.detach().float()
+    scale = (w.abs().amax(1).clamp(min=1e-12) / 127).double()
+    with quiet():
+        q = torch.quantize_per_channel(w, scale, torch.zeros(w.shape[0], dtype=torch.long), 0, torch.qint8)
+    return torch.ops.quantized.linear_prepack(q, None)
 
 
 def available() -> str | None:
@@ -72,13 +81,10 @@ class DynamicInt8Linear(nn.Module):
         if smooth is not None:
             w = w * smooth.float()
         self.register_buffer("inv_smooth", None if smooth is None else (1.0 / smooth.float()).contiguous())
-        scale = (w.abs().amax(1).clamp(min=1e-12) / 127).double()
-        with quiet():
-            q = torch.quantize_per_channel(w, scale, torch.zeros(w.shape[0], dtype=torch.long), 0, torch.qint8)
         bias = None if linear.bias is None else linear.bias.detach().float()
         self.in_features, self.out_features, self.reduce_range = linear.in_features, linear.out_features, reduce_range
         self.register_buffer("bias", bias)
-        self._own(torch.ops.quantized.linear_prepack(q, None))
+        self._own(pack_int8(w))
 
     def _own(self, packed) -> None:
         self.key = next(_KEYS)
