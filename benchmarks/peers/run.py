@@ -35,13 +35,14 @@ QUICK_SAMPLES = (8, 32)  # --quick: calibration and held-out samples per case
 def _args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
-                   help=f"cases {', '.join(cases.QUICK)}; 3 rounds; a short recipe list; no task metric; "
+                   help=f"cases {', '.join(cases.QUICK)}; 3 rounds; no task metric; "
                         "8 calibration and 32 held-out samples")
     p.add_argument("--cases", help=f"comma-separated case ids (default: all): {', '.join(c.id for c in cases.CASES)}")
     p.add_argument("--rounds", type=int, help="interleaved timing rounds (default 10, quick 3)")
     p.add_argument("--threads", type=int, default=2, help="threads for every engine (default 2)")
-    p.add_argument("--recipes", help="torchslim recipes to search: 'all' or comma-separated names "
-                                     "(default: the list in benchmarks/peers/search.py)")
+    p.add_argument("--recipes", help="torchslim recipes to search: 'all' (every candidate, no budget), 'suite' "
+                                     "(the hand-kept list in benchmarks/peers/search.py) or comma-separated names "
+                                     "(default: optimize's default search, what a user gets)")
     p.add_argument("--no-task-metric", action="store_true", help="torchslim chooses by output cosine only (faster)")
     p.add_argument("--skip", default="", help="comma-separated methods to leave out")
     p.add_argument("--only", default="", help="comma-separated methods to run (FP32 eager always runs)")
@@ -67,9 +68,11 @@ def _search_recipes(args, case: cases.Case) -> tuple[str, ...] | None:
 
     if args.recipes == "all":
         return None
+    if args.recipes == "suite":
+        return RECIPES
     if args.recipes:
         return tuple(args.recipes.split(","))
-    return DEFAULT if args.quick else RECIPES
+    return DEFAULT
 
 
 def _child(args) -> int:

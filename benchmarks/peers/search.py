@@ -19,7 +19,8 @@ RECIPES = ("static-int8", "static-int8-ts", "static-int8-ts-x86-sr", "pt2e-dynam
 ENGINE_RECIPES = ("aoti", "aoti+bf16", "static-int8+aoti", "ort", "ort-int8-dynamic", "ort-int8-static",
                   "openvino", "openvino-fp32", "openvino-int8")
 RECIPES += ENGINE_RECIPES
-# --quick runs torchslim's default search instead (DEFAULT): what `torchslim optimize` does without
+# By default (--quick too) the suite runs torchslim's default search (DEFAULT); RECIPES only with
+# `--recipes suite`. DEFAULT is what `torchslim optimize` does without
 # --recipes: every candidate of this machine in the priors' order, hardware-missing ones skipped, under
 # the default time budget. A hand-kept per-model list here chose nothing on MiniLM on a host without
 # BF16 (issue 13): the default search is the one users get, so it is the one to hold against the peers.
