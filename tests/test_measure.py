@@ -46,6 +46,26 @@ def test_interleaved_runs_every_function_each_round_and_sees_a_real_difference()
     assert {"fast", "slow"} <= set(calls[2:10]) and {"fast", "slow"} <= set(calls[-10:])
 
 
+def test_settled_turns_pause_and_make_one_untimed_call_first():
+    """settle_ms (engines timed beside PyTorch): before each turn a pause and one untimed call, so
+    the timed calls never start while another function's worker threads still spin."""
+    calls, stamps = {"a": 0, "b": 0}, []
+
+    def make(name):
+        def fn():
+            calls[name] += 1
+            stamps.append((name, time.perf_counter()))
+        return fn
+
+    samples = measure.interleaved({"a": make("a"), "b": make("b")}, rounds=3, target_round_ms=0.001, warmup=1,
+                                  max_iters=1, settle_ms=20)
+    assert [len(samples[n]) for n in "ab"] == [3, 3]
+    assert calls == {"a": 1 + 3 * 2, "b": 1 + 3 * 2}  # warm-up, then per turn one untimed + one timed call
+    # every change of function is preceded by the pause
+    switches = [t1 - t0 for (n0, t0), (n1, t1) in zip(stamps[2:], stamps[3:]) if n0 != n1]
+    assert switches and min(switches) >= 0.015
+
+
 def test_num_threads_is_scoped():
     before = torch.get_num_threads()
     with measure.num_threads(1) as n:

@@ -338,8 +338,22 @@ class OpenVinoModule(EngineModule):
         weights = ov.Tensor(np.frombuffer(self.file("model.bin"), dtype=np.uint8))
         model = core.read_model(model=self.file("model.xml"), weights=weights)
         self.compiled = core.compile_model(model, "CPU", self.meta["config"])
+        return self.request()
+
+    def request(self):
         self.ports = list(self.compiled.outputs)
         return self.compiled.create_infer_request()
+
+    @classmethod
+    def around(cls, compiled, meta: dict) -> "OpenVinoModule":
+        """The same tensor-in/tensor-out call around an ov.CompiledModel made elsewhere (NNCF's
+        accuracy control hands one to its validation function); it has no files: not for saving."""
+        self = cls.__new__(cls)
+        nn.Module.__init__(self)
+        self.names, self.meta, self.compiled = [], dict(meta, engine=cls.engine, files=[]), compiled
+        self.build = self.request
+        self.init_runner()
+        return self
 
     def run(self, flat):
         out = self.runner.infer([to_numpy(t) for t in flat], share_inputs=True)

@@ -118,6 +118,13 @@ def time_call(fn: Callable[[], Any], device: torch.device | None = None) -> tupl
     return (time.perf_counter() - t0) * 1000.0, out
 
 
+# The pause before each turn when engines are timed beside PyTorch: on a 2-core AVX2 EPYC, OpenVINO
+# INT8 on ResNet-18 at batch 1 timed 19.2 ms right after PyTorch models' turns and 16.6 ms after a
+# 50 ms pause, while PyTorch and ONNX Runtime rows did not move (BENCHMARKS.md, 2026-12-07); the
+# peer suite found ONNX Runtime's spinning pool needs 50 ms (benchmarks/peers/suite.py).
+SETTLE_MS = 50.0
+
+
 def interleaved(
     fns: dict[str, Callable[[], Any]],
     *,
@@ -127,13 +134,16 @@ def interleaved(
     max_iters: int = 50,
     device: torch.device | None = None,
     on_round: Callable[[int], None] | None = None,
+    settle_ms: float = 0.0,
 ) -> dict[str, list[float]]:
     """Per-call latencies (ms) of every function, measured round-robin so drift hits all alike.
     (Timing A against B on a shared, noisy machine only means something when both run in the same
     process, interleaved round by round, after warm-up, compilation included.)
 
     Each function is warmed up first; then in every round each runs for about `target_round_ms`
-    (at least once), in an order rotated from round to round.
+    (at least once), in an order rotated from round to round. settle_ms > 0: a pause and one
+    untimed call before each function's turn, so the worker threads the previous one left spinning
+    (PyTorch's OpenMP, ONNX Runtime's pool, OpenVINO's TBB) are asleep when it is timed (SETTLE_MS).
     """
     names = list(fns)
     iters = {}
@@ -144,6 +154,9 @@ def interleaved(
     for r in range(rounds):
         k = r % len(names)
         for name in names[k:] + names[:k]:
+            if settle_ms > 0:
+                time.sleep(settle_ms / 1e3)
+                fns[name]()
             for _ in range(iters[name]):
                 samples[name].append(time_call(fns[name], device)[0])
         if on_round:
@@ -270,11 +283,11 @@ def speedup_interval(base: Timing, other: Timing) -> tuple[float, float]:
 
 
 def quick_ratio(base: Callable[[], Any], fn: Callable[[], Any], *, rounds: int = 12, target_round_ms: float = 10.0,
-                device: torch.device | None = None) -> dict:
+                device: torch.device | None = None, settle_ms: float = 0.0) -> dict:
     """A brief interleaved A/B (the early check of the search): speedup of `fn` over `base` with
     its 95% interval, from `rounds` short rounds after two warm-up calls each."""
     xs = interleaved({"base": base, "fn": fn}, rounds=rounds, target_round_ms=target_round_ms, warmup=2,
-                     max_iters=20, device=device)
+                     max_iters=20, device=device, settle_ms=settle_ms)
     b, f = summarize(xs["base"]), summarize(xs["fn"])
     lo, hi = speedup_interval(b, f)
     return {"speedup": b.median_ms / f.median_ms, "ci95": [lo, hi], "calls": len(xs["base"]) + len(xs["fn"]),

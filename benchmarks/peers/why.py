@@ -29,6 +29,11 @@ WHY: dict[str, str] = {
     "minilm-b1/openvino-default": "OpenVINO fuses multi-head attention and LayerNorm/GELU into single BF16 kernels; torchslim's quick pick (fast-transformer+bf16-cast) runs eager PyTorch ops; bf16-cast+compile (2.9x in the full run) was not in the quick search",
     "minilm-b1/openvino-nncf-int8": "INT8 GEMMs with fused attention at cosine 0.993; torchslim's static-int8 with its two most sensitive layers in float is the comparable recipe (not in the quick search)",
     "minilm-b1/torchao-int8-dyn+compile": "INT8 GEMMs via Inductor (_int_mm on AMX) at cosine 0.997; within noise of torchslim's pick here",
+    "minilm-b1/openvino-fp32": "the same engine and precision as torchslim's `openvino` row where the CPU has no BF16: the gap is noise plus what torchslim adds to serve any batch/sequence length (dynamic shapes, ~3% in an interleaved A/B, 2026-12-07) and its tensor wrapper (~30 us a call)",
+    "minilm-b1/ort-fp32": "ORT's fused BERT attention/LayerNorm/GELU in FP32 (C++ executor); level with OpenVINO FP32 on a CPU without BF16",
+    "minilm-b32/openvino-default": "the same engine and precision as torchslim's `openvino` row where the CPU has no BF16 (OpenVINO's default is FP32 there): within noise",
+    "minilm-b32/openvino-fp32": "the same engine and precision as torchslim's `openvino` row where the CPU has no BF16: within noise",
+    "resnet18-b1/ort-int8-static-qdq": "ORT's MLAS INT8 convs with the graph in C++ (the peer's 8-bit QDQ; torchslim's `ort-int8-static` is the same graph with 7-bit weights where VNNI is missing, as fast in a separate A/B); torchslim's search measured its INT8 candidates within 3% of each other and chose another",
     # LSTM at batch 1.
     "lstm-b1/openvino-default": "OpenVINO runs the whole LSTM sequence as one fused BF16 cell kernel on AMX; torch's quantized LSTM steps through fbgemm per time step",
     "lstm-b1/openvino-nncf-int8": "fused INT8 LSTM sequence kernel with static activation scales (cosine 0.998 here; 0.74 in an earlier trial, so it must stay validated)",

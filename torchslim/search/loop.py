@@ -6,8 +6,7 @@ import time
 
 import torch.nn as nn
 
-from .. import measure, validation
-from ..engines import quantizable_layers
+from .. import engines, measure, validation
 from ..fidelity import compare
 from ..recipes import Recipe, missing_hardware
 from ..results import RecipeResult, RunResult
@@ -81,7 +80,7 @@ def retry_in_float(recipe: Recipe, res: RecipeResult, workload: Workload, exampl
                    budget_s: float | None) -> None:
     """The float fallback of one rejected recipe, or the reason it is not tried in `res.fallback`."""
     why = why_not(recipe, res, config, time.perf_counter() - t_start, budget_s,
-                  layers=len(quantizable_layers(workload.model)))
+                  layers=len(engines.quantizable_layers(workload.model)))
     if why:
         res.fallback = {"from": recipe.name, "why": res.reason, "result": f"not tried: {why}"}
         return
@@ -117,7 +116,8 @@ def skip_reason(recipe: Recipe, device, config, explicit: bool, elapsed: float, 
 
 def early_check(model: nn.Module, res: RecipeResult, base_call, example, device) -> str | None:
     """The brief interleaved A/B after a recipe's first call: the reason to reject it as slower, or None."""
-    q = measure.quick_ratio(base_call, caller(model, example), device=device)
+    settle = measure.SETTLE_MS if device.type == "cpu" and engines.find(model) is not None else 0.0
+    q = measure.quick_ratio(base_call, caller(model, example), device=device, settle_ms=settle)
     res.early = q
     res.speedup = q["speedup"]  # replaced by the final timing's for the recipes that get there
     lo, hi = q["ci95"]

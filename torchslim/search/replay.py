@@ -12,7 +12,7 @@ from ..results import RecipeResult, RunResult
 from ..techniques import Context
 from ..workload import Workload, eval_mode
 from .output import save
-from .trial import caller
+from .trial import caller, task_metric
 
 
 def replay(hit: dict, workload: Workload, config, device, run: RunResult) -> None:
@@ -34,7 +34,8 @@ def replay(hit: dict, workload: Workload, config, device, run: RunResult) -> Non
     if config.out and config.save_model:
         example = workload.example.to(device)
         ref_out = caller(eval_mode(workload.model.to(device)), example)()
-        ctx = Context(device=device, example=example, calibration=validation.for_recipes(workload))
+        ctx = Context(device=device, example=example, calibration=validation.for_recipes(workload),
+                      task=task_metric(workload, config))
         model = apply(eval_mode(copy.deepcopy(workload.model).to(device)), Recipe.from_list(chosen.steps), ctx)
         fid = compare(ref_out, caller(model, example)())
         if not fid.finite or fid.min_cosine < config.min_cosine:

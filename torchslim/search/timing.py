@@ -21,7 +21,10 @@ def final_timing(models: dict, example, workload: Workload, config, device, run:
     t0 = time.perf_counter()
     by = {r.name: r for r in run.recipes}
     fns = {n: caller(m, example) for n, m in models.items()}
-    samples = measure.interleaved(fns, rounds=config.rounds, target_round_ms=config.target_round_ms, device=device)
+    # engines beside PyTorch: each turn after the others' worker threads are asleep (measure.SETTLE_MS)
+    settle = measure.SETTLE_MS if device.type == "cpu" and any(engines.find(m) for m in models.values()) else 0.0
+    samples = measure.interleaved(fns, rounds=config.rounds, target_round_ms=config.target_round_ms, device=device,
+                                  settle_ms=settle)
     extra = 0
     while True:
         timings = {n: measure.summarize(xs, by[n].first_call_ms, workload.example.batch_size) for n, xs in samples.items()}
@@ -34,7 +37,8 @@ def final_timing(models: dict, example, workload: Workload, config, device, run:
                 verdict["why"] += "; no time left in the budget for more rounds"
             break
         extra += 1
-        more = measure.interleaved(fns, rounds=config.rounds, target_round_ms=config.target_round_ms, device=device)
+        more = measure.interleaved(fns, rounds=config.rounds, target_round_ms=config.target_round_ms, device=device,
+                                   settle_ms=settle)
         samples = {n: samples[n] + more[n] for n in samples}
     verdict["rounds"] = config.rounds * (1 + extra)
     run.measurement = verdict

@@ -15,7 +15,7 @@ from ..errors import NotApplicable, SlimError
 from ..fidelity import compare
 from ..recipes import Recipe, apply
 from ..results import RecipeResult
-from ..techniques import Context
+from ..techniques import Context, TaskMetric
 from ..workload import Workload, eval_mode
 from .choose import validate
 
@@ -35,7 +35,8 @@ def try_recipe(recipe: Recipe, workload: Workload, example, device, ref_out, bas
     if (settled := resume.reused(recipe.name)) is not None:
         return settled, None
     res = RecipeResult(name=recipe.name, steps=recipe.to_list())
-    ctx = Context(device=device, example=example, calibration=validation.for_recipes(workload))
+    ctx = Context(device=device, example=example, calibration=validation.for_recipes(workload),
+                  task=task_metric(workload, config))
     try:
         t0 = time.perf_counter()
         model = apply(eval_mode(copy.deepcopy(workload.model).to(device)), recipe, ctx)
@@ -64,6 +65,14 @@ def try_recipe(recipe: Recipe, workload: Workload, example, device, ref_out, bas
     if res.status == "ok":
         res.status, res.reason = validation.check(res, model, workload, example, config)
     return res, model
+
+
+def task_metric(workload: Workload, config) -> TaskMetric | None:
+    """The workload's primary metric and --max-drop, for a technique that tunes itself against them
+    (NNCF's accuracy control); None without a task metric."""
+    if workload.evaluate is None:
+        return None
+    return TaskMetric(lambda model: evaluate(workload, model)[workload.metric], config.max_drop)
 
 
 def evaluate(workload: Workload, model: nn.Module) -> dict:

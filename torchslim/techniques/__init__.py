@@ -9,7 +9,7 @@ del _mod
 from .ao_dynamic import AoInt8DynamicConfig
 from .ao_float8 import AoFloat8Config
 from .aoti import AotiConfig
-from .base import CONFIGS, Context, TechniqueConfig, config_from_dict, handler, register, registered, with_per_layer_skip
+from .base import CONFIGS, Context, TaskMetric, TechniqueConfig, config_from_dict, handler, register, registered, with_per_layer_skip
 from .channels_last import ChannelsLastConfig
 from .compile import CompileConfig
 from .dynamic_int8 import DynamicInt8Config
@@ -27,7 +27,7 @@ from .torchscript import TorchScriptConfig
 from .weight_only import WeightOnlyConfig
 
 __all__ = [
-    "CONFIGS", "Context", "TechniqueConfig", "config_from_dict", "handler", "register", "registered", "with_per_layer_skip",
+    "CONFIGS", "Context", "TaskMetric", "TechniqueConfig", "config_from_dict", "handler", "register", "registered", "with_per_layer_skip",
     "ChannelsLastConfig", "CompileConfig", "DynamicInt8Config", "InferenceModeConfig",
     "LowPrecisionConfig", "TorchScriptConfig", "StaticInt8Config", "StaticInt8FxConfig", "StaticLinearInt8Config", "Pt2eDynamicInt8Config",
     "AoInt8DynamicConfig", "AoFloat8Config", "WeightOnlyConfig", "FastTransformerConfig", "LMDecodeConfig", "LMWeightsConfig",

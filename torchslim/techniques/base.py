@@ -13,6 +13,15 @@ from ..errors import SlimError
 from ..inputs import Example
 
 
+@dataclass(frozen=True)
+class TaskMetric:
+    """The workload's primary task metric, for a technique that tunes itself against it (NNCF's
+    accuracy control): `evaluate(model)` -> the metric (higher is better), and the drop allowed."""
+
+    evaluate: Callable[[nn.Module], float]
+    max_drop: float
+
+
 @dataclass
 class Context:
     """What a handler may look at: the device, the example inputs, calibration data, and a place for notes."""
@@ -22,6 +31,7 @@ class Context:
     notes: list[str] = field(default_factory=list)
     calibration: Callable[[], Iterable[Example]] | None = None  # see Workload.calibration
     details: dict = field(default_factory=dict)  # structured facts a technique reports (layers kept in float, ...)
+    task: TaskMetric | None = None  # set by the search where the workload has a task metric
 
 
 @dataclass(frozen=True)

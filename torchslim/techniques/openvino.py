@@ -42,24 +42,28 @@ class OpenVinoConfig(TechniqueConfig):
         """openvino, openvino-fp32, openvino-int8 (CPU only)."""
         if device.type != "cpu":
             return []
-        return [(cls(),), (cls(precision="fp32"),), (OpenVinoInt8Config(),)]
+        return [(cls(),), (cls(precision="fp32"),), (OpenVinoInt8Config(),), (OpenVinoInt8Config(accuracy_control=True),)]
 
 
 @dataclass(frozen=True)
 class OpenVinoInt8Config(TechniqueConfig):
     """NNCF post-training INT8 (nncf.quantize) on the same calibration batches as the torch static
-    recipes (model_type=TRANSFORMER where the model has attention)."""
+    recipes (model_type=TRANSFORMER where the model has attention). accuracy_control: NNCF's
+    quantize_with_accuracy_control against the workload's task metric and --max-drop (it ranks the
+    quantized layers and returns them to float until the drop is within budget); needs a task metric."""
 
     name = "openvino_int8"
     runtime: ClassVar[str] = "openvino"
     needs_calibration = True
     lossy: ClassVar[bool] = True
-    per_layer_skip: ClassVar[bool] = True  # skip -> nncf.IgnoredScope
+    # skip -> nncf.IgnoredScope; accuracy control picks its own float layers (no search fallback)
+    per_layer_skip = engines.PerConfig(lambda cfg: not cfg.accuracy_control, default=True)
     max_samples: int = DEFAULT_SAMPLES
     skip: tuple[str, ...] = ()  # fnmatch patterns of Conv/Linear module names to keep in float
     # NNCF's OverflowFix on every layer (7-bit weights) instead of its default (first layer only);
     # None = where the CPU lacks VNNI, the same saturation ORT's reduce_range avoids (device.seven_bit_int8)
     overflow_fix: bool | None = None
+    accuracy_control: bool = False
 
     def __post_init__(self):
         if self.max_samples < 1:
@@ -68,7 +72,7 @@ class OpenVinoInt8Config(TechniqueConfig):
             raise ValueError(f"skip must be a tuple of module-name patterns, not {self.skip!r}")
 
     def label(self) -> str:
-        return "openvino-int8" + ("-skip" if self.skip else "")
+        return "openvino-int8" + ("-ac" if self.accuracy_control else "") + ("-skip" if self.skip else "")
 
 
 def default_is_fp32() -> bool:
@@ -89,6 +93,8 @@ def _applies(model, cfg, ctx):
 def _applies_int8(model, cfg, ctx):
     if ctx.calibration is None:
         return NO_CALIBRATION
+    if cfg.accuracy_control and ctx.task is None:
+        return "NNCF's accuracy control needs the workload's task metric (an evaluate function; openvino-int8 without it)"
     return _applies(model, cfg, ctx) or engines.missing("nncf")
 
 
@@ -166,9 +172,40 @@ def _nncf_int8(ov_model, model, cfg: OpenVinoInt8Config, ctx: Context, notes: li
 
         extra["advanced_parameters"] = AdvancedQuantizationParameters(overflow_fix=OverflowFix.ENABLE)
     with quiet():
-        quantized = nncf.quantize(ov_model, dataset, subset_size=len(batches), model_type=kind, **extra)
-    notes.append(f"nncf.quantize on {sum(b.batch_size for b in batches)} calibration samples"
+        if cfg.accuracy_control:
+            quantized = _with_accuracy_control(ov_model, model, dataset, len(batches), kind, extra, ctx, notes)
+        else:
+            quantized = nncf.quantize(ov_model, dataset, subset_size=len(batches), model_type=kind, **extra)
+    notes.append(f"nncf.{'quantize_with_accuracy_control' if cfg.accuracy_control else 'quantize'} on {sum(b.batch_size for b in batches)} calibration samples"
                  + (", model_type=TRANSFORMER" if kind else "") + (", overflow fix on every layer (7-bit)" if seven_bit else "") + (f"; kept in float: {', '.join(floats)}" if floats else ""))
+    return quantized
+
+
+def _with_accuracy_control(ov_model, model, dataset, samples: int, kind, extra: dict, ctx: Context, notes: list[str]):
+    """nncf.quantize_with_accuracy_control with the workload's own task metric as NNCF's validation
+    function: one validation item standing for the workload's whole evaluation (the metric ignores
+    NNCF's data and evaluates the compiled model wrapped as a torch module), so NNCF ranks and
+    restores layers by the real metric, an evaluation per step. Returns the quantized ov.Model."""
+    import nncf
+    from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
+
+    spec = engines.out_spec(model, ctx.example)
+    scores: list[float] = []
+
+    def validation_fn(compiled, _items):
+        score = float(ctx.task.evaluate(engines.OpenVinoModule.around(compiled, spec)))
+        scores.append(score)
+        return score, [score]  # metric mode: the one item's value is the metric
+
+    extra = dict(extra)
+    if "advanced_parameters" in extra:  # nncf.quantize's name for it -> quantize_with_accuracy_control's
+        extra["advanced_quantization_parameters"] = extra.pop("advanced_parameters")
+    quantized = nncf.quantize_with_accuracy_control(
+        ov_model, dataset, nncf.Dataset([0]), validation_fn, max_drop=ctx.task.max_drop,
+        drop_type=nncf.DropType.ABSOLUTE, subset_size=samples, model_type=kind,
+        advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(ranking_subset_size=1), **extra)
+    notes.append(f"accuracy control: max drop {ctx.task.max_drop:g}, {len(scores)} task-metric evaluations"
+                 + (f" (float model {scores[0]:.4g})" if scores else ""))
     return quantized
 
 
