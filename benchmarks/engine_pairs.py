@@ -3,7 +3,8 @@
 IR (`openvino`) beside them: set-up time (prepare + first call) and speed.
 
 Each recipe is applied by torchslim (as `optimize` would), its first call timed, then all of them
-and FP32 eager are timed interleaved (torchslim.measure.interleaved, medians).
+and FP32 eager are timed interleaved (torchslim.measure.interleaved with the search's pause before
+each turn, measure.SETTLE_MS; medians).
 
     PYTHONPATH=. python benchmarks/engine_pairs.py [--cases fashion-b1,resnet18-b1,minilm-b1] [--rounds 15] [--json F]
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import statistics
 import sys
@@ -52,7 +52,7 @@ def run_case(case_id: str, rounds: int) -> dict:
         except Exception as e:  # noqa: BLE001 - a failing recipe is a row
             row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
     with torch.no_grad():
-        samples = measure.interleaved(fns, rounds=rounds)
+        samples = measure.interleaved(fns, rounds=rounds, settle_ms=measure.SETTLE_MS)  # as the search times engines
     base = statistics.median(samples["fp32 eager"])
     for name, xs in samples.items():
         rows.setdefault(name, {}).update(median_ms=statistics.median(xs), speedup=base / statistics.median(xs))
@@ -92,8 +92,9 @@ def main(argv=None) -> int:
             "cpu_tier": dev.capabilities(torch.device("cpu")).tier(), "torch": torch.__version__, "results": results}
     print("\n" + render(results))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(info, f, indent=1, default=str)
+        from torchslim.fileio import write_json
+
+        write_json(args.json, info)
     return 0
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import statistics
 import sys
@@ -31,6 +30,8 @@ sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+
+from torchslim.fileio import write_json  # noqa: E402
 
 
 def _mib(b) -> str:
@@ -219,8 +220,7 @@ def main(argv=None) -> int:
     lines += ["", f"(ran in {time.time() - t0:.0f} s)"]
     print("\n".join(lines))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(raw, f, indent=2, default=str)
+        write_json(args.json, raw)
     return 0
 
 

@@ -14,6 +14,7 @@ from ..sensitivity import quantization_step
 from ..workload import Workload, eval_mode
 from .fallback import fallback, why_not
 from .output import write
+from .timing import settle_ms
 from .trial import caller, evaluate, forward_error, try_recipe
 
 EARLY_SLOWER = 0.9  # the early check rejects a recipe below this speedup whose 95% interval is below 1
@@ -116,8 +117,7 @@ def skip_reason(recipe: Recipe, device, config, explicit: bool, elapsed: float, 
 
 def early_check(model: nn.Module, res: RecipeResult, base_call, example, device) -> str | None:
     """The brief interleaved A/B after a recipe's first call: the reason to reject it as slower, or None."""
-    settle = measure.SETTLE_MS if device.type == "cpu" and engines.find(model) is not None else 0.0
-    q = measure.quick_ratio(base_call, caller(model, example), device=device, settle_ms=settle)
+    q = measure.quick_ratio(base_call, caller(model, example), device=device, settle_ms=settle_ms([model], device))
     res.early = q
     res.speedup = q["speedup"]  # replaced by the final timing's for the recipes that get there
     lo, hi = q["ci95"]

@@ -13,6 +13,12 @@ from .trial import caller
 MAX_EXTRA_TIMING = 2  # while the baseline's interval is too wide, up to this many more sets of `rounds`
 
 
+def settle_ms(models, device) -> float:
+    """The pause before each timed turn: measure.SETTLE_MS where an engine model is among `models`
+    on the CPU (its threads and PyTorch's OpenMP workers must be asleep when the other is timed), else 0."""
+    return measure.SETTLE_MS if device.type == "cpu" and any(engines.find(m) for m in models) else 0.0
+
+
 def final_timing(models: dict, example, workload: Workload, config, device, run: RunResult,
                  deadline: float | None = None) -> None:
     """Interleaved timing of the survivors; more rounds while the baseline's own interval is too wide
@@ -21,8 +27,7 @@ def final_timing(models: dict, example, workload: Workload, config, device, run:
     t0 = time.perf_counter()
     by = {r.name: r for r in run.recipes}
     fns = {n: caller(m, example) for n, m in models.items()}
-    # engines beside PyTorch: each turn after the others' worker threads are asleep (measure.SETTLE_MS)
-    settle = measure.SETTLE_MS if device.type == "cpu" and any(engines.find(m) for m in models.values()) else 0.0
+    settle = settle_ms(models.values(), device)
     samples = measure.interleaved(fns, rounds=config.rounds, target_round_ms=config.target_round_ms, device=device,
                                   settle_ms=settle)
     extra = 0

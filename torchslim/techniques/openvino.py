@@ -165,23 +165,23 @@ def _nncf_int8(ov_model, model, cfg: OpenVinoInt8Config, ctx: Context, notes: li
         raise RuntimeError(f"cannot keep {', '.join(missing)} in float: no OpenVINO op is named after it (ONNX frontend?)")
     ignored = nncf.IgnoredScope(names=[n for f in floats for n in ops[f]], validate=False) if floats else None
     ctx.details[cfg.name] = {"quantized": [n for n in ops if n not in floats], "float": floats}
-    extra = {"ignored_scope": ignored} if ignored else {}
-    seven_bit = seven_bit_int8(cfg.overflow_fix)
+    seven_bit, advanced = seven_bit_int8(cfg.overflow_fix), None
     if seven_bit:
         from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
-        extra["advanced_parameters"] = AdvancedQuantizationParameters(overflow_fix=OverflowFix.ENABLE)
+        advanced = AdvancedQuantizationParameters(overflow_fix=OverflowFix.ENABLE)
     with quiet():
         if cfg.accuracy_control:
-            quantized = _with_accuracy_control(ov_model, model, dataset, len(batches), kind, extra, ctx, notes)
+            quantized = _with_accuracy_control(ov_model, model, dataset, len(batches), kind, ignored, advanced, ctx, notes)
         else:
-            quantized = nncf.quantize(ov_model, dataset, subset_size=len(batches), model_type=kind, **extra)
+            quantized = nncf.quantize(ov_model, dataset, subset_size=len(batches), model_type=kind,
+                                      ignored_scope=ignored, advanced_parameters=advanced)
     notes.append(f"nncf.{'quantize_with_accuracy_control' if cfg.accuracy_control else 'quantize'} on {sum(b.batch_size for b in batches)} calibration samples"
                  + (", model_type=TRANSFORMER" if kind else "") + (", overflow fix on every layer (7-bit)" if seven_bit else "") + (f"; kept in float: {', '.join(floats)}" if floats else ""))
     return quantized
 
 
-def _with_accuracy_control(ov_model, model, dataset, samples: int, kind, extra: dict, ctx: Context, notes: list[str]):
+def _with_accuracy_control(ov_model, model, dataset, samples: int, kind, ignored, advanced, ctx: Context, notes: list[str]):
     """nncf.quantize_with_accuracy_control with the workload's own task metric as NNCF's validation
     function: one validation item standing for the workload's whole evaluation (the metric ignores
     NNCF's data and evaluates the compiled model wrapped as a torch module), so NNCF ranks and
@@ -197,13 +197,11 @@ def _with_accuracy_control(ov_model, model, dataset, samples: int, kind, extra: 
         scores.append(score)
         return score, [score]  # metric mode: the one item's value is the metric
 
-    extra = dict(extra)
-    if "advanced_parameters" in extra:  # nncf.quantize's name for it -> quantize_with_accuracy_control's
-        extra["advanced_quantization_parameters"] = extra.pop("advanced_parameters")
     quantized = nncf.quantize_with_accuracy_control(
         ov_model, dataset, nncf.Dataset([0]), validation_fn, max_drop=ctx.task.max_drop,
-        drop_type=nncf.DropType.ABSOLUTE, subset_size=samples, model_type=kind,
-        advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(ranking_subset_size=1), **extra)
+        drop_type=nncf.DropType.ABSOLUTE, subset_size=samples, model_type=kind, ignored_scope=ignored,
+        advanced_quantization_parameters=advanced,
+        advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(ranking_subset_size=1))
     notes.append(f"accuracy control: max drop {ctx.task.max_drop:g}, {len(scores)} task-metric evaluations"
                  + (f" (float model {scores[0]:.4g})" if scores else ""))
     return quantized
