@@ -106,7 +106,7 @@ def wins(results: list[dict], why: dict[str, str] | None = None) -> tuple[list[s
             if not _keeps_outputs(r):
                 broke.append(f"{line}, but min cosine {_f((r.get('fidelity') or {}).get('min_cosine'), '.4f')} < {MIN_COSINE}")
                 continue
-            won.append(f"{line}; {_hint(r['precision'], slim['precision'])}. Why: {why.get(key, '_to be written_')}")
+            won.append(f"{line}; {_hint(r['precision'], slim['precision'])}." + (f" Why: {why[key]}" if key in why else ""))
     return won, broke
 
 
