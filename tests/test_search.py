@@ -162,6 +162,11 @@ def test_order_puts_likely_winners_first(cpu_flags):
     cpu_flags("fpu sse2 avx avx2 fma")  # an AVX2-only EPYC: PT2E static INT8 led there
     assert dev.capabilities(CPU).tier() == "avx2"
     assert [r.name for r in ordered(candidates(CPU), tiny_models.cnn(), CPU)][0] == "static-int8"
+    # an AMD EPYC with AVX-512 VNNI + native BF16 and no AMX: the engines' INT8 led every case there
+    cpu_flags(VNNI_FLAGS + " avx512_bf16")
+    assert dev.capabilities(CPU).tier() == "avx512_bf16" and dev.supports_bf16(CPU)
+    for model in (tiny_models.cnn(), tiny_models.LSTMNet()):
+        assert [r.name for r in ordered(candidates(CPU), model, CPU)][0] == "openvino-int8"
     assert priors.model_kind(nn.TransformerEncoderLayer(16, 2)) == "transformer"
     assert priors.model_kind(tiny_models.LSTMNet()) == "recurrent"
 

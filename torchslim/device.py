@@ -81,9 +81,12 @@ class Capabilities:
         return self.amx_bf16 or self.amx_int8
 
     def tier(self) -> str:
-        """The hardware key of priors.json: 'amx', 'vnni', 'avx512', 'avx2' or 'other'."""
+        """The hardware key of priors.json: 'amx', 'avx512_bf16' (VNNI and native BF16 without AMX,
+        e.g. AMD Zen 4/5 EPYC), 'vnni', 'avx512', 'avx2' or 'other'."""
         if self.amx:
             return "amx"
+        if self.vnni and self.avx512_bf16:
+            return "avx512_bf16"
         for name in ("vnni", "avx512", "avx2"):
             if getattr(self, name):
                 return name
