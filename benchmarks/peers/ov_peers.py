@@ -38,7 +38,14 @@ def _compiled(name: str, ov_model, env: Env, notes: list[str], shared_s: float, 
     import openvino as ov
 
     config = {"INFERENCE_NUM_THREADS": env.threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY", **(extra or {})}
-    compiled = ov.Core().compile_model(ov_model, "CPU", config)
+    try:
+        compiled = ov.Core().compile_model(ov_model, "CPU", config)
+    except RuntimeError as e:  # no BF16 kernel for some INT8 graphs on AVX512-BF16 without AMX (torchslim does the same)
+        if "No suitable implementations" not in str(e) or "INFERENCE_PRECISION_HINT" in config:
+            raise
+        config["INFERENCE_PRECISION_HINT"] = "f32"
+        notes = notes + ["no CPU kernel with BF16 float parts here: compiled with INFERENCE_PRECISION_HINT=f32"]
+        compiled = ov.Core().compile_model(ov_model, "CPU", config)
     request = compiled.create_infer_request()
     runs_in = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()  # bf16 | f32 | f16
     runs_in = {"f32": "fp32", "f16": "fp16"}.get(runs_in, runs_in)
