@@ -101,7 +101,7 @@ def optimize(workload: Workload, config: OptimizeConfig = OptimizeConfig(), prog
             # per-function recompile limit for the search, so none silently falls back to eager.
             with torch._dynamo.config.patch(recompile_limit=256, accumulated_recompile_limit=4096), calibration_cache():
                 if hit is not None:
-                    replay(hit, workload, config, device, run)
+                    replay(hit, workload, config, device, run, save)
                 else:
                     _search(workload, config, device, run, progress)
             if key:
@@ -135,7 +135,7 @@ def _search(workload: Workload, config: OptimizeConfig, device: torch.device, ru
     models = {"baseline": base_model}
     bar = progress_bar(len(recipes) + 2, unit="recipes", enabled=progress)
     try_candidates(recipes, workload, example, device, ref_out, base_metric, config, run, models, bar, explicit,
-                   t_start, budget_s, early)
+                   t_start, budget_s, early, lambda r: write(r, config))
     t_trials = time.perf_counter()
     run.search["phases_s"]["recipes"] = t_trials - t_start - run.search["phases_s"]["baseline"]
 

@@ -13,7 +13,6 @@ from ..results import RecipeResult, RunResult
 from ..sensitivity import quantization_step
 from ..workload import Workload, eval_mode
 from .fallback import fallback, why_not
-from .output import write
 from .timing import settle_ms
 from .trial import caller, evaluate, forward_error, try_recipe
 
@@ -42,9 +41,9 @@ def baseline(workload: Workload, example, device, run: RunResult):
 
 def try_candidates(recipes: list[Recipe], workload: Workload, example, device, ref_out, base_metric, config,
                    run: RunResult, models: dict[str, nn.Module], bar, explicit: bool, t_start: float,
-                   budget_s: float | None, early=None) -> None:
+                   budget_s: float | None, early, write) -> None:
     """Try each recipe in order (or list why not), appending its row to `run.recipes` and its model
-    to `models`; a rejected quantization recipe gets the float fallback as a row of its own. Under a
+    to `models`, and `write(run)` (search/output.write, passed in) after each; a rejected quantization recipe gets the float fallback as a row of its own. Under a
     time budget the fallbacks wait until every recipe has had its turn: a retry of a rejected recipe
     (tens of seconds of ranking and task metric) is less promising than the next fresh candidate."""
     tried, deferred = 0, []
@@ -63,17 +62,17 @@ def try_candidates(recipes: list[Recipe], workload: Workload, example, device, r
             models[recipe.name] = model
         if config.fallback and res.status == "rejected" and quantization_step(recipe.steps) is not None:
             if budget_s is None or config.exhaustive:
-                write(run, config)
+                write(run)
                 retry_in_float(recipe, res, workload, example, device, ref_out, base_metric, config, run, models,
                                bar, t_start, budget_s)
             else:
                 deferred.append((recipe, res))
-        write(run, config)
+        write(run)
         bar.update(1)
     for recipe, res in deferred:
         retry_in_float(recipe, res, workload, example, device, ref_out, base_metric, config, run, models, bar,
                        t_start, budget_s)
-        write(run, config)
+        write(run)
 
 
 def retry_in_float(recipe: Recipe, res: RecipeResult, workload: Workload, example, device, ref_out, base_metric,
