@@ -225,3 +225,28 @@ def test_checker_sees_an_upward_import():
     assert layer_of("torchslim.techniques.fast_transformer.core", LAYERS) == (3, "techniques")
     assert layer_of("torchslim.search.output", LAYERS)[0] > layer_of("torchslim.search.loop", LAYERS)[0]
     assert sorted({n for n, _ in LAYERS.values()}) == [1, 2, 3, 4, 5]
+
+
+def test_one_quiet_and_no_branch_on_an_engine_name():
+    """Engines are looked up in EngineModule.registry (no `== "onnxruntime"` outside an engine's own
+    file), and upstream chatter is silenced by one helper, progress.quiet."""
+    from torchslim.engines import EngineModule
+
+    names = set(EngineModule.registry)
+    assert {"aoti", "onnxruntime", "openvino"} <= names
+    branches, quiets = [], []
+    for mod, path in MODULES.items():
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.startswith("quiet"):
+                quiets.append(f"{mod}.{node.name}")
+            if isinstance(node, ast.Compare) and mod != "torchslim.engines." + path.stem:
+                consts = [c.value for c in [node.left, *node.comparators] if isinstance(c, ast.Constant)]
+                for c in [node.left, *node.comparators]:
+                    if isinstance(c, (ast.Tuple, ast.List, ast.Set, ast.Dict)):
+                        consts += [e.value for e in getattr(c, "elts", None) or c.keys if isinstance(e, ast.Constant)]
+                hit = names & {c for c in consts if isinstance(c, str)}
+                if hit:
+                    branches.append(f"{mod}:{node.lineno} compares with {sorted(hit)}")
+    assert quiets == ["torchslim.progress.quiet"], quiets
+    assert not branches, "look the engine up in EngineModule.registry instead:\n" + "\n".join(branches)

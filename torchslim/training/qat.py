@@ -364,7 +364,7 @@ def save_int8(converted: torch.fx.GraphModule, example: Example, path: str) -> N
     """The converted q/dq graph as a torch.export program (atomic write), loadable by load_int8()
     or as a `model.pt2` model spec."""
     from ..fileio import atomic_write
-    with quiet(), pt2e.quiet_export():
+    with quiet(export=True):
         try:
             ep = torch.export.export(converted, tuple(example.args), strict=False, dynamic_shapes=pt2e.auto_shapes(converted, example))
         except Exception:  # noqa: BLE001 - fall back to the example's fixed shapes
