@@ -53,6 +53,7 @@ class PerConfig:
     def __get__(self, obj, owner=None):
         return self.default if obj is None else self.fn(obj)
 
+
 # -- the engine model ----------------------------------------------------------------------------
 
 class EngineModule(nn.Module):

@@ -1,5 +1,5 @@
-"""OpenVINO recipes: openvino.convert_model (PyTorch frontend, the ONNX export as a fallback), the
-batch and sequence dims dynamic where the model allows, default precision / FP32 / NNCF INT8."""
+"""OpenVINO recipes: the model converted by engines/openvino.py (PyTorch frontend, the ONNX export as
+a fallback; batch and sequence dims dynamic where the model allows), default precision / FP32 / NNCF INT8."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,9 +10,9 @@ import torch
 from .. import engines
 from ..calibration import DEFAULT_SAMPLES, cap
 from ..device import seven_bit_int8
-from .base import Context, TechniqueConfig, register
 from ..engines.openvino import convert, ir_files
 from ..progress import quiet
+from .base import Context, TechniqueConfig, register
 from .ort import applies_engine, has_attention
 from .static_int8 import NO_CALIBRATION
 
@@ -164,8 +164,6 @@ def _with_accuracy_control(ov_model, model, dataset, samples: int, kind, ignored
 
 
 def _build(model, cfg, ctx: Context) -> engines.OpenVinoModule:
-    import openvino as ov
-
     notes: list[str] = []
     ov_model, shapes = convert(model, ctx.example, notes)
     notes.append(shapes["serves"])
