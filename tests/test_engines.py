@@ -214,7 +214,7 @@ def test_static_engine_export_says_which_batch_it_serves():
 
 @needs_ort
 def test_torchscript_onnx_exporter_keeps_the_batch_dynamic(tmp_path):
-    from torchslim.techniques.ort import export_onnx_with, onnx_input_shapes
+    from torchslim.engines.ort import export_onnx_with, onnx_input_shapes
 
     model, example, _ = _case("cnn")
     path = str(tmp_path / "m.onnx")

@@ -267,6 +267,7 @@ def test_a_ranking_that_would_outlast_the_budget_is_not_started():
     quantized copy each: under a budget, the fallback is left out when those copies would take
     longer than what is left (the peer suite's MiniLM search spent 10 minutes on it)."""
     from torchslim.results import RecipeResult
+    from torchslim.search.config import Budget
     from torchslim.search.fallback import why_not
     from torchslim.techniques import WeightOnlyConfig
 
@@ -274,11 +275,16 @@ def test_a_ranking_that_would_outlast_the_budget_is_not_started():
     res = RecipeResult(name="int8-weight-only", steps=recipe.to_list(), status="rejected", reason="outputs drifted")
     res.prepare_s = 16.0
     config = OptimizeConfig(time_budget=1.5)
-    why = why_not(recipe, res, config, elapsed=30.0, budget_s=90.0, layers=37)
+    thirty_s_in = time.perf_counter() - 30.0
+    budget = Budget.of(config, start=thirty_s_in)
+    assert budget.seconds == 90.0 and budget.deadline == thirty_s_in + 90.0 and not budget.over()
+    why = why_not(recipe, res, config, budget, layers=37)
     assert why and "37 x 16 s = 592 s" in why and "60 s left" in why, why
-    assert why_not(recipe, res, config, elapsed=30.0, budget_s=90.0, layers=3) is None  # 48 s fits
-    assert why_not(recipe, res, OptimizeConfig(exhaustive=True), elapsed=30.0, budget_s=None, layers=37) is None
-    assert why_not(recipe, res, OptimizeConfig(time_budget=0), elapsed=30.0, budget_s=None, layers=37) is None
+    assert why_not(recipe, res, config, budget, layers=3) is None  # 48 s fits
+    for unlimited in (OptimizeConfig(exhaustive=True), OptimizeConfig(time_budget=0)):
+        b = Budget.of(unlimited, start=thirty_s_in)
+        assert b.unlimited and b.deadline is None and b.left() is None and not b.over()
+        assert why_not(recipe, res, unlimited, b, layers=37) is None
 
 # -- noisy timing (issue 16, item 1) ----------------------------------------------------------------
 

@@ -37,7 +37,7 @@ def save(folder: str, base_model: nn.Module, recipe: Recipe, example: Example, *
     re-applying the recipe on load reproduces the same scales and the same outputs. When the
     `optimized` model is a TorchScript module (static-int8-ts[-sr], torchscript-freeze), it is also saved
     as TORCHSCRIPT: it loads with torch.jit.load (or libtorch's torch::jit::load), no torchslim needed.
-    An engine recipe's model (engines.py) is saved as its engine's file(s) + engine.json; load()
+    An engine recipe's model (engines/) is saved as its engine's file(s) + engine.json; load()
     serves that file.
     """
     os.makedirs(folder, exist_ok=True)

@@ -122,7 +122,7 @@ class DriftMonitor(nn.Module):
         self.saturation_limit, self.range_limit = saturation_limit, range_limit
         observed, self._points = observing_copy(converted_graph(model))
         if compile:
-            from .techniques.static_int8 import Frozen
+            from .compiled import Frozen
 
             observed = Frozen(observed)
         self.__dict__["_observed"] = observed  # not a submodule: no second copy in the state dict

@@ -236,10 +236,15 @@ def unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "_orig_mod", model)
 
 
+def script_module(model: nn.Module) -> torch.jit.ScriptModule | None:
+    """The TorchScript module a recipe produced: the model itself, or the one a runtime wrapper keeps
+    as its `torchscript_module` (techniques.torchscript.StaticRuntime); else None."""
+    model = getattr(model, "torchscript_module", model)
+    return model if isinstance(model, torch.jit.ScriptModule) else None
+
+
 def serialized_bytes(model: nn.Module) -> int:
     """Bytes the model's weights take on disk (TorchScript archive or torch.save'd state dict)."""
-    from .techniques.torchscript import script_module
-
     model = unwrap(model)
     buf = io.BytesIO()
     scripted = script_module(model)

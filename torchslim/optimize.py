@@ -1,23 +1,23 @@
 """`optimize`: try every applicable recipe on a fresh copy, validate, time the survivors interleaved, choose.
 
-The loop of neural-compressor's autotune, kept plain; the steps are in torchslim/search/.
+The loop of neural-compressor's autotune, kept plain; the steps are in torchslim/search/, which writes
+nothing itself: this verb hands it the writer and the saver (search/output.py). `OptimizeConfig` lives
+in search/config.py and is re-exported here.
 """
 from __future__ import annotations
 
 import datetime
-import os
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import torch
 
 from . import device as dev
 from . import measure, priors, resume, search_cache
-from .errors import SlimError
 from .recipes import by_name, candidates, ordered
 from .results import RunResult, kept_on_stop
 from .search.choose import choose, why
-from .search.loop import baseline, clock, early_check, try_candidates
+from .search.config import DEFAULT_TIME_BUDGET_MIN, OBJECTIVES, Budget, OptimizeConfig, SearchState
+from .search.loop import baseline, early_check, try_candidates
 from .progress import bar as progress_bar
 from .search.output import save, write
 from .search.replay import replay
@@ -25,60 +25,6 @@ from .search.timing import final_timing
 from .search.trial import caller
 from .techniques.static_int8 import calibration_cache
 from .workload import Workload
-
-OBJECTIVES = ("latency", "throughput", "size", "memory")
-# Sized so each built-in example's recipe phase fits: with the likely winners first, the default
-# search reaches the exhaustive search's choice on both (BENCHMARKS.md "A search that respects the
-# user's time").
-DEFAULT_TIME_BUDGET_MIN = 1.5
-
-
-@dataclass(frozen=True)
-class OptimizeConfig:
-    """What `optimize` looks for (objective, thresholds) and how it searches, times and writes."""
-
-    objective: str = "latency"
-    max_drop: float = 1.0  # largest allowed drop of the workload's primary metric, in its units
-    min_cosine: float = 0.99  # smallest allowed per-sample cosine vs the baseline's outputs
-    recipes: tuple | None = None  # recipe names (or Recipe objects) to try; None: every applicable one
-    device: str = "auto"
-    threads: int | None = None  # torch intra-op threads; None: torch's default
-    rounds: int = 15  # interleaved timing rounds
-    target_round_ms: float = 60.0  # time each recipe gets per round
-    out: str | None = None  # folder for results.json, report.html, model/, reproduce.py
-    save_model: bool = True
-    debug: bool = False  # keep tracebacks in failure reasons
-    # A quantization recipe rejected by --max-drop/--min-cosine is retried with its most sensitive
-    # layers kept in float (search/fallback.py): at most `fallback_max_layers` of them (None: half the
-    # quantized layers, at most search.fallback.FALLBACK_MAX_LAYERS) and at most `fallback_retries` real
-    # re-applications (each prepares and compiles anew).
-    fallback: bool = True
-    fallback_max_layers: int | None = None
-    fallback_retries: int = 2
-    # The search's time (issue 13): minutes for the baseline and the recipes (0 or None: no limit);
-    # `exhaustive` tries everything (no budget, no hardware skip, no early check, every fallback);
-    # `cache` reuses the rows of an identical earlier search (search_cache.py) unless `fresh`.
-    time_budget: float | None = DEFAULT_TIME_BUDGET_MIN
-    early_reject: bool = True
-    exhaustive: bool = False
-    cache: bool = False
-    fresh: bool = False
-
-    def __post_init__(self):
-        if self.time_budget is not None and not self.time_budget >= 0:
-            raise SlimError("--time-budget must be >= 0 minutes", f"e.g. --time-budget {DEFAULT_TIME_BUDGET_MIN:g}; 0 means no limit")
-        if self.objective not in OBJECTIVES:
-            raise SlimError(f"unknown objective '{self.objective}'", f"use one of {', '.join(OBJECTIVES)}")
-        if self.max_drop < 0:
-            raise SlimError("--max-drop must be >= 0", "e.g. --max-drop 1.0 allows one point of accuracy")
-        if not 0 < self.min_cosine <= 1:
-            raise SlimError("--min-cosine must be in (0, 1]", "e.g. --min-cosine 0.99")
-        if self.threads is not None and self.threads < 1:
-            raise SlimError(f"--threads must be >= 1, not {self.threads}", f"e.g. --threads {os.cpu_count() or 1} (this machine's cores), or leave it out")
-        if self.rounds < 1:
-            raise SlimError("--rounds must be >= 1", "the default is 15")
-        if self.fallback_retries < 1 or (self.fallback_max_layers is not None and self.fallback_max_layers < 1):
-            raise SlimError("fallback_retries and fallback_max_layers must be >= 1", "or set fallback=False to turn the fallback off")
 
 
 def optimize(workload: Workload, config: OptimizeConfig = OptimizeConfig(), progress: bool = True) -> RunResult:
@@ -101,7 +47,7 @@ def optimize(workload: Workload, config: OptimizeConfig = OptimizeConfig(), prog
             # per-function recompile limit for the search, so none silently falls back to eager.
             with torch._dynamo.config.patch(recompile_limit=256, accumulated_recompile_limit=4096), calibration_cache():
                 if hit is not None:
-                    replay(hit, workload, config, device, run)
+                    replay(hit, workload, config, device, run, save)
                 else:
                     _search(workload, config, device, run, progress)
             if key:
@@ -114,37 +60,35 @@ def optimize(workload: Workload, config: OptimizeConfig = OptimizeConfig(), prog
 def _search(workload: Workload, config: OptimizeConfig, device: torch.device, run: RunResult, progress: bool) -> None:
     """Baseline; each recipe (likely winners first) tried or skipped with the reason; the survivors
     timed together, round-robin; the best under the objective chosen and saved."""
-    t_start = time.perf_counter()
-    example = workload.example.to(device)
-    base, base_model, ref_out, base_metric = baseline(workload, example, device, run)
-    write(run, config)
+    s = SearchState(workload, workload.example.to(device), device, config, Budget.of(config), run,
+                    write=lambda r: write(r, config), explicit=bool(config.recipes))
+    base = baseline(s)
+    s.write(run)
 
     # Respecting the user's time (issue 13): likely winners first (priors.json); a recipe whose
     # hardware is missing is skipped unless named; a clearly slower one is rejected after a brief
     # A/B, before the task metric; once the budget is spent the rest are listed as skipped.
-    explicit = bool(config.recipes)
-    recipes = by_name(list(config.recipes), device) if explicit else ordered(candidates(device), workload.model, device)
-    budget_s = 60.0 * config.time_budget if config.time_budget and not config.exhaustive else None
+    recipes = (by_name(list(config.recipes), device) if s.explicit
+               else ordered(candidates(device), workload.model, device))
     caps = dev.capabilities(device)
-    run.search = {"order": [r.name for r in recipes], "ordered_by": "--recipes" if explicit else "priors.json",
+    run.search = {"order": [r.name for r in recipes], "ordered_by": "--recipes" if s.explicit else "priors.json",
                   "model_kind": priors.model_kind(workload.model), "hardware_tier": "cuda" if device.type == "cuda" else caps.tier(),
-                  "time_budget_min": None if budget_s is None else config.time_budget, "exhaustive": config.exhaustive,
-                  "early_reject": config.early_reject and not config.exhaustive, "phases_s": {"baseline": time.perf_counter() - t_start}}
-    base_call = caller(base_model, example)
-    early = (lambda m, r: early_check(m, r, base_call, example, device)) if run.search["early_reject"] else None
-    models = {"baseline": base_model}
-    bar = progress_bar(len(recipes) + 2, unit="recipes", enabled=progress)
-    try_candidates(recipes, workload, example, device, ref_out, base_metric, config, run, models, bar, explicit,
-                   t_start, budget_s, early)
-    t_trials = time.perf_counter()
-    run.search["phases_s"]["recipes"] = t_trials - t_start - run.search["phases_s"]["baseline"]
+                  "time_budget_min": None if s.budget.unlimited else config.time_budget, "exhaustive": config.exhaustive,
+                  "early_reject": config.early_reject and not config.exhaustive, "phases_s": {"baseline": s.budget.spent()}}
+    base_call = caller(s.models["baseline"], s.example)
+    if run.search["early_reject"]:
+        s.early = lambda m, r: early_check(m, r, base_call, s.example, device)
+    s.bar = progress_bar(len(recipes) + 2, unit="recipes", enabled=progress)
+    try_candidates(recipes, s)
+    t_trials = s.budget.spent()
+    run.search["phases_s"]["recipes"] = t_trials - run.search["phases_s"]["baseline"]
 
     # The final timing adds rounds while the baseline's own interval is too wide, and says so when
     # it stays too wide instead of calling recipes slower.
-    bar.set_postfix_str("timing (interleaved)" + clock(t_trials - t_start, budget_s))
-    final_timing(models, example, workload, config, device, run, None if budget_s is None else t_start + budget_s)
-    run.search["phases_s"]["timing"] = time.perf_counter() - t_trials
-    bar.update(1)
+    s.bar.set_postfix_str("timing (interleaved)" + s.budget.clock())
+    final_timing(s)
+    run.search["phases_s"]["timing"] = s.budget.spent() - t_trials
+    s.bar.update(1)
 
     chosen = choose(run.recipes, config.objective)
     if chosen is not None:
@@ -152,8 +96,11 @@ def _search(workload: Workload, config: OptimizeConfig, device: torch.device, ru
         chosen.reason = why(chosen, base, config.objective)
         run.chosen = chosen.name
         if config.out and config.save_model:
-            bar.set_postfix_str("saving")
-            save(run, chosen, models[chosen.name], workload, example, config)
-    run.search["phases_s"]["total"] = time.perf_counter() - t_start
-    bar.update(1)
-    bar.close()
+            s.bar.set_postfix_str("saving")
+            save(run, chosen, s.models[chosen.name], workload, s.example, config)
+    run.search["phases_s"]["total"] = s.budget.spent()
+    s.bar.update(1)
+    s.bar.close()
+
+
+__all__ = ["DEFAULT_TIME_BUDGET_MIN", "OBJECTIVES", "OptimizeConfig", "optimize"]

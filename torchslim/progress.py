@@ -1,7 +1,17 @@
-"""The one progress bar factory: tqdm on stderr, resized with the terminal, gone when done."""
+"""What the terminal shows: the one progress bar factory (tqdm on stderr, resized with the terminal,
+gone when done), and the one way to silence upstream chatter for a block (`quiet`)."""
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import sys
+import warnings
+
+# torchao's optional-kernel loader and torch.ao's deprecations; torch.export logs a warning for every
+# Dim.AUTO dimension it keeps static (batch 1, ...).
+UPSTREAM_LOGGERS = ("torchao", "torch.ao")
+EXPORT_LOGGERS = ("torch._export", "torch.export", "torch.fx.experimental.symbolic_shapes")
 
 
 def bar(total: int, desc: str | None = None, unit: str = "it", enabled: bool = True, initial: int = 0):
@@ -11,3 +21,29 @@ def bar(total: int, desc: str | None = None, unit: str = "it", enabled: bool = T
 
     return tqdm(total=total, initial=initial, desc=desc, unit=unit, disable=not enabled, file=sys.stderr,
                 dynamic_ncols=True, leave=False)
+
+
+@contextlib.contextmanager
+def quiet(export: bool = False, output: bool = False):
+    """Upstream calls silenced for the block only: warnings, and torchao's and torch.ao's loggers below
+    ERROR; `export`: torch.export's loggers too; `output`: every log record below ERROR and whatever is
+    printed on stdout/stderr (the exporters, ORT's quantizers and NNCF print progress). A failure
+    still raises with its message; everything is restored after the block."""
+    loggers = [logging.getLogger(n) for n in UPSTREAM_LOGGERS + (EXPORT_LOGGERS if export else ())]
+    levels = [lg.level for lg in loggers]
+    disabled = logging.root.manager.disable
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    if output:
+        logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings(), contextlib.ExitStack() as stack:
+            warnings.simplefilter("ignore")
+            if output:
+                stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+                stack.enter_context(contextlib.redirect_stderr(io.StringIO()))
+            yield
+    finally:
+        logging.disable(disabled)
+        for lg, lv in zip(loggers, levels):
+            lg.setLevel(lv)

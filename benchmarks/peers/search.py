@@ -15,7 +15,7 @@ from benchmarks.peers import cases
 RECIPES = ("static-int8", "static-int8-ts", "static-int8-ts-x86-sr", "pt2e-dynamic-int8", "dynamic-int8", "bf16-cast", "fast-transformer+bf16-cast",
            "fast-transformer+static-int8-linear", "bf16-cast+compile", "channels_last+bf16-cast+compile",
            "int8-weight-only+compile", "compile")
-# The engine recipes (torchslim/engines.py): torchslim's row is whatever optimize chose, an engine's included.
+# The engine recipes (torchslim/engines/): torchslim's row is whatever optimize chose, an engine's included.
 ENGINE_RECIPES = ("aoti", "aoti+bf16", "static-int8+aoti", "ort", "ort-int8-dynamic", "ort-int8-static",
                   "openvino", "openvino-fp32", "openvino-int8")
 RECIPES += ENGINE_RECIPES

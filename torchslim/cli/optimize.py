@@ -107,12 +107,12 @@ def _on_static_runtime(run) -> bool:
 
 
 def _search_options(args) -> dict:
-    """--time-budget/--exhaustive/--fresh as OptimizeConfig fields; the CLI caches searches."""
-    from ..optimize import DEFAULT_TIME_BUDGET_MIN
-
-    budget = DEFAULT_TIME_BUDGET_MIN if args.time_budget is None else args.time_budget
-    return {"time_budget": None if args.exhaustive else budget, "exhaustive": args.exhaustive,
-            "cache": True, "fresh": args.fresh}
+    """--time-budget/--exhaustive/--fresh as OptimizeConfig fields (the budget's default is
+    OptimizeConfig's; --exhaustive records no limit); the CLI caches searches."""
+    opts = {"exhaustive": args.exhaustive, "cache": True, "fresh": args.fresh}
+    if args.exhaustive or args.time_budget is not None:
+        opts["time_budget"] = None if args.exhaustive else args.time_budget
+    return opts
 
 
 # -- text generation --------------------------------------------------------------------------------

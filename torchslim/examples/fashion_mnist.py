@@ -21,7 +21,7 @@ from ..inputs import Example
 from ..measure import num_threads
 from ..workload import Workload
 from . import WEIGHTS, retrain_requested
-from .fashion_data import CLASSES, MEAN, STD, data_dir, load_split  # noqa: F401 - fm.load_split etc. stay public here
+from ..training.fashion_data import CLASSES, MEAN, STD, data_dir, load_split  # noqa: F401 - fm.load_split etc. stay public here
 
 CHECKPOINT = "fashion_cnn_v1.pt"
 # test images scored by evaluate(): ~1 s for the FP32 model at batch 64; always in chunks of exactly the

@@ -134,7 +134,7 @@ class GreedyLM(nn.Module):
                        eos: list[int] | None = None, pad: int | None = None) -> GenTrace:
         """Greedy generation, timed per token. By default exactly `new_tokens` tokens with EOS
         suppressed, as hf_generate() (min_new_tokens = max_new_tokens) does for the baseline."""
-        from ..techniques.compile import inductor_freezing
+        from ..compiled import inductor_freezing
 
         min_new = new_tokens if min_new_tokens is None else min_new_tokens
         eos = eos_ids(self.inner) if eos is None else eos

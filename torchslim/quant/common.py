@@ -1,15 +1,14 @@
-"""Helpers every quantization flow shares: quiet upstream calls, the quantized engine, observer names."""
+"""Helpers every quantization flow shares: quiet upstream calls (progress.quiet), the quantized engine, observer names."""
 from __future__ import annotations
 
 import contextlib
 import fnmatch
-import logging
-import warnings
 
 import torch
 
 from .. import device as dev
 from ..errors import SlimError
+from ..progress import quiet  # noqa: F401 - the one quiet(), used by every flow here
 
 # Activation range observers of the static configs, by our name -> upstream class name (the same
 # names in torch.ao.quantization.observer and torchao.quantization.pt2e.observer).
@@ -21,22 +20,6 @@ OBSERVERS = tuple(OBSERVER_CLASSES)
 def observer_class(module, observer: str):
     """The class for an observer name of the static configs, from `module` (an observer module)."""
     return getattr(module, OBSERVER_CLASSES[observer])
-
-
-@contextlib.contextmanager
-def quiet():
-    """Silence deprecation chatter and torchao's optional-kernel loader messages."""
-    loggers = [logging.getLogger(n) for n in ("torchao", "torch.ao")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, lv in zip(loggers, levels):
-            lg.setLevel(lv)
 
 
 @contextlib.contextmanager

@@ -2,10 +2,8 @@
 and the graph helpers static_int8, QAT, sensitivity and drift share."""
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
-import logging
 import math
 from collections import Counter
 from typing import Any, Iterable
@@ -20,7 +18,7 @@ from ..progress import bar as progress_bar
 from .common import OBSERVERS, observer_class, quiet, unavailable
 
 __all__ = ["OBSERVERS", "missing", "x86_quantizer", "weight_range", "export", "prepare", "calibrate", "convert",
-           "auto_shapes", "quiet_export", "drop_unused_tensors", "unshare_activations", "summarize", "weighted_layer"]
+           "auto_shapes", "drop_unused_tensors", "unshare_activations", "summarize", "weighted_layer"]
 
 WEIGHTED_OPS = {  # aten op -> the layer type it comes from
     "aten.conv1d.default": "Conv1d", "aten.conv2d.default": "Conv2d", "aten.conv3d.default": "Conv3d",
@@ -104,7 +102,7 @@ def export(model: nn.Module, example: Example) -> tuple[torch.fx.GraphModule, bo
             if dynamic:
                 ex = example.for_export()
                 kw["dynamic_shapes"] = auto_shapes(model, ex)
-            with quiet(), quiet_export():
+            with quiet(export=True):
                 ep = torch.export.export(model, tuple(ex.args), dict(ex.kwargs), **kw)
             gm = ep.module()
             break
@@ -118,20 +116,6 @@ def export(model: nn.Module, example: Example) -> tuple[torch.fx.GraphModule, bo
     if gm.graph.eliminate_dead_code():
         gm.recompile()
     return gm, dynamic
-
-
-@contextlib.contextmanager
-def quiet_export():
-    """torch.export logs a warning for every Dim.AUTO dimension it keeps static (batch 1, ...)."""
-    loggers = [logging.getLogger(n) for n in ("torch._export", "torch.export", "torch.fx.experimental.symbolic_shapes")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for lg, lv in zip(loggers, levels):
-            lg.setLevel(lv)
 
 
 def auto_shapes(model: nn.Module, example: Example) -> torch.export.ShapesCollection:

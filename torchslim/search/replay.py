@@ -11,14 +11,14 @@ from ..recipes import Recipe, apply
 from ..results import RecipeResult, RunResult
 from ..techniques import Context
 from ..workload import Workload, eval_mode
-from .output import save
 from .trial import caller, task_metric
 
 
-def replay(hit: dict, workload: Workload, config, device, run: RunResult) -> None:
+def replay(hit: dict, workload: Workload, config, device, run: RunResult, save) -> None:
     """The rows of an identical earlier search (search_cache.py), reused as they were measured and
     marked with when; only the chosen recipe is applied again, checked against the baseline's
-    outputs on the example, and saved."""
+    outputs on the example, and saved with `save(run, chosen, model, workload, example, config)`
+    (search/output.save: the surfaces are passed in, the search does not import them)."""
     t_start = time.perf_counter()
     when = hit.get("created") or "?"
     for d in hit["recipes"]:

@@ -6,8 +6,7 @@ import time
 import torch
 
 from .. import engines, measure
-from ..results import RunResult
-from ..workload import Workload
+from .config import SearchState
 from .trial import caller
 
 MAX_EXTRA_TIMING = 2  # while the baseline's interval is too wide, up to this many more sets of `rounds`
@@ -19,11 +18,12 @@ def settle_ms(models, device) -> float:
     return measure.SETTLE_MS if device.type == "cpu" and any(engines.find(m) for m in models) else 0.0
 
 
-def final_timing(models: dict, example, workload: Workload, config, device, run: RunResult,
-                 deadline: float | None = None) -> None:
+def final_timing(s: SearchState) -> None:
     """Interleaved timing of the survivors; more rounds while the baseline's own interval is too wide
     (and the time budget, if any, has time left for another set as long as the first took); a
     recipe is called slower only when its interval says so (measure.verdict)."""
+    models, example, workload, config, device, run = s.models, s.example, s.workload, s.config, s.device, s.run
+    deadline = s.budget.deadline
     t0 = time.perf_counter()
     by = {r.name: r for r in run.recipes}
     fns = {n: caller(m, example) for n, m in models.items()}

@@ -18,6 +18,7 @@ from ..results import RecipeResult
 from ..techniques import Context, TaskMetric
 from ..workload import Workload, eval_mode
 from .choose import validate
+from .config import OptimizeConfig, SearchState
 
 
 def caller(model: nn.Module, example) -> Callable[[], object]:
@@ -28,10 +29,11 @@ def caller(model: nn.Module, example) -> Callable[[], object]:
     return call
 
 
-def try_recipe(recipe: Recipe, workload: Workload, example, device, ref_out, base_metric, config, early=None):
+def try_recipe(recipe: Recipe, s: SearchState, early=None):
     """Apply and validate one recipe on a fresh copy. Returns (result, model or None). `early`
     (model, result) -> reason or None runs after the first call: a reason rejects the recipe
     before the task metric (the search's early check)."""
+    workload, example, device, config = s.workload, s.example, s.device, s.config
     if (settled := resume.reused(recipe.name)) is not None:
         return settled, None
     res = RecipeResult(name=recipe.name, steps=recipe.to_list())
@@ -44,14 +46,14 @@ def try_recipe(recipe: Recipe, workload: Workload, example, device, ref_out, bas
         res.first_call_ms, out = measure.time_call(caller(model, example), device)
         res.notes = ctx.notes
         res.size_bytes = measure.serialized_bytes(model)
-        fid = compare(ref_out, out)
+        fid = compare(s.ref_out, out)
         res.fidelity = fid
         if early is not None and (slower := early(model, res)):
             res.status, res.reason = "rejected", slower
             return res, None
         if workload.evaluate is not None:
             res.metrics = evaluate(workload, model)
-            res.metric_drop = base_metric - res.metrics[workload.metric]
+            res.metric_drop = s.base_metric - res.metrics[workload.metric]
     except NotApplicable as e:
         res.status, res.reason, res.notes = "skipped", f"not applicable: {missing_hint(e.what, workload)}", ctx.notes
         return res, None
@@ -67,7 +69,7 @@ def try_recipe(recipe: Recipe, workload: Workload, example, device, ref_out, bas
     return res, model
 
 
-def task_metric(workload: Workload, config) -> TaskMetric | None:
+def task_metric(workload: Workload, config: OptimizeConfig) -> TaskMetric | None:
     """The workload's primary metric and --max-drop, for a technique that tunes itself against them
     (NNCF's accuracy control); None without a task metric."""
     if workload.evaluate is None:

@@ -2,9 +2,7 @@
 torch._inductor.aoti_load_package, or torch::inductor::AOTIModelPackageLoader in C++)."""
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -12,6 +10,7 @@ import torch
 
 from .. import device as dev
 from .. import engines
+from ..engines.aoti import compile_package
 from .base import Context, TechniqueConfig, register
 from .compile import Compiled
 from .static_int8 import StaticInt8Config
@@ -63,19 +62,6 @@ def _applies(model, cfg: AotiConfig, ctx: Context):
     return None
 
 
-def _package(ep, cfg: AotiConfig, check: tuple | None = None) -> tuple[bytes, float]:
-    """The .pt2 package's bytes, and where `check` = (inputs, expected outputs) the smallest cosine
-    of the package's outputs to the expected ones (1.0 unchecked)."""
-    from ..fidelity import compare
-
-    with tempfile.TemporaryDirectory(prefix="torchslim-aoti-") as tmp, engines.quiet():
-        path = torch._inductor.aoti_compile_and_package(ep, package_path=os.path.join(tmp, "model.pt2"),
-                                                        inductor_configs={"freezing": cfg.freezing})
-        cos = 1.0 if check is None else compare(check[1], check[0](torch._inductor.aoti_load_package(path))).min_cosine
-        with open(path, "rb") as f:
-            return f.read(), cos
-
-
 @register(AotiConfig, applies=_applies)
 def apply_aoti(model, cfg: AotiConfig, ctx: Context):
     out_spec = engines.out_spec(model, ctx.example)  # kept for the record: the package has its own
@@ -91,15 +77,12 @@ def apply_aoti(model, cfg: AotiConfig, ctx: Context):
         # Inductor compiled the PT2E INT8 graph of the Fashion CNN with a dynamic batch to wrong
         # outputs (min cosine -0.66; static: 0.99995, torch 2.13): a dynamic package is checked
         # against the graph it was compiled from, and compiled static where it disagrees.
-        data, cos = _package(ep, cfg, (ex, ex(inner)) if shapes["dynamic"] else None)
+        data, cos = compile_package(ep, cfg.freezing, (ex, ex(inner)) if shapes["dynamic"] else None)
         if cos < 0.999:
             ep, _ = engines.torch_export(inner, ex, {})
-            data, _ = _package(ep, cfg)
-            dims = engines.dynamic_dims(ex)
-            size = ex.tensors()[0].shape
-            what = " and ".join(f"{name} {size[i]}" for i, name in dims.items())
-            shapes = engines.shapes_meta(ex, dims, [], f"serves {what} only (the package compiled with dynamic shapes "
-                                                        f"gave wrong outputs: min cosine {cos:.3f} to the exported graph)")
+            data, _ = compile_package(ep, cfg.freezing)
+            shapes = engines.static_meta(ex, engines.dynamic_dims(ex), "the package compiled with dynamic shapes gave "
+                                         f"wrong outputs: min cosine {cos:.3f} to the exported graph")
     ctx.notes.append("AOTInductor package (torch.export + aoti_compile_and_package, weights frozen)"
                      + (" of the PT2E INT8 graph" if isinstance(model, Compiled) else "") + f"; {shapes['serves']}")
     return engines.AotiModule({"model.pt2": data}, {**out_spec, **shapes, "threads": torch.get_num_threads(),

@@ -9,6 +9,7 @@ from typing import Any, Callable, ClassVar, Iterable
 import torch
 import torch.nn as nn
 
+from ..compiled import Wrapper  # noqa: F401 - the techniques' wrappers subclass it
 from ..errors import SlimError
 from ..inputs import Example
 
@@ -129,11 +130,3 @@ def handler(cfg: TechniqueConfig) -> Handler:
 
 def has_module(model: nn.Module, *types: type) -> bool:
     return any(isinstance(m, types) for m in model.modules())
-
-
-class Wrapper(nn.Module):
-    """Base for modules that change how `inner` is called; state dict keys keep the 'inner.' prefix."""
-
-    def __init__(self, inner: nn.Module):
-        super().__init__()
-        self.inner = inner

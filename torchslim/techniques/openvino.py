@@ -1,9 +1,7 @@
-"""OpenVINO recipes: openvino.convert_model (PyTorch frontend, the ONNX export as a fallback), the
-batch and sequence dims dynamic where the model allows, default precision / FP32 / NNCF INT8."""
+"""OpenVINO recipes: the model converted by engines/openvino.py (PyTorch frontend, the ONNX export as
+a fallback; batch and sequence dims dynamic where the model allows), default precision / FP32 / NNCF INT8."""
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -12,10 +10,10 @@ import torch
 from .. import engines
 from ..calibration import DEFAULT_SAMPLES, cap
 from ..device import seven_bit_int8
-from ..errors import first_line
+from ..engines.openvino import convert, ir_files
+from ..progress import quiet
 from .base import Context, TechniqueConfig, register
-from ..engines import quiet
-from .ort import applies_engine, export_onnx, has_attention
+from .ort import applies_engine, has_attention
 from .static_int8 import NO_CALIBRATION
 
 PRECISIONS = ("default", "fp32")
@@ -98,48 +96,6 @@ def _applies_int8(model, cfg, ctx):
     return _applies(model, cfg, ctx) or engines.missing("nncf")
 
 
-def _convert(model, ctx: Context, notes: list[str]):
-    """(the OpenVINO model with the batch / sequence dims dynamic where it allows, the shapes note)."""
-    import openvino as ov
-
-    ex = ctx.example
-    with quiet(), torch.no_grad():
-        try:
-            example_input = dict(ex.kwargs) if ex.kwargs and not ex.args else tuple(ex.args)
-            if ex.kwargs and ex.args:
-                raise ValueError("positional and keyword inputs together")
-            ov_model = ov.convert_model(model, example_input=example_input)
-            notes.append("OpenVINO PyTorch frontend")
-        except Exception as e:  # noqa: BLE001 - the ONNX file is the fallback
-            with tempfile.TemporaryDirectory(prefix="torchslim-ov-") as tmp:
-                path = os.path.join(tmp, "model.onnx")
-                export_onnx(model, ex, path)
-                ov_model = ov.convert_model(path)
-            notes.append(f"OpenVINO ONNX frontend (PyTorch frontend: {first_line(e)[:80]})")
-    return ov_model, _set_shapes(ov_model, ex)
-
-
-def _set_shapes(ov_model, example) -> dict:
-    """Every input dynamic in the batch / sequence dims, static in the rest (the frontend leaves
-    them all dynamic); the example's static shapes where the model refuses that."""
-    import openvino as ov
-
-    dims = engines.dynamic_dims(example)
-    ts = example.tensors()
-    if len(ov_model.inputs) != len(ts):
-        return {"dynamic": [], "serves": f"input shapes as converted ({len(ov_model.inputs)} graph inputs for {len(ts)} tensors)"}
-    want = {port: ov.PartialShape([-1 if i in dims else n for i, n in enumerate(t.shape)]) for port, t in zip(ov_model.inputs, ts)}
-    try:
-        ov_model.reshape(want)
-    except Exception as e:  # noqa: BLE001 - static shapes are the fallback
-        ov_model.reshape({port: ov.PartialShape(list(t.shape)) for port, t in zip(ov_model.inputs, ts)})
-        size = ts[0].shape
-        what = " and ".join(f"{name} {size[i]}" for i, name in dims.items()) or "the example's input shapes"
-        return engines.shapes_meta(example, dims, [], f"serves {what} only (OpenVINO refused dynamic shapes: {first_line(e)[:160]})")
-    shapes = [tuple(d.get_length() if d.is_static else "?" for d in i.get_partial_shape()) for i in ov_model.inputs]
-    return engines.shapes_meta(example, dims, *engines.served_shapes(example, dims, shapes))
-
-
 def layer_ops(ov_model, model) -> dict[str, list[str]]:
     """Conv/Linear module name -> the names of the OpenVINO ops it became (the PyTorch frontend
     names them '__module.<name>/aten::...')."""
@@ -170,7 +126,7 @@ def _nncf_int8(ov_model, model, cfg: OpenVinoInt8Config, ctx: Context, notes: li
         from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
         advanced = AdvancedQuantizationParameters(overflow_fix=OverflowFix.ENABLE)
-    with quiet():
+    with quiet(output=True):
         if cfg.accuracy_control:
             quantized = _with_accuracy_control(ov_model, model, dataset, len(batches), kind, ignored, advanced, ctx, notes)
         else:
@@ -223,23 +179,15 @@ def compile_module(files: dict[str, bytes], meta: dict, notes: list[str]) -> eng
 
 
 def _build(model, cfg, ctx: Context) -> engines.OpenVinoModule:
-    import openvino as ov
-
     notes: list[str] = []
-    ov_model, shapes = _convert(model, ctx, notes)
+    ov_model, shapes = convert(model, ctx.example, notes)
     notes.append(shapes["serves"])
     if isinstance(cfg, OpenVinoInt8Config):
         ov_model = _nncf_int8(ov_model, model, cfg, ctx, notes)
     config = {"INFERENCE_NUM_THREADS": torch.get_num_threads(), "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"}
     if isinstance(cfg, OpenVinoConfig) and cfg.precision == "fp32":
         config["INFERENCE_PRECISION_HINT"] = "f32"
-    with tempfile.TemporaryDirectory(prefix="torchslim-ov-") as tmp:
-        xml = os.path.join(tmp, "model.xml")
-        ov.save_model(ov_model, xml, compress_to_fp16=False)
-        files = {}
-        for name in ("model.xml", "model.bin"):
-            with open(os.path.join(tmp, name), "rb") as f:
-                files[name] = f.read()
+    files = ir_files(ov_model)
     meta = {"config": config, "threads": config["INFERENCE_NUM_THREADS"], **engines.out_spec(model, ctx.example),
             **shapes, "notes": notes}
     module = compile_module(files, meta, notes)

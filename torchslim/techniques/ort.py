@@ -3,7 +3,6 @@ allows), FP32 / dynamic INT8 / static INT8 QDQ, served by an ORT InferenceSessio
 from __future__ import annotations
 
 import os
-import re
 import tempfile
 from dataclasses import dataclass
 from typing import ClassVar
@@ -13,7 +12,8 @@ import torch
 from .. import engines
 from ..device import seven_bit_int8
 from ..calibration import DEFAULT_SAMPLES, cap
-from ..engines import SPIN_OFF, quiet
+from ..engines.ort import SPIN_OFF, export_onnx
+from ..progress import quiet
 from ..errors import first_line
 from .base import Context, TechniqueConfig, register
 from .static_int8 import NO_CALIBRATION
@@ -70,61 +70,6 @@ class OrtStaticInt8Config(TechniqueConfig):
         return "ort-int8-static" + ("" if self.per_channel else "-per-tensor") + ("-skip" if self.skip else "")
 
 
-# -- export -------------------------------------------------------------------------------------
-
-def export_onnx(model: torch.nn.Module, example, path: str) -> tuple[str, dict]:
-    """Write the model as ONNX to `path`, the batch (and a token model's sequence length) dynamic
-    where the model allows it: torch.onnx.export's dynamo exporter, the TorchScript exporter where
-    that fails. Returns (the exporter that worked, {"dynamic": [...], "serves": note})."""
-
-    def export(ex, dims):
-        errors = []
-        for dynamo in (True, False):
-            try:
-                export_onnx_with(model, ex, dims, path, dynamo)
-                return ("dynamo" if dynamo else "torchscript"), onnx_input_shapes(path)
-            except Exception as e:  # noqa: BLE001 - try the other exporter
-                msg = re.sub(r"\x1b\[[0-9;]*m", "", first_line(e))  # the exporter colours its messages
-                errors.append(f"{'dynamo' if dynamo else 'torchscript'} exporter: {msg[:200]}")
-        raise RuntimeError("ONNX export failed: " + "; ".join(errors))
-
-    return engines.export_with_shapes(export, example, engines.dynamic_dims(example))
-
-
-def export_onnx_with(model, ex, dims: dict[int, str], path: str, dynamo: bool) -> None:
-    """One ONNX export of `model` at the inputs `ex`, `dims` dynamic in every input tensor (dynamo:
-    from torch.export's program, whose specialized dimensions then stay static in the graph)."""
-    with torch.no_grad():
-        if dynamo:
-            ep, _ = engines.torch_export(model, ex, dims)
-            with quiet():
-                torch.onnx.export(ep, (), path, dynamo=True, external_data=False, verbose=False)
-            return
-        kw: dict = {}
-        if dims:
-            names = [f"input{i}" for i in range(len(ex.tensors()))]
-            kw.update(input_names=names, dynamic_axes={n: {i: d.replace(" ", "_") for i, d in dims.items()} for n in names})
-        with quiet():
-            torch.onnx.export(model, tuple(ex.args), path, kwargs=ex.kwargs or None, dynamo=False, external_data=False, **kw)
-
-
-def onnx_input_shapes(path: str) -> list[tuple]:
-    """The ONNX graph's input shapes, a dynamic dimension as its name (a str). A dimension the
-    export specialized (the dynamo exporter names it by its value, "2") is written back as static."""
-    import onnx
-
-    proto = onnx.load(path, load_external_data=False)
-    inits = {i.name for i in proto.graph.initializer}
-    inputs = [i for i in proto.graph.input if i.name not in inits]
-    fixed = [d for i in inputs for d in i.type.tensor_type.shape.dim if d.HasField("dim_param") and d.dim_param.isdigit()]
-    for d in fixed:
-        d.dim_value = int(d.dim_param)
-    if fixed:
-        onnx.save(proto, path)
-    return [tuple(d.dim_value if d.HasField("dim_value") else d.dim_param or "?" for d in i.type.tensor_type.shape.dim)
-            for i in inputs]
-
-
 def has_attention(model: torch.nn.Module) -> bool:
     return any(isinstance(m, torch.nn.MultiheadAttention) or "attention" in type(m).__name__.lower() for m in model.modules())
 
@@ -134,7 +79,7 @@ def _bert_optimized(path: str, out: str, notes: list[str]) -> str:
     from onnxruntime.transformers import optimizer
 
     try:
-        with quiet():
+        with quiet(output=True):
             opt = optimizer.optimize_model(path, model_type="bert", num_heads=0, hidden_size=0)
             fused = {k: v for k, v in (opt.get_fused_operator_statistics() or {}).items() if v}
     except Exception as e:  # noqa: BLE001 - the plain graph still serves
@@ -194,10 +139,10 @@ def pre_process(path: str, out: str) -> None:
     os.chdir(os.path.dirname(out))
     try:
         try:
-            with quiet():
+            with quiet(output=True):
                 quant_pre_process(path, out)
         except Exception:  # noqa: BLE001 - symbolic inference is optional: ONNX shape inference still runs
-            with quiet():
+            with quiet(output=True):
                 quant_pre_process(path, out, skip_symbolic_shape=True)
     finally:
         os.chdir(cwd)
@@ -225,7 +170,7 @@ def _static_int8(path: str, tmp: str, cfg: OrtStaticInt8Config, model, ctx: Cont
     reader = type("Reader", (_Reader, CalibrationDataReader), {})(names, batches)
     out = os.path.join(tmp, "int8_static.onnx")
     seven_bit = seven_bit_int8(cfg.reduce_range)
-    with quiet():
+    with quiet(output=True):
         quantize_static(src, out, reader, quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
                         nodes_to_exclude=exclude, reduce_range=seven_bit)
@@ -278,7 +223,7 @@ def _build(model, cfg, ctx: Context) -> engines.OrtModule:
 
             out = os.path.join(tmp, "int8_dynamic.onnx")
             seven_bit = seven_bit_int8(cfg.reduce_range)
-            with quiet():
+            with quiet(output=True):
                 quantize_dynamic(path, out, weight_type=QuantType.QInt8, reduce_range=seven_bit)
             path = out
             notes.append(f"quantize_dynamic(weight_type=QInt8, reduce_range={seven_bit})")

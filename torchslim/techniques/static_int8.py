@@ -10,13 +10,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from ..compiled import Frozen
 from ..errors import NotApplicable, SlimError, first_line
 from ..inputs import Example
 from ..quant import needs_reduce_range, pt2e
 from ..quant.common import match_names
 from ..workload import eval_mode
 from .base import Context, TechniqueConfig, register
-from .compile import Compiled
 from .predicates import NO_CALIBRATION, compiled, lacks, no_calibration, not_cpu, not_x86, scripted
 
 OBSERVERS = pt2e.OBSERVERS
@@ -212,15 +212,6 @@ def _note(d: dict) -> str:
     if d["calibration"]["batches"]:
         s += f"; calibrated on {d['calibration']['samples']} samples ({d['observer']} observer)"
     return s
-
-
-def Frozen(inner: torch.fx.GraphModule) -> Compiled:
-    """The converted PT2E graph compiled with freezing, so Dynamo embeds the int8 weights as
-    constants and Inductor swaps the q/dq patterns for oneDNN INT8 kernels (see compile.Compiled).
-    The converted graph on its own is a reference model (FP32 ops between q/dq pairs, slower than
-    FP32): the INT8 kernels only appear once the weights are constants of the compiled graph."""
-    # Inductor's oneDNN INT8 lowering copies a tensor with torch.tensor(t) on every compile.
-    return Compiled(inner, freezing=True, dynamic=False, quiet_warnings=("To copy construct from a tensor",))
 
 
 __all__ = ["StaticInt8Config", "Pt2eDynamicInt8Config", "NO_CALIBRATION", "OBSERVERS", "Frozen", "calibrate",

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from ..measure import script_module  # noqa: F401 - public here too
 from ..quant import fx
 from .base import Context, TechniqueConfig, register
 
@@ -69,6 +70,11 @@ class StaticRuntime(nn.Module):
         self.inner = inner
         self._runtime = fx.static_runtime(inner)
 
+    @property
+    def torchscript_module(self) -> torch.jit.ScriptModule:
+        """What measure.script_module saves and sizes."""
+        return self.inner
+
     def forward(self, *args):
         return self._runtime(*args)
 
@@ -83,10 +89,3 @@ class StaticRuntime(nn.Module):
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._runtime = fx.static_runtime(self.inner)
-
-
-def script_module(model: nn.Module) -> torch.jit.ScriptModule | None:
-    """The TorchScript module a recipe produced (itself, or under StaticRuntime), else None."""
-    if isinstance(model, StaticRuntime):
-        model = model.inner
-    return model if isinstance(model, torch.jit.ScriptModule) else None

@@ -25,7 +25,7 @@ DATASETS = """dataset specs:
 def load(spec: str, limit: int | None = None) -> tuple[Dataset, Dataset]:
     """(train, test) datasets for `spec` (see DATASETS); `limit` keeps the first N training samples."""
     if spec == "fashion-mnist":
-        from ..examples import fashion_data as fm
+        from . import fashion_data as fm
 
         train, test = TensorDataset(*fm.load_split(True)), TensorDataset(*fm.load_split(False))
     elif spec in ("digits", "digits-images"):

@@ -244,7 +244,7 @@ def lower(converted: torch.fx.GraphModule, example: Example) -> tuple[nn.Module,
     and how many INT8 conv/linear weight patterns Inductor replaced by oneDNN kernels."""
     from torch._dynamo.utils import counters
 
-    from ..techniques.static_int8 import Frozen
+    from ..compiled import Frozen
 
     keys = {"conv": "qconv_weight_prepack_matcher_count", "linear": "qlinear_weight_prepack_matcher_count"}
     before = {k: counters["inductor"][v] for k, v in keys.items()}
@@ -351,7 +351,7 @@ def _at(steps: int | None, share: float, total: int) -> int:
 
 def load_int8(path: str) -> nn.Module:
     """A QAT result saved with save_int8(), compiled back onto the INT8 kernels."""
-    from ..techniques.static_int8 import Frozen
+    from ..compiled import Frozen
 
     try:
         ep = torch.export.load(path)
@@ -364,7 +364,7 @@ def save_int8(converted: torch.fx.GraphModule, example: Example, path: str) -> N
     """The converted q/dq graph as a torch.export program (atomic write), loadable by load_int8()
     or as a `model.pt2` model spec."""
     from ..fileio import atomic_write
-    with quiet(), pt2e.quiet_export():
+    with quiet(export=True):
         try:
             ep = torch.export.export(converted, tuple(example.args), strict=False, dynamic_shapes=pt2e.auto_shapes(converted, example))
         except Exception:  # noqa: BLE001 - fall back to the example's fixed shapes
