@@ -11,6 +11,7 @@ import torch.nn as nn
 
 from torchslim import engines
 from torchslim.fidelity import compare
+from torchslim.progress import quiet
 from torchslim.inputs import Example
 from torchslim.recipes import Recipe, apply
 from torchslim.techniques import Context, OpenVinoInt8Config, TaskMetric
@@ -71,7 +72,7 @@ def test_an_int8_graph_without_a_bf16_kernel_compiles_with_fp32_float_parts(tmp_
                           nn.ReLU()).eval()
     x = torch.randn(1, 1, 28, 28)
     static = ov.convert_model(model, example_input=(x,))  # static shapes, as a peer would convert it
-    with engines.quiet():
+    with quiet():
         quantized = nncf.quantize(static, nncf.Dataset([torch.randn_like(x) for _ in range(4)], lambda b: [b.numpy()]), subset_size=4)
     ov.save_model(quantized, str(tmp_path / "model.xml"), compress_to_fp16=False)
     files = {n: (tmp_path / n).read_bytes() for n in ("model.xml", "model.bin")}
