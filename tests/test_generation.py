@@ -417,3 +417,99 @@ def test_smollm2_int8_sq_keeps_perplexity():
     m = apply(copy.deepcopy(lm.model), Recipe((LMWeightsConfig("fp32", "int8-sq"),)),
               Context(device=torch.device("cpu"), example=None, calibration=lambda: cal))
     assert quality.perplexity(m, text) / base - 1 < 0.02
+
+
+# -- every option means the same for generation, or is refused (issue 24) ------------------------------
+
+def _gen_args(*argv):
+    from torchslim.cli import build_parser
+
+    return build_parser().parse_args(["optimize", "--task", "text-generation", "--model", "hf:x", *argv])
+
+
+def test_forward_options_map_onto_generation():
+    """--rounds as given (15 stays 15; not given: 5 generations), --max-drop = the perplexity increase in
+    percent, --time-budget default 10 min for generation, --exhaustive: no budget, --objective passed."""
+    from torchslim.cli.optimize import GEN_BUDGET_MIN, generation_config
+    from torchslim.generation.search import DEFAULT_TIME_BUDGET_MIN
+
+    assert GEN_BUDGET_MIN == DEFAULT_TIME_BUDGET_MIN
+    cfg = generation_config(_gen_args(), None)
+    assert cfg.rounds == 5 and cfg.max_ppl_increase == 5.0 and cfg.objective == "latency"
+    assert cfg.time_budget == DEFAULT_TIME_BUDGET_MIN and cfg.budget_s == 60 * DEFAULT_TIME_BUDGET_MIN
+    cfg = generation_config(_gen_args("--rounds", "15", "--max-drop", "2", "--objective", "size", "--time-budget", "3"), None)
+    assert cfg.rounds == 15 and cfg.max_ppl_increase == 2.0 and cfg.objective == "size" and cfg.budget_s == 180
+    assert generation_config(_gen_args("--max-drop", "2", "--max-ppl-increase", "2"), None).max_ppl_increase == 2.0
+    cfg = generation_config(_gen_args("--exhaustive"), None)
+    assert cfg.exhaustive and cfg.budget_s is None
+    assert generation_config(_gen_args("--time-budget", "0"), None).budget_s is None
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--min-cosine", "0.9"], "--min-cosine does not apply to text generation"),
+    (["--no-fallback"], "--no-fallback does not apply to text generation"),
+    (["--fallback-max-layers", "2"], "--fallback-max-layers does not apply"),
+    (["--fresh"], "--fresh does not apply to text generation"),
+    (["--input-shape", "1x8"], "--input-shape does not apply"),
+    (["--max-drop", "2", "--max-ppl-increase", "3"], "disagree"),
+    (["--objective", "throughput", "--large-batch", "0"], "--objective throughput"),
+    (["--time-budget=-1"], "--time-budget must be >= 0"),
+])
+def test_generation_refuses_options_that_do_not_apply(argv, message, tiny_folder, tmp_path, capsys):
+    """Refused before the model loads, one line + what to do, exit 2 (they were silently ignored)."""
+    code = main(["optimize", "--model", "hf:" + tiny_folder, *argv, "--out", str(tmp_path / "out"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err, err
+    assert err.count("torchslim: error:") == 1 and "what to do:" in err
+    assert not (tmp_path / "out").exists()  # nothing ran
+
+
+def test_generation_options_refused_for_forward_models(tmp_path, capsys):
+    code = main(["optimize", "--model", "tiny_models:mlp", "--input-shape", "2x16", "--prompt-len", "16",
+                 "--out", str(tmp_path / "out"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--prompt-len apply to text generation only" in err, err
+
+
+def test_generation_time_budget_skips_after_the_first_recipe(tiny_lm, tmp_path):
+    """Once --time-budget is spent the later recipes are rows "skipped" with the reason; the first one
+    that runs is always tried, so there is a candidate."""
+    config = GenerationConfig(prompt_len=8, new_tokens=3, large_batch=0, rounds=1, ppl_tokens=64, agreement_prompts=1,
+                              agreement_tokens=3, recipes=("static-cache", "fp16-wo-prefillfp32+static-cache+compile"),
+                              time_budget=1e-6, threads=2, out=str(tmp_path), save_model=False)
+    run = optimize_generation(tiny_lm, config, progress=False)
+    rows = {r.name: r for r in run.recipes}
+    assert rows["static-cache"].status in ("ok", "chosen", "rejected") and rows["static-cache"].decode_tokens_per_s
+    skipped = rows["fp16-wo-prefillfp32+static-cache+compile"]
+    assert skipped.status == "skipped" and "time budget" in skipped.reason and skipped.decode_tokens_per_s is None
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["search"]["time_budget_min"] == 1e-6 and saved["search"]["objective"].startswith("latency")
+
+
+def test_exhaustive_generation_tries_the_extended_list(tiny_lm, monkeypatch):
+    from torchslim.generation import search
+
+    seen = []
+    real = search.candidates
+
+    def spy(device, extended=False):
+        seen.append(extended)
+        return [r for r in real(device, extended) if r.name == "static-cache"]
+
+    monkeypatch.setattr(search, "candidates", spy)
+    config = GenerationConfig(prompt_len=8, new_tokens=3, large_batch=0, rounds=1, ppl_tokens=64, agreement_prompts=1,
+                              agreement_tokens=3, exhaustive=True, time_budget=1e-6, threads=2, save_model=False)
+    run = optimize_generation(tiny_lm, config, progress=False)
+    assert seen == [True] and run.search["time_budget_min"] is None and run.search["exhaustive"]
+
+
+def test_generation_objectives_choose_by_their_figure():
+    from torchslim.generation.search import GenRecipeResult, choose
+
+    def row(name, tps, big, size, peak, status="ok"):
+        return GenRecipeResult(name=name, steps=[], status=status, decode_tokens_per_s=tps,
+                               large_batch={"decode_tokens_per_s": big}, size_bytes=size, peak_memory_bytes=peak)
+
+    rows = [row("a", 30, 50, 300, 900), row("b", 20, 90, 100, 800), row("c", 25, 60, 200, 700), row("d", 99, 99, 1, 1, "rejected")]
+    assert [choose(rows, o).name for o in ("latency", "throughput", "size", "memory")] == ["a", "b", "b", "c"]
+    assert choose([rows[-1]], "latency") is None

@@ -18,12 +18,22 @@ from ..fileio import write_json, write_text
 from ..progress import bar as progress_bar
 from ..recipes import Recipe, apply
 from ..results import RecipeResult, RunResult, kept_on_stop
+from ..search.loop import clock, skip_reason
 from ..techniques import Context
 from ..techniques.lm_decode import LMDecodeConfig
 from ..techniques.lm_weights import QUANTIZED_PREFILL_ATTR, LMWeightsConfig
 from . import measure, quality
 from .load import CausalLM
 from .runner import timed_generate
+
+
+# Minutes for the baseline and the recipes (then the final interleaved timing): compiling one decode
+# graph takes 1-3 minutes on 2 cores, so the forward search's 1.5 would stop after the first recipe;
+# 10 minutes reach the default list's compiled recipes on SmolLM2-135M (2-core CPUs).
+DEFAULT_TIME_BUDGET_MIN = 10.0
+# What --objective ranks the recipes that kept quality and decode faster than the baseline by.
+OBJECTIVES = {"latency": "decode tokens/s at --batch-size", "throughput": "decode tokens/s at --large-batch (whole batch)",
+              "size": "smallest saved model", "memory": "lowest peak memory while generating"}
 
 
 @dataclass(frozen=True)
@@ -39,6 +49,9 @@ class GenerationConfig:
     agreement_tokens: int = 32
     recipes: tuple[str, ...] | None = None
     rounds: int = 5
+    objective: str = "latency"  # OBJECTIVES
+    time_budget: float | None = DEFAULT_TIME_BUDGET_MIN  # minutes; 0 or None: no limit
+    exhaustive: bool = False  # every recipe (the extended list too), no time budget
     device: str = "cpu"
     threads: int | None = None
     out: str | None = None
@@ -56,6 +69,18 @@ class GenerationConfig:
             raise SlimError("--max-ppl-increase must be >= 0 (percent)", "e.g. --max-ppl-increase 5")
         if self.rounds < 1:
             raise SlimError("--rounds must be >= 1", "e.g. --rounds 5")
+        if self.objective not in OBJECTIVES:
+            raise SlimError(f"unknown objective '{self.objective}'", f"use one of {', '.join(OBJECTIVES)}")
+        if self.objective == "throughput" and not self.large_batch:
+            raise SlimError("--objective throughput ranks by decode tokens/s at --large-batch, and --large-batch is 0",
+                            "pass --large-batch N (e.g. 4), or --objective latency")
+        if self.time_budget is not None and not self.time_budget >= 0:
+            raise SlimError("--time-budget must be >= 0 minutes", f"e.g. --time-budget {DEFAULT_TIME_BUDGET_MIN:g}; 0 means no limit")
+
+    @property
+    def budget_s(self) -> float | None:
+        """Seconds for the baseline and the recipes, or None (no limit, or --exhaustive)."""
+        return 60.0 * self.time_budget if self.time_budget and not self.exhaustive else None
 
 
 @dataclass
@@ -196,6 +221,7 @@ class _Eval:
 # call (compile) timed apart, quality checked; survivors timed together round-robin at the asked and
 # one larger batch; the fastest decode within --max-ppl-increase is chosen and saved.
 def _search(lm: CausalLM, config: GenerationConfig, device, run: RunResult, progress: bool) -> None:
+    t_start = time.perf_counter()
     tok, model = lm.tokenizer, lm.model.to(device).eval()
     prompts = quality.load_prompts(config.prompts)
     ev = _Eval(ids=prompt_ids(tok, prompts, config.prompt_len, config.batch_size).to(device),
@@ -219,12 +245,26 @@ def _search(lm: CausalLM, config: GenerationConfig, device, run: RunResult, prog
     base.size_bytes = tmeasure.serialized_bytes(model)
     _write(run, config)
 
-    chosen = by_name(list(config.recipes), device) if config.recipes else candidates(device)
+    explicit = bool(config.recipes)
+    chosen = by_name(list(config.recipes), device) if explicit else candidates(device, extended=config.exhaustive)
+    budget_s = config.budget_s
+    run.search = {"order": [r.name for r in chosen], "ordered_by": "--recipes" if explicit else "generation.search.candidates",
+                  "time_budget_min": None if budget_s is None else config.time_budget, "exhaustive": config.exhaustive,
+                  "objective": f"{config.objective}: {OBJECTIVES[config.objective]}"}
     models = {"baseline": model}
     bar = progress_bar(len(chosen) + 2, unit="generation recipes", enabled=progress)
+    tried = 0
     for recipe in chosen:
-        bar.set_postfix_str(recipe.name)
+        elapsed = time.perf_counter() - t_start
+        bar.set_postfix_str(recipe.name + clock(elapsed, budget_s))
+        skip = skip_reason(recipe, device, config, explicit, elapsed, budget_s, tried)
+        if skip:
+            run.recipes.append(GenRecipeResult(name=recipe.name, steps=recipe.to_list(), targets=targets(recipe),
+                                               status="skipped", reason=skip))
+            bar.update(1)
+            continue
         res, m = _try(recipe, model, ev, config, device)
+        tried += res.status != "skipped"  # not applicable: not yet a candidate
         run.recipes.append(res)
         if m is not None:
             models[recipe.name] = m
@@ -262,12 +302,14 @@ def _search(lm: CausalLM, config: GenerationConfig, device, run: RunResult, prog
             r.status, r.reason = "rejected", f"decode slower than the baseline ({r.decode_speedup:.2f}x)"
     bar.update(1)
 
-    ok = [r for r in run.recipes if r.status == "ok"]
-    if ok:
-        best = max(ok, key=lambda r: r.decode_tokens_per_s)
+    best = choose(run.recipes, config.objective)
+    if best is not None:
         best.status = "chosen"
         ttft = "no worse" if (best.ttft_speedup or 0) >= 0.95 else "WORSE"
-        best.reason = (f"fastest decode: {best.decode_speedup:.2f}x the baseline's tokens/s, TTFT {best.ttft_speedup:.2f}x "
+        lead = {"latency": "fastest decode", "throughput": f"fastest decode at batch {config.large_batch}",
+                "size": f"smallest ({best.size_bytes / 1e6:.1f} MB) with a faster decode",
+                "memory": f"lowest peak memory ({(best.peak_memory_bytes or 0) / 1e6:.0f} MB) with a faster decode"}[config.objective]
+        best.reason = (f"{lead}: {best.decode_speedup:.2f}x the baseline's tokens/s, TTFT {best.ttft_speedup:.2f}x "
                        f"({ttft}), perplexity {best.ppl_increase_pct:+.1f}% (limit +{config.max_ppl_increase:g}%)")
         run.chosen = best.name
         if config.out and config.save_model:
@@ -324,6 +366,18 @@ def _try(recipe: Recipe, model, ev: _Eval, config: GenerationConfig, device):
         return res, None
     res.reason = f"perplexity {res.ppl_increase_pct:+.1f}%, greedy agreement {res.greedy_agreement:.0%}"
     return res, m
+
+
+def choose(rows: list, objective: str):
+    """The best "ok" row (quality kept, decode faster than the baseline) under `objective` (OBJECTIVES), or None."""
+    ok = [r for r in rows if r.status == "ok" and r.decode_tokens_per_s]
+    if not ok:
+        return None
+    key = {"latency": lambda r: -r.decode_tokens_per_s,
+           "throughput": lambda r: -((r.large_batch or {}).get("decode_tokens_per_s") or r.decode_tokens_per_s),
+           "size": lambda r: (r.size_bytes or float("inf"), -r.decode_tokens_per_s),
+           "memory": lambda r: (r.peak_memory_bytes or float("inf"), -r.decode_tokens_per_s)}[objective]
+    return min(ok, key=key)
 
 
 def _ratio(base: dict | None, mine: dict | None, key: str) -> float | None:
