@@ -513,3 +513,131 @@ def test_generation_objectives_choose_by_their_figure():
     rows = [row("a", 30, 50, 300, 900), row("b", 20, 90, 100, 800), row("c", 25, 60, 200, 700), row("d", 99, 99, 1, 1, "rejected")]
     assert [choose(rows, o).name for o in ("latency", "throughput", "size", "memory")] == ["a", "b", "b", "c"]
     assert choose([rows[-1]], "latency") is None
+
+
+# -- bad input before loading, the memory plan (issue 26) ---------------------------------------------
+
+def _truncated_gguf(tmp_path, nbytes):
+    from torchslim.generation.load import smollm2_gguf
+
+    path = tmp_path / f"first-{nbytes}-bytes.gguf"
+    with open(smollm2_gguf(), "rb") as src, open(path, "wb") as dst:
+        dst.write(src.read(nbytes))
+    return str(path)
+
+
+@pytest.mark.parametrize("case", ["truncated-data", "truncated-header", "too-long-gguf", "no-memory"])
+def test_bad_generation_input_refused_before_loading(case, tiny_folder, tmp_path, monkeypatch, capsys):
+    """Refused from the GGUF header / config alone: exit 2, one line, nothing converted or loaded."""
+    from torchslim.generation.load import smollm2_gguf
+
+    monkeypatch.setenv("TORCHSLIM_CACHE", str(tmp_path / "cache"))
+    args, message = {
+        "truncated-data": (lambda: ["--model", _truncated_gguf(tmp_path, 50_000_000)],
+                           "the file ends at byte 50000000, its header says 98362432"),
+        "truncated-header": (lambda: ["--model", _truncated_gguf(tmp_path, 4000)], "ends at byte 4000 inside its GGUF header"),
+        "too-long-gguf": (lambda: ["--model", smollm2_gguf(), "--prompt-len", "8180", "--new-tokens", "64"],
+                          "exceeds the model's context of 8192 (gguf header)"),
+        "no-memory": (lambda: ["--model", "hf:" + tiny_folder], "does not fit even in BF16"),
+    }[case]
+    args = args()
+    if case == "no-memory":
+        monkeypatch.setenv("TORCHSLIM_MEMORY_LIMIT", "64K")
+    code = main(["optimize", *args, "--out", str(tmp_path / "out"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err, err
+    assert err.count("torchslim: error:") == 1 and "what to do:" in err
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "out").exists()
+
+
+def _llama(**kw):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(**kw)
+
+
+# (config, parameters, Linear parameters without the head): counted by hand from the layer shapes
+SIZES = {
+    "smollm2-135m": (dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                          num_key_value_heads=3, tie_word_embeddings=True, max_position_embeddings=8192),
+                     49152 * 576 + 30 * (2 * 576 * 576 + 2 * 576 * 192 + 3 * 576 * 1536 + 2 * 576) + 576,
+                     30 * (2 * 576 * 576 + 2 * 576 * 192 + 3 * 576 * 1536)),
+    "qwen2-0.5b": (dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                        num_key_value_heads=2, tie_word_embeddings=True, max_position_embeddings=32768),
+                   151936 * 896 + 24 * (2 * 896 * 896 + 896 + 2 * (896 * 128 + 128) + 3 * 896 * 4864 + 2 * 896) + 896,
+                   24 * (2 * 896 * 896 + 896 + 2 * (896 * 128 + 128) + 3 * 896 * 4864)),
+    "llama2-7b": (dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                       num_key_value_heads=32, tie_word_embeddings=False, max_position_embeddings=4096),
+                  2 * 32000 * 4096 + 32 * (4 * 4096 * 4096 + 3 * 4096 * 11008 + 2 * 4096) + 4096,
+                  32 * (4 * 4096 * 4096 + 3 * 4096 * 11008)),
+}
+
+
+@pytest.mark.parametrize("name", list(SIZES))
+def test_memory_plan_from_config_matches_hand_counts(name):
+    """Built on the meta device (no memory): parameters, bytes at each precision, KV cache."""
+    from transformers import Qwen2Config
+
+    from torchslim.generation import memory
+
+    kw, params, linear = SIZES[name]
+    cfg = Qwen2Config(**kw) if name.startswith("qwen2") else _llama(**kw)
+    s = memory.shape_from_config(cfg)
+    assert (s.params, s.linear) == (params, linear)
+    assert s.tied == kw["tie_word_embeddings"] and s.context == kw["max_position_embeddings"]
+    assert memory.weights_bytes(s, "fp32") == 4 * params and memory.weights_bytes(s, "bf16") == 2 * params
+    head = 0 if s.tied else 32000 * 4096
+    rest = params - linear - head
+    embed = kw["vocab_size"] * kw["hidden_size"]
+    # INT4 g32 (0.625 B/weight) everywhere, the head too (a tied head gets its own copy), the rest BF16
+    assert memory.weights_bytes(s, "bf16", "int4") == int(linear * 0.625 + rest * 2 + embed * 0.625)
+    # INT8 Linears with the head kept in BF16 (tied: shares the embedding, no copy)
+    assert memory.weights_bytes(s, "bf16", "int8", lm_head="float") == int(linear + rest * 2 + head * 2)
+    hd = kw["hidden_size"] // kw["num_attention_heads"]
+    assert memory.kv_cache_bytes(s, 192, 4, 2) == 2 * kw["num_hidden_layers"] * kw["num_key_value_heads"] * hd * 192 * 4 * 2
+
+
+def test_memory_plan_picks_the_baseline_precision_that_fits():
+    """7B: FP32 (27 GB) does not fit in 24 GB, BF16 does; in 8 GB nothing does: one line with what would help."""
+    from torchslim.errors import SlimError
+    from torchslim.generation import memory
+
+    s = memory.shape_from_config(_llama(**SIZES["llama2-7b"][0]))
+    plan = memory.make_plan(s, 128, 64, 1, 4, limit=(24 * 10**9, "test"))
+    assert plan["baseline"]["dtype"] == "bf16" and "FP32 would need" in plan["baseline"]["why"]
+    assert plan["weights_bytes"]["fp32"] == 4 * s.params and plan["usable_bytes"] == int(24e9 * memory.HEADROOM)
+    with pytest.raises(SlimError, match="does not fit even in BF16") as e:
+        memory.make_plan(s, 128, 64, 1, 4, limit=(8 * 10**9, "test"))
+    assert "llama.cpp" in e.value.fix and "nothing was loaded" in e.value.what
+    small = memory.shape_from_config(_llama(**SIZES["smollm2-135m"][0]))
+    assert memory.make_plan(small, 128, 64, 1, 4, limit=(24 * 10**9, "test"))["baseline"]["dtype"] == "fp32"
+    # a GGUF being converted holds two FP32 copies at load: 0.5B at 2 GB each against 3 GB usable -> BF16
+    qwen = memory.shape_from_config(__import__("transformers").Qwen2Config(**SIZES["qwen2-0.5b"][0]))
+    assert memory.make_plan(qwen, 128, 64, 1, 0, limit=(int(3.4e9), "test"))["baseline"]["dtype"] == "fp32"
+    assert memory.make_plan(qwen, 128, 64, 1, 0, convert_gguf=True, limit=(int(3.4e9), "test"))["baseline"]["dtype"] == "bf16"
+
+
+def test_memory_limit_skips_the_recipe_that_would_not_fit(tiny_lm, tmp_path, monkeypatch):
+    """Under a low limit (TORCHSLIM_MEMORY_LIMIT) the compiled recipe (its compile allowance) is skipped with
+    its estimate, before anything is compiled; the eager one runs; the plan is in results.json."""
+    monkeypatch.setenv("TORCHSLIM_MEMORY_LIMIT", "100M")
+    config = GenerationConfig(prompt_len=8, new_tokens=3, large_batch=0, rounds=1, ppl_tokens=64, agreement_prompts=1,
+                              agreement_tokens=3, recipes=("static-cache", "static-cache+compile"), threads=2,
+                              out=str(tmp_path), save_model=False)
+    run = optimize_generation(tiny_lm, config, progress=False)
+    rows = {r.name: r for r in run.recipes}
+    assert rows["static-cache"].status != "skipped" and rows["static-cache"].decode_tokens_per_s
+    skip = rows["static-cache+compile"]
+    assert skip.status == "skipped" and skip.reason.startswith("memory: its peak would need") and skip.first_call_ms is None
+    saved = json.loads((tmp_path / "results.json").read_text())["search"]["memory"]
+    assert saved["available_source"] == "TORCHSLIM_MEMORY_LIMIT" and saved["available_bytes"] == 100 << 20
+    assert saved["baseline"]["dtype"] == "fp32" and set(saved["recipes"]) == {"static-cache", "static-cache+compile"}
+    assert saved["recipes"]["static-cache+compile"]["peak_bytes"] > saved["usable_bytes"]
+
+
+def test_memory_available_reads_the_override_and_the_system():
+    from torchslim.generation import memory
+
+    assert memory.parse_bytes("6G") == 6 << 30 and memory.parse_bytes("512MiB") == 512 << 20 and memory.parse_bytes("1000") == 1000
+    n, source = memory.available()
+    assert n > 0 and source

@@ -159,6 +159,7 @@ def _run_generation(args) -> int:
     import torch
 
     from ..generation.load import load_causal_lm, smollm2_gguf
+    from ..generation.memory import preflight
     from ..generation.report import format_generation_table
     from ..generation.search import optimize_generation
 
@@ -167,8 +168,9 @@ def _run_generation(args) -> int:
     spec = smollm2_gguf() if args.example == "smollm2" else args.model
     out = args.out or os.path.join(options.DEFAULT_OUT, args.example or "generation")
     config = generation_config(args, out, device=args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
-    lm = load_causal_lm(spec, task=args.task)
-    run = optimize_generation(lm, config, progress=not args.no_progress)
+    plan = preflight(spec, config)  # GGUF header, context, memory: refused before any weight is loaded
+    lm = load_causal_lm(spec, task=args.task, dtype=plan["baseline"]["dtype"] if plan else "fp32")
+    run = optimize_generation(lm, config, progress=not args.no_progress, plan=plan)
     print(format_generation_table(run.to_dict()))
     print(f"\nwrote {out}/results.json, {out}/report.html" + (f", {run.artifact}/ and {out}/reproduce.py" if run.artifact else ""))
     if not run.chosen:

@@ -22,7 +22,7 @@ from ..search.loop import clock, skip_reason
 from ..techniques import Context
 from ..techniques.lm_decode import LMDecodeConfig
 from ..techniques.lm_weights import QUANTIZED_PREFILL_ATTR, LMWeightsConfig
-from . import measure, quality
+from . import measure, memory, quality
 from .load import CausalLM
 from .runner import timed_generate
 
@@ -178,16 +178,20 @@ def prompt_ids(tokenizer, prompts: list[str], length: int, batch: int) -> torch.
     return torch.tensor(rows, dtype=torch.long)
 
 
-def check_context(lm: CausalLM, config: GenerationConfig) -> None:
-    ctx = getattr(lm.model.config, "max_position_embeddings", None)
-    need = config.prompt_len + config.new_tokens
-    if ctx is not None and need > ctx:
-        raise SlimError(f"--prompt-len {config.prompt_len} + --new-tokens {config.new_tokens} = {need} tokens exceeds "
-                        f"the model's context of {ctx}", f"keep prompt + new tokens within {ctx}")
+def _plan(lm: CausalLM, config: GenerationConfig, plan: dict | None) -> dict:
+    """The memory plan (memory.preflight's, or one made from the loaded model's config) with the context checked."""
+    if plan is None:
+        shape = memory.shape_from_config(lm.model.config)
+        memory.check_context(shape, config.prompt_len, config.new_tokens)
+        base = "bf16" if next(lm.model.parameters()).dtype == torch.bfloat16 else "fp32"
+        plan = memory.make_plan(shape, config.prompt_len, config.new_tokens, config.batch_size, config.large_batch, baseline=base)
+    return plan
 
 
-def optimize_generation(lm: CausalLM, config: GenerationConfig = GenerationConfig(), progress: bool = True) -> RunResult:
-    check_context(lm, config)
+def optimize_generation(lm: CausalLM, config: GenerationConfig = GenerationConfig(), progress: bool = True,
+                        plan: dict | None = None) -> RunResult:
+    """The generation search on `lm`; `plan`: memory.preflight's plan, made before `lm` was loaded."""
+    plan = _plan(lm, config, plan)
     device = dev.resolve(config.device)
     with tmeasure.num_threads(config.threads):
         run = RunResult(
@@ -197,11 +201,11 @@ def optimize_generation(lm: CausalLM, config: GenerationConfig = GenerationConfi
                       "prompts": config.prompts or "built-in", "metric": "perplexity",
                       "perplexity_text": f"pydoc_data.topics (first {quality.PPL_TOPICS} topics), {config.ppl_tokens} tokens"},
             machine={**dev.describe(device), **tmeasure.thread_info()},
-            config=asdict(config), recipes=[],
+            config=asdict(config), recipes=[], search={"memory": plan},
             created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
         with kept_on_stop(run, lambda r: _write(r, config)):
             with torch._dynamo.config.patch(recompile_limit=256, accumulated_recompile_limit=4096):
-                _search(lm, config, device, run, progress)
+                _search(lm, config, device, run, progress, plan)
     return run
 
 
@@ -220,7 +224,7 @@ class _Eval:
 # The same plain search as optimize.py: baseline first; each recipe applied to a fresh copy, first
 # call (compile) timed apart, quality checked; survivors timed together round-robin at the asked and
 # one larger batch; the fastest decode within --max-ppl-increase is chosen and saved.
-def _search(lm: CausalLM, config: GenerationConfig, device, run: RunResult, progress: bool) -> None:
+def _search(lm: CausalLM, config: GenerationConfig, device, run: RunResult, progress: bool, plan: dict) -> None:
     t_start = time.perf_counter()
     tok, model = lm.tokenizer, lm.model.to(device).eval()
     prompts = quality.load_prompts(config.prompts)
@@ -229,8 +233,10 @@ def _search(lm: CausalLM, config: GenerationConfig, device, run: RunResult, prog
                text=quality.text_tokens(tok, config.ppl_tokens).to(device),
                agree=[tok(p, return_tensors="pt").input_ids.to(device) for p in prompts[:config.agreement_prompts]],
                calibration=quality.calibration(tok, device=device))
+    base_dtype = plan["baseline"]["dtype"]
     base = GenRecipeResult(name="baseline", steps=[], status="baseline",
-                           reason="the model's own generate(): FP32 eager, dynamic cache, greedy")
+                           reason=f"the model's own generate(): {base_dtype.upper()} eager, dynamic cache, greedy"
+                                  + ("" if base_dtype == "fp32" else f" ({plan['baseline']['why']})"))
     run.recipes.append(base)
     gen = timed_generate(model)
     try:
@@ -248,16 +254,21 @@ def _search(lm: CausalLM, config: GenerationConfig, device, run: RunResult, prog
     explicit = bool(config.recipes)
     chosen = by_name(list(config.recipes), device) if explicit else candidates(device, extended=config.exhaustive)
     budget_s = config.budget_s
-    run.search = {"order": [r.name for r in chosen], "ordered_by": "--recipes" if explicit else "generation.search.candidates",
+    run.search = {**(run.search or {}), "order": [r.name for r in chosen],
+                  "ordered_by": "--recipes" if explicit else "generation.search.candidates",
                   "time_budget_min": None if budget_s is None else config.time_budget, "exhaustive": config.exhaustive,
                   "objective": f"{config.objective}: {OBJECTIVES[config.objective]}"}
     models = {"baseline": model}
     bar = progress_bar(len(chosen) + 2, unit="generation recipes", enabled=progress)
-    tried = 0
+    tried, kept = 0, 0
+    shape, batches = memory.Shape(**plan["shape"]), tuple(plan["batches"])
     for recipe in chosen:
         elapsed = time.perf_counter() - t_start
         bar.set_postfix_str(recipe.name + clock(elapsed, budget_s))
         skip = skip_reason(recipe, device, config, explicit, elapsed, budget_s, tried)
+        est = memory.recipe_estimate(shape, recipe, base_dtype, plan["tokens"], batches)
+        plan["recipes"][recipe.name] = {"peak_bytes": est.peak, "kept_bytes": est.kept, "detail": est.detail}
+        skip = skip or memory.fits(plan, est, kept)
         if skip:
             run.recipes.append(GenRecipeResult(name=recipe.name, steps=recipe.to_list(), targets=targets(recipe),
                                                status="skipped", reason=skip))
@@ -268,6 +279,7 @@ def _search(lm: CausalLM, config: GenerationConfig, device, run: RunResult, prog
         run.recipes.append(res)
         if m is not None:
             models[recipe.name] = m
+            kept += est.kept
         _write(run, config)
         bar.update(1)
 

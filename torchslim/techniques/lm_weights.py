@@ -163,7 +163,11 @@ def _cast_output(module: nn.Module, args: tuple, out: torch.Tensor):
 def _applies(model, cfg: LMWeightsConfig, ctx: Context):
     if not is_causal_lm(model):
         return "not a Hugging Face causal LM (needs .generate and .config)"
-    if any(p.dtype not in (torch.float32,) for p in model.parameters() if p.is_floating_point()):
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    if dtypes == {torch.bfloat16}:  # a BF16 baseline (the memory plan's choice where FP32 does not fit)
+        if cfg.dtype != "bf16" or cfg.prefill not in ("same", "bf16"):
+            return "the model was loaded in BF16 (FP32 does not fit in memory): FP32-model recipes do not apply"
+    elif dtypes - {torch.float32}:
         return "the weights are no longer FP32 (apply lm_weights first)"
     if cfg.dtype == "bf16" and not dev.supports_bf16(ctx.device):
         return f"no fast BF16 on this {ctx.device.type} (needs AVX512-BF16/AMX or an Ampere+ GPU)"
