@@ -641,3 +641,27 @@ def test_memory_available_reads_the_override_and_the_system():
     assert memory.parse_bytes("6G") == 6 << 30 and memory.parse_bytes("512MiB") == 512 << 20 and memory.parse_bytes("1000") == 1000
     n, source = memory.available()
     assert n > 0 and source
+
+
+def test_bf16_baseline_where_fp32_does_not_fit(tiny_folder, tmp_path, monkeypatch, capsys):
+    """A limit between the FP32 and the BF16 need: the model loads in BF16, the baseline row says so and
+    why, FP32-model recipes are not applicable, the static-cache loop runs on the BF16 model."""
+    from torchslim.generation import memory
+
+    shape = memory.spec_shape("hf:" + tiny_folder)
+    fp32 = memory.make_plan(shape, 16, 4, 1, 0, limit=(1 << 40, "x"))["baseline"]["bytes"]
+    bf16 = memory.make_plan(shape, 16, 4, 1, 0, limit=(1 << 40, "x"), baseline="bf16")
+    limit = int((fp32 + memory.weights_bytes(shape, "bf16") + memory.kv_cache_bytes(shape, 20, 1, 2)
+                 + bf16["activations_bytes"]) / 2 / memory.HEADROOM)
+    monkeypatch.setenv("TORCHSLIM_MEMORY_LIMIT", str(limit))
+    out = tmp_path / "out"
+    code = main(["optimize", "--model", "hf:" + tiny_folder, "--prompt-len", "16", "--new-tokens", "4", "--large-batch", "0",
+                 "--rounds", "1", "--recipes", "static-cache,int4-g32-wo-head16-prefillfp32+static-cache+compile", "--out", str(out), "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    saved = json.loads((out / "results.json").read_text())
+    plan, rows = saved["search"]["memory"], {r["name"]: r for r in saved["recipes"]}
+    assert plan["baseline"]["dtype"] == "bf16" and "FP32 would need" in plan["baseline"]["why"]
+    assert "BF16 eager" in rows["baseline"]["reason"] and math.isfinite(rows["baseline"]["perplexity"])
+    assert rows["int4-g32-wo-head16-prefillfp32+static-cache+compile"]["status"] == "skipped"
+    assert "loaded in BF16" in rows["int4-g32-wo-head16-prefillfp32+static-cache+compile"]["reason"]
+    assert rows["static-cache"]["greedy_agreement"] == 1.0 and rows["static-cache"]["decode_tokens_per_s"] > 0

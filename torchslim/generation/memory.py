@@ -146,7 +146,8 @@ def recipe_estimate(shape: Shape, recipe, base_dtype: str, tokens: int, batches:
     dec = next((s for s in recipe.steps if getattr(s, "name", "") == "lm_decode"), None)
     dtype = lw.dtype if lw is not None else base_dtype
     quant = lw.quant if lw is not None else "none"
-    w = weights_bytes(shape, dtype, quant, getattr(lw, "group_size", 32), getattr(lw, "lm_head", "same"))
+    shared = shares_weights(recipe)  # wraps the baseline's own weights: no copy
+    w = 0 if shared else weights_bytes(shape, dtype, quant, getattr(lw, "group_size", 32), getattr(lw, "lm_head", "same"))
     twin = 0
     if lw is not None and lw.prefill != "same":
         twin = weights_bytes(shape, "fp32", "int8-sq") if lw.prefill == "int8-sq" else weights_bytes(shape, lw.prefill)
@@ -156,12 +157,23 @@ def recipe_estimate(shape: Shape, recipe, base_dtype: str, tokens: int, batches:
     static = -(-tokens // STATIC_CACHE_STEP) * STATIC_CACHE_STEP
     kv = sum(kv_cache_bytes(shape, static if dec is not None else tokens, b, kv_b) for b in batches)
     kept = w + twin + frozen + kv
-    copy_ = weights_bytes(shape, base_dtype)  # the deep copy before lm_weights converts it
+    copy_ = 0 if shared else weights_bytes(shape, base_dtype)  # the deep copy before lm_weights converts it
     peak = max(copy_ + twin, kept) + (COMPILE_ALLOWANCE if compiled else 0)
-    detail = (f"weights {w / GB:.2f} GB" + (f" + prefill copy {twin / GB:.2f} GB" if twin else "")
-              + (f" + frozen float copy {frozen / GB:.2f} GB" if frozen else "") + f" + KV cache {kv / GB:.2f} GB"
-              + (" + compile allowance" if compiled else ""))
+    detail = (("the baseline's weights (shared)" if shared else f"weights {size(w)}") + (f" + prefill copy {size(twin)}" if twin else "")
+              + (f" + frozen float copy {size(frozen)}" if frozen else "") + f" + KV cache {size(kv)}"
+              + (f" + compile allowance {size(COMPILE_ALLOWANCE)}" if compiled else ""))
     return Estimate(peak=int(peak), kept=int(kept), detail=detail)
+
+
+def shares_weights(recipe) -> bool:
+    """True for a recipe that leaves the weights as they are (only lm_decode: the static cache and the
+    compiled loop wrap the model): the search applies it to the baseline itself, not to a copy."""
+    return all(getattr(s, "name", "") == "lm_decode" for s in recipe.steps)
+
+
+def size(n: float) -> str:
+    """Bytes for people: '1.23 GB', '45.6 MB', '789 KB'."""
+    return f"{n / GB:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.0f} KB"
 
 
 def activation_bytes(shape: Shape, prompt_len: int, batch: int) -> int:
@@ -300,7 +312,7 @@ def make_plan(shape: Shape, prompt_len: int, new_tokens: int, batch: int, large_
         return {"weights": w, "kv_cache": kv, "activations": act, "load_peak": load, "total": max(load, w + kv + act)}
 
     fp32, bf16 = need("fp32"), need("bf16")
-    gb = lambda b: f"{b / GB:.2f} GB"  # noqa: E731
+    gb = size
     if baseline is not None:
         dtype, why = baseline, f"the model was given loaded in {baseline.upper()}"
     elif fp32["total"] <= budget:
@@ -332,5 +344,5 @@ def fits(plan: dict, est: Estimate, kept_so_far: int) -> str | None:
     resident = plan["baseline"]["weights_bytes"] + kept_so_far + plan["activations_bytes"]
     if resident + est.peak <= plan["usable_bytes"]:
         return None
-    return (f"memory: its peak would need ~{est.peak / GB:.2f} GB ({est.detail}) beside {resident / GB:.2f} GB held "
-            f"(baseline + recipes kept for timing), {plan['usable_bytes'] / GB:.2f} GB usable ({plan['available_source']})")
+    return (f"memory: its peak would need ~{size(est.peak)} ({est.detail}) beside {size(resident)} held "
+            f"(baseline + recipes kept for timing), {size(plan['usable_bytes'])} usable ({plan['available_source']})")

@@ -19,7 +19,7 @@ from ..progress import bar as progress_bar
 from ..recipes import Recipe, apply
 from ..results import RecipeResult, RunResult, kept_on_stop
 from ..search.loop import clock, skip_reason
-from ..techniques import Context
+from ..techniques import Context, handler
 from ..techniques.lm_decode import LMDecodeConfig
 from ..techniques.lm_weights import QUANTIZED_PREFILL_ATTR, LMWeightsConfig
 from . import measure, memory, quality
@@ -266,9 +266,11 @@ def _search(lm: CausalLM, config: GenerationConfig, device, run: RunResult, prog
         elapsed = time.perf_counter() - t_start
         bar.set_postfix_str(recipe.name + clock(elapsed, budget_s))
         skip = skip_reason(recipe, device, config, explicit, elapsed, budget_s, tried)
-        est = memory.recipe_estimate(shape, recipe, base_dtype, plan["tokens"], batches)
-        plan["recipes"][recipe.name] = {"peak_bytes": est.peak, "kept_bytes": est.kept, "detail": est.detail}
-        skip = skip or memory.fits(plan, est, kept)
+        skip = skip or _first_step_not_applicable(recipe, model, ev, device)
+        if not skip:  # the memory it would need beside the baseline and the recipes kept for timing
+            est = memory.recipe_estimate(shape, recipe, base_dtype, plan["tokens"], batches)
+            plan["recipes"][recipe.name] = {"peak_bytes": est.peak, "kept_bytes": est.kept, "detail": est.detail}
+            skip = memory.fits(plan, est, kept)
         if skip:
             run.recipes.append(GenRecipeResult(name=recipe.name, steps=recipe.to_list(), targets=targets(recipe),
                                                status="skipped", reason=skip))
@@ -334,12 +336,22 @@ def _search(lm: CausalLM, config: GenerationConfig, device, run: RunResult, prog
     bar.close()
 
 
+def _first_step_not_applicable(recipe: Recipe, model, ev: _Eval, device) -> str | None:
+    """'not applicable: <step>: <why>' when the recipe's first step does not apply to the baseline
+    model (decided before the memory check and before anything is copied), else None."""
+    if not recipe.steps:
+        return None
+    step = recipe.steps[0]
+    why = handler(step).applies(model, step, Context(device=device, example=None, calibration=lambda: ev.calibration))
+    return f"not applicable: {step.label()}: {why}" if why else None
+
+
 def _try(recipe: Recipe, model, ev: _Eval, config: GenerationConfig, device):
     res = GenRecipeResult(name=recipe.name, steps=recipe.to_list(), targets=targets(recipe))
     ctx = Context(device=device, example=None, calibration=lambda: ev.calibration)
     try:
         t0 = time.perf_counter()
-        m = apply(copy.deepcopy(model), recipe, ctx)
+        m = apply(model if memory.shares_weights(recipe) else copy.deepcopy(model), recipe, ctx)
         res.prepare_s = time.perf_counter() - t0
         gen = timed_generate(m)
         res.first_call_ms, tr = measure.first_call(gen, ev.ids, config.new_tokens)
