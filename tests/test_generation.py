@@ -316,6 +316,9 @@ def test_fp32_model_fp16_weights_compiled_decode_matches_eager(tiny_lm):
     ids = prompt_ids(tiny_lm.tokenizer, ["Give me a simple recipe for pancakes."], 10, 1)
     got, ref = compiled.generate_timed(ids, 8), eager.generate_timed(ids, 8)
     assert torch.isfinite(got.first_logits).all() and torch.equal(got.tokens, ref.tokens)
+    # one graph served every step of the first call: later calls skip Dynamo's guards after their first step
+    assert not compiled.sliding and compiled.skip_guards is True
+    assert torch.equal(compiled.generate_timed(ids, 8).tokens, ref.tokens)
 
 
 def test_hosts_without_native_bf16_get_fp32_model_recipes(monkeypatch):
@@ -665,3 +668,52 @@ def test_bf16_baseline_where_fp32_does_not_fit(tiny_folder, tmp_path, monkeypatc
     assert rows["int4-g32-wo-head16-prefillfp32+static-cache+compile"]["status"] == "skipped"
     assert "loaded in BF16" in rows["int4-g32-wo-head16-prefillfp32+static-cache+compile"]["reason"]
     assert rows["static-cache"]["greedy_agreement"] == 1.0 and rows["static-cache"]["decode_tokens_per_s"] > 0
+
+
+# -- sliding-window caches (Gemma 2/3): no guard-skipping stance, automatic dynamic (issue 25) -----------
+
+def _tiny_gemma3():
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    cfg = Gemma3TextConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                           num_key_value_heads=2, head_dim=16, max_position_embeddings=512, sliding_window=16,
+                           layer_types=["sliding_attention"] * 3 + ["full_attention"])
+    return Gemma3ForCausalLM(cfg).eval()
+
+
+def test_sliding_window_caches_are_detected_before_compiling():
+    from transformers import Gemma2Config, LlamaConfig, Qwen2Config
+
+    from torchslim.generation.runner import has_sliding_layers
+
+    small = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                 num_key_value_heads=1, head_dim=16)
+    assert has_sliding_layers(_tiny_gemma3().config)
+    assert has_sliding_layers(Gemma2Config(**small, sliding_window=8))
+    assert not has_sliding_layers(LlamaConfig(**small)) and not has_sliding_layers(Qwen2Config(**small))
+    eager = GreedyLM(_tiny_gemma3(), compile_decode=False)
+    assert not eager.sliding and eager.skip_guards is None  # nothing compiled: nothing to decide
+
+
+@pytest.mark.slow
+def test_gemma3_compiled_decode_crosses_the_sliding_window():
+    """A real 270M Gemma-3 failed every compiled recipe ("Recompilation triggered with skip_guard_eval_unsafe
+    stance"): its static cache keeps a Python length int Dynamo guards on. Compiled with automatic dynamic,
+    guards checked every step, the decode step gives the eager loop's tokens, across the window filling up."""
+    import copy
+
+    from torchslim.recipes import Recipe, apply
+    from torchslim.techniques import Context
+    from torchslim.techniques.lm_decode import LMDecodeConfig
+
+    model = _tiny_gemma3()
+    ctx = Context(device=torch.device("cpu"), example=None)
+    compiled = apply(copy.deepcopy(model), Recipe((LMDecodeConfig(),)), ctx)
+    assert compiled.sliding and compiled.skip_guards is False and any("sliding-window" in n for n in ctx.notes)
+    ids = torch.randint(1, 500, (1, 8), generator=torch.Generator().manual_seed(1))  # 8 + 20 tokens > window 16
+    ref = GreedyLM(model, compile_decode=False).generate_timed(ids, 20).tokens
+    assert torch.equal(hf_generate(model, ids, 20).tokens, ref)
+    with torch._dynamo.config.patch(recompile_limit=256, accumulated_recompile_limit=4096):
+        for _ in range(2):
+            assert torch.equal(compiled.generate_timed(ids, 20).tokens, ref)
