@@ -717,3 +717,27 @@ def test_gemma3_compiled_decode_crosses_the_sliding_window():
     with torch._dynamo.config.patch(recompile_limit=256, accumulated_recompile_limit=4096):
         for _ in range(2):
             assert torch.equal(compiled.generate_timed(ids, 20).tokens, ref)
+
+
+def test_da8w4_needs_amx_not_just_vnni(monkeypatch):
+    """torchao's DA8W4 CPU kernel takes its VNNI decode kernel and brgemm only where cpublas can pack u8
+    weights (AMX): an AVX512-VNNI CPU without AMX gets the reason, an AMX one none; a torchao without the
+    CPU kernel is reported first whatever the CPU."""
+    from torchslim import device as dev
+    from torchslim.techniques.lm_weights import da8w4_missing
+
+    try:
+        monkeypatch.setenv(dev.FLAGS_ENV, "avx2 avx512f avx512bw avx512vl avx512_vnni avx512_bf16")
+        dev.cpu_flags.cache_clear()
+        why = dev.da8w4_fast_path()
+        assert why and "AVX512-VNNI but no AMX-INT8" in why and "scalar" in why
+        monkeypatch.setenv(dev.FLAGS_ENV, "avx2 avx512f avx512_vnni amx_tile amx_int8 amx_bf16")
+        dev.cpu_flags.cache_clear()
+        assert dev.da8w4_fast_path() is None
+    finally:
+        monkeypatch.delenv(dev.FLAGS_ENV)
+        dev.cpu_flags.cache_clear()
+    built = "CPU" in torch._C._dispatch_dump("torchao::da8w4_linear_cpu")
+    assert (da8w4_missing() is None) == built or "torchao" in (da8w4_missing() or "")
+    if not built:
+        assert "not built" in da8w4_missing()

@@ -106,17 +106,14 @@ def is_causal_lm(model: nn.Module) -> bool:
 
 
 def da8w4_missing() -> str | None:
-    """None where torchao's DA8W4 CPU kernel is built and the CPU has AMX-INT8, else why not."""
-    if "amx_int8" not in dev.cpu_flags():
-        return "DA8W4 needs a CPU with AMX-INT8"
+    """None where torchao's DA8W4 CPU kernel is built and has its fast path here (device.da8w4_fast_path:
+    AMX-INT8), else why not (the missing kernel first: it is missing on every CPU)."""
     why = ao.torchao_importable()
     if why:
         return why
-    import torch
-
     if "CPU" not in torch._C._dispatch_dump("torchao::da8w4_linear_cpu"):
         return "torchao's da8w4_linear_cpu kernel is not built in this torchao (its PyPI wheel has no CPU extension)"
-    return None
+    return dev.da8w4_fast_path()
 
 
 def take_prefill_model(model: nn.Module) -> nn.Module | None:
