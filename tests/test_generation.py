@@ -741,3 +741,20 @@ def test_da8w4_needs_amx_not_just_vnni(monkeypatch):
     assert (da8w4_missing() is None) == built or "torchao" in (da8w4_missing() or "")
     if not built:
         assert "not built" in da8w4_missing()
+
+
+def test_gpt2_style_conv1d_models_get_the_reason():
+    """GPT-2's projections are transformers' Conv1D: the weight-only recipes say so instead of a shape rule."""
+    import copy
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from torchslim.errors import NotApplicable
+    from torchslim.recipes import Recipe, apply
+    from torchslim.techniques import Context
+    from torchslim.techniques.lm_weights import LMWeightsConfig
+
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=128, n_embd=64, n_layer=1, n_head=4, n_positions=64)).eval()
+    cfg = LMWeightsConfig("fp32", "fp16", lm_head="fp16")  # the head is an nn.Linear, the blocks are not
+    with pytest.raises(NotApplicable, match="Conv1D"):
+        apply(copy.deepcopy(model), Recipe((cfg,)), Context(device=torch.device("cpu"), example=None))

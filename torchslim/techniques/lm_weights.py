@@ -191,6 +191,10 @@ def _applies(model, cfg: LMWeightsConfig, ctx: Context):
         if why:
             return why
     if cfg.quant != "none" and not _linears(model, cfg):
+        if not any(isinstance(m, nn.Linear) for n, m in model.named_modules() if not _is_head(n)):
+            kinds = sorted({type(m).__name__ for m in model.modules() if type(m).__name__ == "Conv1D"})
+            return ("its projections are transformers' Conv1D (GPT-2 style), not nn.Linear: the weight-only kernels "
+                    "need nn.Linear") if kinds else "it has no nn.Linear layers besides the LM head"
         return "no nn.Linear fits the kernel's shape rules"
     return None
 
