@@ -271,7 +271,11 @@ def _prefill_step(model, input_ids, cache, cache_position, kw):
 
 
 def _decode_step(model, tok, cache, cache_position, kw, bias):
-    out = model(input_ids=tok, **{kw: cache}, cache_position=cache_position.clone(), use_cache=True)
+    # positions given (as generate() gives them): some models derive them from the cache's length otherwise,
+    # a data-dependent slice Dynamo cannot compile (OPT: position_ids[:, past_seen_tokens:])
+    pos = cache_position.clone()
+    out = model(input_ids=tok, **{kw: cache}, cache_position=pos, position_ids=pos.unsqueeze(0).expand(tok.shape[0], -1),
+                use_cache=True)
     return (out.logits[:, -1] + bias).argmax(-1, keepdim=True)
 
 
