@@ -125,6 +125,20 @@ def seven_bit_int8(asked: bool | None = None) -> bool:
     return bool(flags) and not ({"avx512_vnni", "avx_vnni", "amx_int8"} & flags)
 
 
+def da8w4_fast_path() -> str | None:
+    """None where torchao's DA8W4 CPU kernel (torchao::da8w4_linear_cpu: INT8 dynamic activations x
+    INT4 weights) has a fast path, else why not. Its AVX512-VNNI micro-kernel for M <= 4 (decode) and
+    its brgemm path are both taken only where ATen's cpublas can pack u8 weights (cpublas::could_pack,
+    which needs AMX-INT8); with AVX512-VNNI but no AMX it runs a scalar dequantize-and-multiply loop
+    (torchao/csrc/cpu/aten_kernels/da8w4_linear.cpp, pytorch/ao)."""
+    flags = cpu_flags()
+    if "amx_int8" in flags:
+        return None
+    has = "AVX512-VNNI but no AMX-INT8" if "avx512_vnni" in flags else "no AMX-INT8"
+    return (f"DA8W4's fast paths need AMX-INT8 (this CPU: {has}; torchao takes its VNNI decode kernel and its "
+            "brgemm only where cpublas can pack u8 weights, i.e. with AMX, else it runs scalar loops)")
+
+
 # What a technique config may declare in `requires` (see techniques/base.py), and the reason a recipe
 # is skipped where it is missing. Checked by `missing_hardware`.
 REQUIREMENTS = {

@@ -10,6 +10,22 @@ from ..errors import SlimError
 from . import options
 
 GENERATION_EXAMPLES = ("smollm2",)
+GEN_BUDGET_MIN = 10.0  # generation.search.DEFAULT_TIME_BUDGET_MIN (not imported: the parser loads no torch)
+# options of the forward-pass search that text generation does not have, and why (refused, exit 2)
+NOT_FOR_GENERATION = {
+    "min_cosine": ("--min-cosine", "text generation is judged by perplexity and greedy agreement, not output cosine; "
+                                   "use --max-drop / --max-ppl-increase (percent)"),
+    "no_fallback": ("--no-fallback", "the generation search has no float fallback to turn off; drop it"),
+    "fallback_max_layers": ("--fallback-max-layers", "the generation search has no float fallback; drop it"),
+    "fresh": ("--fresh", "the generation search keeps no cache of earlier searches: it always searches anew; drop it"),
+    "input_shape": ("--input-shape", "text generation feeds token ids of --prompt-len; drop it"),
+    "dtype": ("--dtype", "text generation feeds token ids; drop it"),
+    "inputs": ("--inputs", "text generation builds its prompts from --prompts; drop it"),
+    "eval": ("--eval", "text generation's task metric is perplexity on built-in text; use --max-drop for its limit"),
+    "weights": ("--weights", "a causal LM's weights come from its hf:DIR folder or .gguf file; drop it"),
+    "calib_data": ("--calib-data", "the generation recipes calibrate on built-in text; drop it"),
+}
+GENERATION_ONLY = ("prompt_len", "new_tokens", "batch_size", "large_batch", "prompts", "max_ppl_increase")
 
 
 def add_optimize(sub) -> argparse.ArgumentParser:
@@ -19,31 +35,40 @@ def add_optimize(sub) -> argparse.ArgumentParser:
                        parents=[options.model(), options.example(), options.calibration(),
                                 options.out("results.json, report.html, the chosen model", options.DEFAULT_OUT),
                                 options.device("auto", "cpu, cuda or auto"), options.progress(), options.debug()])
-    o.add_argument("--objective", default="latency", choices=["latency", "throughput", "size", "memory"])
-    o.add_argument("--max-drop", type=float, default=1.0, help="largest allowed drop of the task metric (default 1.0)")
-    o.add_argument("--min-cosine", type=float, default=0.99, help="smallest allowed per-sample output cosine vs FP32 (default 0.99)")
+    o.add_argument("--objective", default=None, choices=["latency", "throughput", "size", "memory"],
+                   help="what the chosen recipe is best at (default latency; text generation: latency = decode tokens/s "
+                        "at --batch-size, throughput = decode tokens/s at --large-batch, size = smallest saved model, "
+                        "memory = lowest peak memory, each among the recipes that decode faster than the baseline)")
+    o.add_argument("--max-drop", type=float, default=None,
+                   help="largest allowed drop of the task metric (default 1.0; text generation: the perplexity increase "
+                        "in percent, the same as --max-ppl-increase, default 5)")
+    o.add_argument("--min-cosine", type=float, default=None,
+                   help="smallest allowed per-sample output cosine vs FP32 (default 0.99; not for text generation)")
     o.add_argument("--recipes", help="comma-separated recipe names to try (default: all applicable; see `torchslim recipes`)")
-    o.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds (default 15)")
+    o.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds (default 15; text generation: 5 generations)")
     o.add_argument("--no-fallback", action="store_true",
-                   help="do not retry a rejected quantization recipe with its most sensitive layers kept in float")
+                   help="do not retry a rejected quantization recipe with its most sensitive layers kept in float "
+                        "(not for text generation, which has no such retry)")
     o.add_argument("--fallback-max-layers", type=int, default=None,
                    help="most layers the fallback may keep in float (default: half the quantized layers, at most 8)")
     o.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
                    help="minutes for trying recipes (likely winners first); the rest are listed as skipped "
-                        "(default 1.5 per model; 0: no limit)")
+                        f"(default 1.5 per model, text generation {GEN_BUDGET_MIN:g}; 0: no limit)")
     o.add_argument("--exhaustive", action="store_true",
-                   help="try every recipe: no time budget, no hardware skip, no early rejection, every fallback")
-    o.add_argument("--fresh", action="store_true", help="search anew instead of reusing the rows of an identical earlier search")
+                   help="try every recipe: no time budget, no hardware skip, no early rejection, every fallback "
+                        "(text generation: the extended recipe list too)")
+    o.add_argument("--fresh", action="store_true", help="search anew instead of reusing the rows of an identical earlier search "
+                                                        "(not for text generation, which always searches anew)")
     g = o.add_argument_group("text generation (causal LMs: hf:DIR with a *ForCausalLM, or a .gguf file)")
     g.add_argument("--task", choices=["text-generation"], default=None, help="treat --model as a causal LM to generate with")
     g.add_argument("--example", choices=GENERATION_EXAMPLES, default=None,
                    help="a built-in generation example: smollm2 (SmolLM2-135M-Instruct GGUF)")
-    g.add_argument("--prompt-len", type=int, default=128, help="prompt tokens (default 128)")
-    g.add_argument("--new-tokens", type=int, default=64, help="tokens generated per prompt, greedy, EOS ignored (default 64)")
-    g.add_argument("--batch-size", type=int, default=1, help="prompts generated together (default 1)")
-    g.add_argument("--large-batch", type=int, default=4, help="also time this larger batch (default 4; 0: no)")
+    g.add_argument("--prompt-len", type=int, default=None, help="prompt tokens (default 128)")
+    g.add_argument("--new-tokens", type=int, default=None, help="tokens generated per prompt, greedy, EOS ignored (default 64)")
+    g.add_argument("--batch-size", type=int, default=None, help="prompts generated together (default 1)")
+    g.add_argument("--large-batch", type=int, default=None, help="also time this larger batch (default 4; 0: no)")
     g.add_argument("--prompts", default=None, help="prompts file, one per line (default: built-in real prompts)")
-    g.add_argument("--max-ppl-increase", type=float, default=5.0, help="largest allowed perplexity increase in percent (default 5)")
+    g.add_argument("--max-ppl-increase", type=float, default=None, help="largest allowed perplexity increase in percent (default 5)")
     return o
 
 
@@ -54,6 +79,10 @@ def run_optimize(args) -> int:
 
     if _wants_generation(args):
         return _run_generation(args)
+    given = [f"--{k.replace('_', '-')}" for k in GENERATION_ONLY if getattr(args, k) is not None]
+    if given:
+        raise SlimError(f"{', '.join(given)} apply to text generation only, and this model is not run as a causal LM",
+                        "pass --task text-generation with an hf:DIR causal LM (or a .gguf file), or drop them")
     out = args.out or options.DEFAULT_OUT
     if args.model:
         jobs = [(args.model, out)]
@@ -65,8 +94,9 @@ def run_optimize(args) -> int:
     for spec, folder in jobs:
         workload = options.workload_from_args(args, spec)
         config = OptimizeConfig(
-            objective=args.objective, max_drop=args.max_drop, min_cosine=args.min_cosine, recipes=options.recipe_names(args),
-            device=args.device, threads=args.threads, rounds=args.rounds, out=folder, debug=args.debug,
+            objective=args.objective or "latency", max_drop=1.0 if args.max_drop is None else args.max_drop,
+            min_cosine=0.99 if args.min_cosine is None else args.min_cosine, recipes=options.recipe_names(args),
+            device=args.device, threads=args.threads, rounds=15 if args.rounds is None else args.rounds, out=folder, debug=args.debug,
             fallback=not args.no_fallback, fallback_max_layers=args.fallback_max_layers, **_search_options(args),
         )
         run = optimize(workload, config, progress=not args.no_progress)
@@ -129,26 +159,50 @@ def _run_generation(args) -> int:
     import torch
 
     from ..generation.load import load_causal_lm, smollm2_gguf
+    from ..generation.memory import preflight
     from ..generation.report import format_generation_table
-    from ..generation.search import GenerationConfig, optimize_generation
+    from ..generation.search import optimize_generation
 
     if args.example and args.model:
         raise SlimError("--example and --model are exclusive", "pass one of them")
     spec = smollm2_gguf() if args.example == "smollm2" else args.model
     out = args.out or os.path.join(options.DEFAULT_OUT, args.example or "generation")
-    config = GenerationConfig(
-        prompt_len=args.prompt_len, new_tokens=args.new_tokens, batch_size=args.batch_size, large_batch=args.large_batch,
-        prompts=args.prompts, max_ppl_increase=args.max_ppl_increase, recipes=options.recipe_names(args),
-        rounds=5 if args.rounds == 15 else args.rounds,  # 15 single calls is optimize's default; 5 generations here
-        device=args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu",
-        threads=args.threads, out=out, debug=args.debug)
-    lm = load_causal_lm(spec, task=args.task)
-    run = optimize_generation(lm, config, progress=not args.no_progress)
+    config = generation_config(args, out, device=args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
+    if config.recipes:  # unknown names refused before loading
+        from .. import device as dev
+        from ..generation.search import by_name
+
+        by_name(list(config.recipes), dev.resolve(config.device))
+    plan = preflight(spec, config)  # GGUF header, context, memory: refused before any weight is loaded
+    lm = load_causal_lm(spec, task=args.task, dtype=plan["baseline"]["dtype"] if plan else "fp32")
+    run = optimize_generation(lm, config, progress=not args.no_progress, plan=plan)
     print(format_generation_table(run.to_dict()))
     print(f"\nwrote {out}/results.json, {out}/report.html" + (f", {run.artifact}/ and {out}/reproduce.py" if run.artifact else ""))
     if not run.chosen:
         print("no recipe beat the baseline under the thresholds; nothing was saved", file=sys.stderr)
     return 0
+
+
+def generation_config(args, out: str | None, device: str = "cpu"):
+    """The GenerationConfig the options describe; an option of the forward-pass search that does not
+    apply to generation is refused (SlimError) rather than ignored."""
+    from ..generation.search import GenerationConfig
+
+    for key, (flag, why) in NOT_FOR_GENERATION.items():
+        if getattr(args, key, None) not in (None, False):
+            raise SlimError(f"{flag} does not apply to text generation: {why.split('; ')[0]}", why.split("; ")[-1])
+    ppl = args.max_ppl_increase
+    if args.max_drop is not None:  # generation's task metric: perplexity, its drop = the increase in percent
+        if ppl is not None and ppl != args.max_drop:
+            raise SlimError(f"--max-drop {args.max_drop:g} and --max-ppl-increase {ppl:g} disagree (for text generation both "
+                            "are the perplexity increase in percent)", "pass one of them")
+        ppl = args.max_drop
+    given = {"prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "batch_size": args.batch_size,
+             "large_batch": args.large_batch, "max_ppl_increase": ppl, "rounds": args.rounds, "objective": args.objective}
+    return GenerationConfig(
+        **{k: v for k, v in given.items() if v is not None}, prompts=args.prompts, recipes=options.recipe_names(args),
+        time_budget=GEN_BUDGET_MIN if args.time_budget is None else args.time_budget, exhaustive=args.exhaustive,
+        device=device, threads=args.threads, out=out, debug=args.debug)
 
 
 # -- recipes, report --------------------------------------------------------------------------------

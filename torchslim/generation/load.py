@@ -17,11 +17,13 @@ from ..errors import SlimError, first_line
 from ..fileio import cache_dir
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16"}  # transformers' dtype= names
 
 
 @dataclasses.dataclass
 class CausalLM:
-    """A causal LM ready to generate: the model (FP32, eval mode), its tokenizer, where it came from."""
+    """A causal LM ready to generate: the model (FP32, or BF16 where FP32 does not fit; eval mode), its
+    tokenizer, where it came from."""
 
     model: object
     tokenizer: object
@@ -57,24 +59,38 @@ def is_generation_spec(spec: str | None) -> bool:
     return False
 
 
-def load_causal_lm(spec: str, task: str | None = None) -> CausalLM:
-    """Load `spec` (hf:DIR or path.gguf) as an FP32 causal LM and its tokenizer; SlimError otherwise."""
-    _need_transformers()
+def gguf_of(spec: str) -> str | None:
+    """The GGUF file `spec` names (a .gguf path, or an hf:DIR holding one GGUF and no config.json), or None."""
     if spec.lower().endswith(".gguf"):
         if not os.path.isfile(spec):
             raise SlimError(f"GGUF file '{spec}' does not exist", "check the path")
-        folder, source = gguf_folder(spec), {"format": "gguf", "gguf": os.path.abspath(spec)}
-    elif spec.startswith("hf:"):
+        return spec
+    if spec.startswith("hf:"):
         folder = spec[3:]
-        if not os.path.isdir(folder):
-            raise SlimError(f"'{folder}' is not a folder", "give hf:DIR, a local Hugging Face model folder")
         ggufs = _ggufs(folder)
         if ggufs and not os.path.isfile(os.path.join(folder, "config.json")):
             if len(ggufs) > 1:
                 raise SlimError(f"'{folder}' holds {len(ggufs)} GGUF files", "pass the one you mean: --model path/to/file.gguf")
-            folder, source = gguf_folder(ggufs[0]), {"format": "gguf", "gguf": os.path.abspath(ggufs[0])}
-        else:
-            source = {"format": "huggingface"}
+            return ggufs[0]
+    return None
+
+
+def load_causal_lm(spec: str, task: str | None = None, dtype: str = "fp32") -> CausalLM:
+    """Load `spec` (hf:DIR or path.gguf) as a causal LM in `dtype` ('fp32', or 'bf16' where the memory
+    plan says FP32 does not fit) and its tokenizer; SlimError otherwise. A GGUF's header is checked
+    (truncated, split) before anything is converted."""
+    from .gguf_header import read_header
+
+    _need_transformers()
+    gguf = gguf_of(spec)
+    if gguf:
+        read_header(gguf)
+        folder, source = gguf_folder(gguf, dtype), {"format": "gguf", "gguf": os.path.abspath(gguf)}
+    elif spec.startswith("hf:"):
+        folder = spec[3:]
+        if not os.path.isdir(folder):
+            raise SlimError(f"'{folder}' is not a folder", "give hf:DIR, a local Hugging Face model folder")
+        source = {"format": "huggingface"}
     else:
         raise SlimError(f"'{spec}' is not a causal LM spec", "give hf:DIR (a Hugging Face causal-LM folder) or a .gguf file")
     arch = _architectures(folder)
@@ -83,18 +99,17 @@ def load_causal_lm(spec: str, task: str | None = None) -> CausalLM:
         raise SlimError(f"'{spec}' is not a causal language model (architectures: {', '.join(arch) or 'none'})",
                         "text generation needs a *ForCausalLM model; for other models drop --task text-generation")
     tokenizer = _tokenizer(folder, spec)
-    model = _model(folder, spec)
+    model = _model(folder, spec, dtype)
     source["architecture"] = type(model).__name__
+    source["dtype"] = dtype
     return CausalLM(model=model, tokenizer=tokenizer, spec=spec, source=source, folder=folder)
 
 
-def gguf_folder(path: str) -> str:
-    """The float safetensors folder converted from the GGUF at `path` (converted and cached on first use)."""
+def gguf_folder(path: str, dtype: str = "fp32") -> str:
+    """The float safetensors folder (`dtype`) converted from the GGUF at `path` (converted and cached on first use)."""
     st = os.stat(path)
-    key = hashlib.sha256(f"{os.path.abspath(path)}|{st.st_size}|{int(st.st_mtime)}".encode()).hexdigest()[:16]
-    base = os.path.splitext(os.path.basename(path))[0]
-    folder = os.path.join(cache_dir(), "gguf", f"{base}-{key}")
-    if os.path.isfile(os.path.join(folder, "torchslim-done")):
+    folder = _gguf_cache(path, dtype)
+    if gguf_cached(path, dtype):
         return folder
     import transformers
 
@@ -107,7 +122,7 @@ def gguf_folder(path: str) -> str:
 
         with quiet():
             tok = transformers.AutoTokenizer.from_pretrained(d, gguf_file=name)
-            model = transformers.AutoModelForCausalLM.from_pretrained(d, gguf_file=name, dtype="float32")
+            model = transformers.AutoModelForCausalLM.from_pretrained(d, gguf_file=name, dtype=TORCH_DTYPES[dtype])
     except ImportError as e:
         raise SlimError(f"reading GGUF needs the gguf package ({first_line(e)})", "pip install gguf accelerate") from e
     except (ValueError, KeyError, RuntimeError, struct.error, OSError, IndexError, TypeError) as e:  # a corrupt or truncated file too
@@ -129,6 +144,18 @@ def gguf_folder(path: str) -> str:
     os.replace(tmp, folder)
     print(f"torchslim: converted in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     return folder
+
+
+def _gguf_cache(path: str, dtype: str) -> str:
+    st = os.stat(path)
+    key = hashlib.sha256(f"{os.path.abspath(path)}|{st.st_size}|{int(st.st_mtime)}".encode()).hexdigest()[:16]
+    base = os.path.splitext(os.path.basename(path))[0] + ("" if dtype == "fp32" else f"-{dtype}")
+    return os.path.join(cache_dir(), "gguf", f"{base}-{key}")
+
+
+def gguf_cached(path: str, dtype: str = "fp32") -> bool:
+    """Whether the GGUF at `path` was already converted to a `dtype` safetensors folder."""
+    return os.path.isfile(os.path.join(_gguf_cache(path, dtype), "torchslim-done"))
 
 
 def _need_transformers() -> None:
@@ -165,15 +192,14 @@ def _tokenizer(folder: str, spec: str):
     return tok
 
 
-def _model(folder: str, spec: str):
-    import torch
+def _model(folder: str, spec: str, dtype: str = "fp32"):
     import transformers
 
     from ..quant.common import quiet
 
     try:
         with quiet():
-            model = transformers.AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
+            model = transformers.AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=TORCH_DTYPES[dtype])
     except (OSError, ValueError, KeyError) as e:
         raise SlimError(f"transformers cannot load '{spec}' as a causal LM: {first_line(e)}",
                         "give a Hugging Face *ForCausalLM folder (config.json + safetensors) or a GGUF file") from e

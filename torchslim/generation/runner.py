@@ -80,7 +80,16 @@ class GreedyLM(nn.Module):
         self.freezing = freezing and (compile_decode or compile_prefill)
         self._caches: dict[tuple, object] = {}
         self._biases: dict[tuple, tuple] = {}
-        self._decode = self._compiled(_decode_step) if compile_decode else _decode_step
+        # A static cache with sliding-window layers (Gemma 2/3, Mistral-style configs) keeps its length in a
+        # Python int (transformers' StaticSlidingWindowLayer.cumulative_length_int) that Dynamo guards on:
+        # with dynamic=False the step recompiles every token; automatic dynamic makes that int symbolic
+        # (3 graphs: first step, growing window, full window). Its graph changes when the window fills,
+        # so the guard-skipping stance is never used there.
+        self.sliding = compile_decode and has_sliding_layers(inner.config)
+        # whether later steps of a call may skip Dynamo's guards: None = undecided (the first call checks
+        # every guard and counts the graphs compiled after its first step), False = never
+        self.skip_guards: bool | None = False if self.sliding else None
+        self._decode = self._compiled(_decode_step, dynamic=None if self.sliding else False) if compile_decode else _decode_step
         self._prefill = self._compiled(_prefill_step, dynamic=True) if compile_prefill else _prefill_step
 
     def _compiled(self, fn, dynamic=False):
@@ -147,9 +156,22 @@ class GreedyLM(nn.Module):
         picks the graph; the later steps of the same call pass the same model, cache and shapes, so they
         skip them (torch.compiler.set_stance(skip_guard_eval_unsafe=True): safe where nothing but tensor
         values change, as here)."""
-        if not self.compile_decode or step < 2:
+        if not self.compile_decode or step < 2 or self.skip_guards is not True:
             return contextlib.nullcontext()
         return torch.compiler.set_stance("default", skip_guard_eval_unsafe=True)
+
+    def _step(self, i: int, *args):
+        """One decode step; where the guard-skipping stance meets a graph that must recompile
+        ("Recompilation triggered with skip_guard_eval_unsafe stance"), the step runs again with every
+        guard checked and this model stops skipping them."""
+        with self._guards(i):
+            try:
+                return self._decode(*args)
+            except RuntimeError as e:
+                if "skip_guard_eval_unsafe" not in str(e):
+                    raise
+        self.skip_guards = False
+        return self._decode(*args)
 
     def _bias(self, vocab: int, eos: list[int], device) -> tuple[torch.Tensor, torch.Tensor]:
         """(logit bias with -inf at the EOS ids, zeros): added before the argmax."""
@@ -182,11 +204,13 @@ class GreedyLM(nn.Module):
             pad = _pad_id(self.inner) if pad is None else pad
             pad_t = torch.tensor(eos[0] if pad is None else pad, device=input_ids.device)
         pos = torch.tensor([n], device=input_ids.device)
+        graphs = None
         for i in range(1, new_tokens):
             if stop and bool(done.all()):
                 break
-            with self._guards(i):
-                tok = self._decode(self.inner, tok, cache, pos, kw, no_eos if i < min_new else plain)
+            tok = self._step(i, self.inner, tok, cache, pos, kw, no_eos if i < min_new else plain)
+            if i == 1:
+                graphs = _graphs()
             pos += 1
             if stop:
                 tok = torch.where(done, pad_t, tok)
@@ -195,7 +219,30 @@ class GreedyLM(nn.Module):
             steps.append((now - t_prev) * 1000.0)
             t_prev = now
             out.append(tok)
+        if self.compile_decode and self.skip_guards is None and len(steps) >= 2:
+            # the steps after the first compiled nothing new: the same graph serves every step
+            self.skip_guards = _graphs() == graphs
         return GenTrace(tokens=torch.cat(out, dim=1), ttft_ms=ttft, step_ms=steps, first_logits=logits.float())
+
+
+def _graphs() -> int:
+    """Graphs Dynamo has compiled in this process so far (each recompile adds one)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+def has_sliding_layers(config) -> bool:
+    """Whether transformers' StaticCache for `config` has sliding-window (or chunked) layers: built
+    without tensors (its layers allocate on first use)."""
+    try:
+        from transformers import StaticCache
+
+        cache = StaticCache(config=config, max_cache_len=256)
+        return any(getattr(layer, "is_sliding", False) for layer in cache.layers)
+    except Exception:  # noqa: BLE001 - an unusual config: read its layer types
+        types = getattr(config, "layer_types", None) or []
+        return any("sliding" in str(t) or "chunked" in str(t) for t in types)
 
 
 def eos_ids(model) -> list[int]:
@@ -224,7 +271,11 @@ def _prefill_step(model, input_ids, cache, cache_position, kw):
 
 
 def _decode_step(model, tok, cache, cache_position, kw, bias):
-    out = model(input_ids=tok, **{kw: cache}, cache_position=cache_position.clone(), use_cache=True)
+    # positions given (as generate() gives them): some models derive them from the cache's length otherwise,
+    # a data-dependent slice Dynamo cannot compile (OPT: position_ids[:, past_seen_tokens:])
+    pos = cache_position.clone()
+    out = model(input_ids=tok, **{kw: cache}, cache_position=pos, position_ids=pos.unsqueeze(0).expand(tok.shape[0], -1),
+                use_cache=True)
     return (out.logits[:, -1] + bias).argmax(-1, keepdim=True)
 
 

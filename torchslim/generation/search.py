@@ -18,12 +18,22 @@ from ..fileio import write_json, write_text
 from ..progress import bar as progress_bar
 from ..recipes import Recipe, apply
 from ..results import RecipeResult, RunResult, kept_on_stop
-from ..techniques import Context
+from ..search.loop import clock, skip_reason
+from ..techniques import Context, handler
 from ..techniques.lm_decode import LMDecodeConfig
 from ..techniques.lm_weights import QUANTIZED_PREFILL_ATTR, LMWeightsConfig
-from . import measure, quality
+from . import measure, memory, quality
 from .load import CausalLM
 from .runner import timed_generate
+
+
+# Minutes for the baseline and the recipes (then the final interleaved timing): compiling one decode
+# graph takes 1-3 minutes on 2 cores, so the forward search's 1.5 would stop after the first recipe;
+# 10 minutes reach the default list's compiled recipes on SmolLM2-135M (2-core CPUs).
+DEFAULT_TIME_BUDGET_MIN = 10.0
+# What --objective ranks the recipes that kept quality and decode faster than the baseline by.
+OBJECTIVES = {"latency": "decode tokens/s at --batch-size", "throughput": "decode tokens/s at --large-batch (whole batch)",
+              "size": "smallest saved model", "memory": "lowest peak memory while generating"}
 
 
 @dataclass(frozen=True)
@@ -39,6 +49,9 @@ class GenerationConfig:
     agreement_tokens: int = 32
     recipes: tuple[str, ...] | None = None
     rounds: int = 5
+    objective: str = "latency"  # OBJECTIVES
+    time_budget: float | None = DEFAULT_TIME_BUDGET_MIN  # minutes; 0 or None: no limit
+    exhaustive: bool = False  # every recipe (the extended list too), no time budget
     device: str = "cpu"
     threads: int | None = None
     out: str | None = None
@@ -56,6 +69,18 @@ class GenerationConfig:
             raise SlimError("--max-ppl-increase must be >= 0 (percent)", "e.g. --max-ppl-increase 5")
         if self.rounds < 1:
             raise SlimError("--rounds must be >= 1", "e.g. --rounds 5")
+        if self.objective not in OBJECTIVES:
+            raise SlimError(f"unknown objective '{self.objective}'", f"use one of {', '.join(OBJECTIVES)}")
+        if self.objective == "throughput" and not self.large_batch:
+            raise SlimError("--objective throughput ranks by decode tokens/s at --large-batch, and --large-batch is 0",
+                            "pass --large-batch N (e.g. 4), or --objective latency")
+        if self.time_budget is not None and not self.time_budget >= 0:
+            raise SlimError("--time-budget must be >= 0 minutes", f"e.g. --time-budget {DEFAULT_TIME_BUDGET_MIN:g}; 0 means no limit")
+
+    @property
+    def budget_s(self) -> float | None:
+        """Seconds for the baseline and the recipes, or None (no limit, or --exhaustive)."""
+        return 60.0 * self.time_budget if self.time_budget and not self.exhaustive else None
 
 
 @dataclass
@@ -153,16 +178,20 @@ def prompt_ids(tokenizer, prompts: list[str], length: int, batch: int) -> torch.
     return torch.tensor(rows, dtype=torch.long)
 
 
-def check_context(lm: CausalLM, config: GenerationConfig) -> None:
-    ctx = getattr(lm.model.config, "max_position_embeddings", None)
-    need = config.prompt_len + config.new_tokens
-    if ctx is not None and need > ctx:
-        raise SlimError(f"--prompt-len {config.prompt_len} + --new-tokens {config.new_tokens} = {need} tokens exceeds "
-                        f"the model's context of {ctx}", f"keep prompt + new tokens within {ctx}")
+def _plan(lm: CausalLM, config: GenerationConfig, plan: dict | None) -> dict:
+    """The memory plan (memory.preflight's, or one made from the loaded model's config) with the context checked."""
+    if plan is None:
+        shape = memory.shape_from_config(lm.model.config)
+        memory.check_context(shape, config.prompt_len, config.new_tokens)
+        base = "bf16" if next(lm.model.parameters()).dtype == torch.bfloat16 else "fp32"
+        plan = memory.make_plan(shape, config.prompt_len, config.new_tokens, config.batch_size, config.large_batch, baseline=base)
+    return plan
 
 
-def optimize_generation(lm: CausalLM, config: GenerationConfig = GenerationConfig(), progress: bool = True) -> RunResult:
-    check_context(lm, config)
+def optimize_generation(lm: CausalLM, config: GenerationConfig = GenerationConfig(), progress: bool = True,
+                        plan: dict | None = None) -> RunResult:
+    """The generation search on `lm`; `plan`: memory.preflight's plan, made before `lm` was loaded."""
+    plan = _plan(lm, config, plan)
     device = dev.resolve(config.device)
     with tmeasure.num_threads(config.threads):
         run = RunResult(
@@ -172,11 +201,11 @@ def optimize_generation(lm: CausalLM, config: GenerationConfig = GenerationConfi
                       "prompts": config.prompts or "built-in", "metric": "perplexity",
                       "perplexity_text": f"pydoc_data.topics (first {quality.PPL_TOPICS} topics), {config.ppl_tokens} tokens"},
             machine={**dev.describe(device), **tmeasure.thread_info()},
-            config=asdict(config), recipes=[],
+            config=asdict(config), recipes=[], search={"memory": plan},
             created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
         with kept_on_stop(run, lambda r: _write(r, config)):
             with torch._dynamo.config.patch(recompile_limit=256, accumulated_recompile_limit=4096):
-                _search(lm, config, device, run, progress)
+                _search(lm, config, device, run, progress, plan)
     return run
 
 
@@ -195,7 +224,8 @@ class _Eval:
 # The same plain search as optimize.py: baseline first; each recipe applied to a fresh copy, first
 # call (compile) timed apart, quality checked; survivors timed together round-robin at the asked and
 # one larger batch; the fastest decode within --max-ppl-increase is chosen and saved.
-def _search(lm: CausalLM, config: GenerationConfig, device, run: RunResult, progress: bool) -> None:
+def _search(lm: CausalLM, config: GenerationConfig, device, run: RunResult, progress: bool, plan: dict) -> None:
+    t_start = time.perf_counter()
     tok, model = lm.tokenizer, lm.model.to(device).eval()
     prompts = quality.load_prompts(config.prompts)
     ev = _Eval(ids=prompt_ids(tok, prompts, config.prompt_len, config.batch_size).to(device),
@@ -203,8 +233,10 @@ def _search(lm: CausalLM, config: GenerationConfig, device, run: RunResult, prog
                text=quality.text_tokens(tok, config.ppl_tokens).to(device),
                agree=[tok(p, return_tensors="pt").input_ids.to(device) for p in prompts[:config.agreement_prompts]],
                calibration=quality.calibration(tok, device=device))
+    base_dtype = plan["baseline"]["dtype"]
     base = GenRecipeResult(name="baseline", steps=[], status="baseline",
-                           reason="the model's own generate(): FP32 eager, dynamic cache, greedy")
+                           reason=f"the model's own generate(): {base_dtype.upper()} eager, dynamic cache, greedy"
+                                  + ("" if base_dtype == "fp32" else f" ({plan['baseline']['why']})"))
     run.recipes.append(base)
     gen = timed_generate(model)
     try:
@@ -219,15 +251,37 @@ def _search(lm: CausalLM, config: GenerationConfig, device, run: RunResult, prog
     base.size_bytes = tmeasure.serialized_bytes(model)
     _write(run, config)
 
-    chosen = by_name(list(config.recipes), device) if config.recipes else candidates(device)
+    explicit = bool(config.recipes)
+    chosen = by_name(list(config.recipes), device) if explicit else candidates(device, extended=config.exhaustive)
+    budget_s = config.budget_s
+    run.search = {**(run.search or {}), "order": [r.name for r in chosen],
+                  "ordered_by": "--recipes" if explicit else "generation.search.candidates",
+                  "time_budget_min": None if budget_s is None else config.time_budget, "exhaustive": config.exhaustive,
+                  "objective": f"{config.objective}: {OBJECTIVES[config.objective]}"}
     models = {"baseline": model}
     bar = progress_bar(len(chosen) + 2, unit="generation recipes", enabled=progress)
+    tried, kept = 0, 0
+    shape, batches = memory.Shape(**plan["shape"]), tuple(plan["batches"])
     for recipe in chosen:
-        bar.set_postfix_str(recipe.name)
+        elapsed = time.perf_counter() - t_start
+        bar.set_postfix_str(recipe.name + clock(elapsed, budget_s))
+        skip = skip_reason(recipe, device, config, explicit, elapsed, budget_s, tried)
+        skip = skip or _first_step_not_applicable(recipe, model, ev, device)
+        if not skip:  # the memory it would need beside the baseline and the recipes kept for timing
+            est = memory.recipe_estimate(shape, recipe, base_dtype, plan["tokens"], batches)
+            plan["recipes"][recipe.name] = {"peak_bytes": est.peak, "kept_bytes": est.kept, "detail": est.detail}
+            skip = memory.fits(plan, est, kept)
+        if skip:
+            run.recipes.append(GenRecipeResult(name=recipe.name, steps=recipe.to_list(), targets=targets(recipe),
+                                               status="skipped", reason=skip))
+            bar.update(1)
+            continue
         res, m = _try(recipe, model, ev, config, device)
+        tried += res.status != "skipped"  # not applicable: not yet a candidate
         run.recipes.append(res)
         if m is not None:
             models[recipe.name] = m
+            kept += est.kept
         _write(run, config)
         bar.update(1)
 
@@ -262,12 +316,14 @@ def _search(lm: CausalLM, config: GenerationConfig, device, run: RunResult, prog
             r.status, r.reason = "rejected", f"decode slower than the baseline ({r.decode_speedup:.2f}x)"
     bar.update(1)
 
-    ok = [r for r in run.recipes if r.status == "ok"]
-    if ok:
-        best = max(ok, key=lambda r: r.decode_tokens_per_s)
+    best = choose(run.recipes, config.objective)
+    if best is not None:
         best.status = "chosen"
         ttft = "no worse" if (best.ttft_speedup or 0) >= 0.95 else "WORSE"
-        best.reason = (f"fastest decode: {best.decode_speedup:.2f}x the baseline's tokens/s, TTFT {best.ttft_speedup:.2f}x "
+        lead = {"latency": "fastest decode", "throughput": f"fastest decode at batch {config.large_batch}",
+                "size": f"smallest ({best.size_bytes / 1e6:.1f} MB) with a faster decode",
+                "memory": f"lowest peak memory ({(best.peak_memory_bytes or 0) / 1e6:.0f} MB) with a faster decode"}[config.objective]
+        best.reason = (f"{lead}: {best.decode_speedup:.2f}x the baseline's tokens/s, TTFT {best.ttft_speedup:.2f}x "
                        f"({ttft}), perplexity {best.ppl_increase_pct:+.1f}% (limit +{config.max_ppl_increase:g}%)")
         run.chosen = best.name
         if config.out and config.save_model:
@@ -280,12 +336,22 @@ def _search(lm: CausalLM, config: GenerationConfig, device, run: RunResult, prog
     bar.close()
 
 
+def _first_step_not_applicable(recipe: Recipe, model, ev: _Eval, device) -> str | None:
+    """'not applicable: <step>: <why>' when the recipe's first step does not apply to the baseline
+    model (decided before the memory check and before anything is copied), else None."""
+    if not recipe.steps:
+        return None
+    step = recipe.steps[0]
+    why = handler(step).applies(model, step, Context(device=device, example=None, calibration=lambda: ev.calibration))
+    return f"not applicable: {step.label()}: {why}" if why else None
+
+
 def _try(recipe: Recipe, model, ev: _Eval, config: GenerationConfig, device):
     res = GenRecipeResult(name=recipe.name, steps=recipe.to_list(), targets=targets(recipe))
     ctx = Context(device=device, example=None, calibration=lambda: ev.calibration)
     try:
         t0 = time.perf_counter()
-        m = apply(copy.deepcopy(model), recipe, ctx)
+        m = apply(model if memory.shares_weights(recipe) else copy.deepcopy(model), recipe, ctx)
         res.prepare_s = time.perf_counter() - t0
         gen = timed_generate(m)
         res.first_call_ms, tr = measure.first_call(gen, ev.ids, config.new_tokens)
@@ -324,6 +390,18 @@ def _try(recipe: Recipe, model, ev: _Eval, config: GenerationConfig, device):
         return res, None
     res.reason = f"perplexity {res.ppl_increase_pct:+.1f}%, greedy agreement {res.greedy_agreement:.0%}"
     return res, m
+
+
+def choose(rows: list, objective: str):
+    """The best "ok" row (quality kept, decode faster than the baseline) under `objective` (OBJECTIVES), or None."""
+    ok = [r for r in rows if r.status == "ok" and r.decode_tokens_per_s]
+    if not ok:
+        return None
+    key = {"latency": lambda r: -r.decode_tokens_per_s,
+           "throughput": lambda r: -((r.large_batch or {}).get("decode_tokens_per_s") or r.decode_tokens_per_s),
+           "size": lambda r: (r.size_bytes or float("inf"), -r.decode_tokens_per_s),
+           "memory": lambda r: (r.peak_memory_bytes or float("inf"), -r.decode_tokens_per_s)}[objective]
+    return min(ok, key=key)
 
 
 def _ratio(base: dict | None, mine: dict | None, key: str) -> float | None:

@@ -67,5 +67,9 @@ def apply_lm_decode(model, cfg: LMDecodeConfig, ctx: Context):
     twin = take_prefill_model(model)
     if twin is not None:
         ctx.notes.append("prefill runs on the unquantized copy, decode on the quantized weights (one shared KV cache)")
-    return GreedyLM(model, compile_decode=cfg.compile, compile_prefill=cfg.compile and cfg.compile_prefill,
-                    compile_options=opts, freezing=cfg.freezing, prefill_model=twin)
+    out = GreedyLM(model, compile_decode=cfg.compile, compile_prefill=cfg.compile and cfg.compile_prefill,
+                   compile_options=opts, freezing=cfg.freezing, prefill_model=twin)
+    if out.sliding:
+        ctx.notes.append("sliding-window attention layers: the decode step is compiled with automatic dynamic shapes "
+                         "(the cache's length) and Dynamo's guards are checked every step")
+    return out

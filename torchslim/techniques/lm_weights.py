@@ -106,17 +106,14 @@ def is_causal_lm(model: nn.Module) -> bool:
 
 
 def da8w4_missing() -> str | None:
-    """None where torchao's DA8W4 CPU kernel is built and the CPU has AMX-INT8, else why not."""
-    if "amx_int8" not in dev.cpu_flags():
-        return "DA8W4 needs a CPU with AMX-INT8"
+    """None where torchao's DA8W4 CPU kernel is built and has its fast path here (device.da8w4_fast_path:
+    AMX-INT8), else why not (the missing kernel first: it is missing on every CPU)."""
     why = ao.torchao_importable()
     if why:
         return why
-    import torch
-
     if "CPU" not in torch._C._dispatch_dump("torchao::da8w4_linear_cpu"):
         return "torchao's da8w4_linear_cpu kernel is not built in this torchao (its PyPI wheel has no CPU extension)"
-    return None
+    return dev.da8w4_fast_path()
 
 
 def take_prefill_model(model: nn.Module) -> nn.Module | None:
@@ -163,7 +160,11 @@ def _cast_output(module: nn.Module, args: tuple, out: torch.Tensor):
 def _applies(model, cfg: LMWeightsConfig, ctx: Context):
     if not is_causal_lm(model):
         return "not a Hugging Face causal LM (needs .generate and .config)"
-    if any(p.dtype not in (torch.float32,) for p in model.parameters() if p.is_floating_point()):
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    if dtypes == {torch.bfloat16}:  # a BF16 baseline (the memory plan's choice where FP32 does not fit)
+        if cfg.dtype != "bf16" or cfg.prefill not in ("same", "bf16"):
+            return "the model was loaded in BF16 (FP32 does not fit in memory): FP32-model recipes do not apply"
+    elif dtypes - {torch.float32}:
         return "the weights are no longer FP32 (apply lm_weights first)"
     if cfg.dtype == "bf16" and not dev.supports_bf16(ctx.device):
         return f"no fast BF16 on this {ctx.device.type} (needs AVX512-BF16/AMX or an Ampere+ GPU)"
@@ -190,6 +191,10 @@ def _applies(model, cfg: LMWeightsConfig, ctx: Context):
         if why:
             return why
     if cfg.quant != "none" and not _linears(model, cfg):
+        if not any(isinstance(m, nn.Linear) for n, m in model.named_modules() if not _is_head(n)):
+            kinds = sorted({type(m).__name__ for m in model.modules() if type(m).__name__ == "Conv1D"})
+            return ("its projections are transformers' Conv1D (GPT-2 style), not nn.Linear: the weight-only kernels "
+                    "need nn.Linear") if kinds else "it has no nn.Linear layers besides the LM head"
         return "no nn.Linear fits the kernel's shape rules"
     return None
 
