@@ -18,7 +18,8 @@ from ..fileio import write_json, write_text
 from ..progress import bar as progress_bar
 from ..recipes import Recipe, apply
 from ..results import RecipeResult, RunResult, kept_on_stop
-from ..search.loop import clock, skip_reason
+from ..search.config import Budget
+from ..search.loop import skip_reason
 from ..techniques import Context, handler
 from ..techniques.lm_decode import LMDecodeConfig
 from ..techniques.lm_weights import QUANTIZED_PREFILL_ATTR, LMWeightsConfig
@@ -254,6 +255,7 @@ def _search(lm: CausalLM, config: GenerationConfig, device, run: RunResult, prog
     explicit = bool(config.recipes)
     chosen = by_name(list(config.recipes), device) if explicit else candidates(device, extended=config.exhaustive)
     budget_s = config.budget_s
+    budget = Budget(budget_s, t_start)
     run.search = {**(run.search or {}), "order": [r.name for r in chosen],
                   "ordered_by": "--recipes" if explicit else "generation.search.candidates",
                   "time_budget_min": None if budget_s is None else config.time_budget, "exhaustive": config.exhaustive,
@@ -263,9 +265,8 @@ def _search(lm: CausalLM, config: GenerationConfig, device, run: RunResult, prog
     tried, kept = 0, 0
     shape, batches = memory.Shape(**plan["shape"]), tuple(plan["batches"])
     for recipe in chosen:
-        elapsed = time.perf_counter() - t_start
-        bar.set_postfix_str(recipe.name + clock(elapsed, budget_s))
-        skip = skip_reason(recipe, device, config, explicit, elapsed, budget_s, tried)
+        bar.set_postfix_str(recipe.name + budget.clock())
+        skip = skip_reason(recipe, device, config, explicit, budget, tried)
         skip = skip or _first_step_not_applicable(recipe, model, ev, device)
         if not skip:  # the memory it would need beside the baseline and the recipes kept for timing
             est = memory.recipe_estimate(shape, recipe, base_dtype, plan["tokens"], batches)

@@ -10,7 +10,7 @@ from ..recipes import Recipe, missing_hardware
 from ..results import RecipeResult
 from ..sensitivity import quantization_step
 from ..workload import eval_mode
-from .config import SearchState
+from .config import Budget, SearchState
 from .fallback import fallback, why_not
 from .timing import settle_ms
 from .trial import caller, evaluate, forward_error, try_recipe
@@ -49,7 +49,7 @@ def try_candidates(recipes: list[Recipe], s: SearchState) -> None:
     tried, deferred = 0, []
     for recipe in recipes:
         s.bar.set_postfix_str(recipe.name + s.budget.clock())
-        skip = skip_reason(recipe, s, tried)
+        skip = skip_reason(recipe, s.device, s.config, s.explicit, s.budget, tried)
         if skip:
             s.run.recipes.append(RecipeResult(name=recipe.name, steps=recipe.to_list(), status="skipped", reason=skip))
             s.bar.update(1)
@@ -86,14 +86,15 @@ def retry_in_float(recipe: Recipe, res: RecipeResult, s: SearchState) -> None:
             s.models[retry.name] = model
 
 
-def skip_reason(recipe: Recipe, s: SearchState, tried: int) -> str | None:
+def skip_reason(recipe: Recipe, device, config, explicit: bool, budget: Budget, tried: int) -> str | None:
     """Why `recipe` is not tried: its hardware is missing, or the time budget is spent (the first
-    recipe that gets to run is always tried, so a search under any budget has a candidate)."""
-    why = None if s.explicit or s.config.exhaustive else missing_hardware(recipe, s.device)
+    recipe that gets to run is always tried, so a search under any budget has a candidate). Shared by
+    every workload's search: `config` needs `exhaustive` and `time_budget`."""
+    why = None if explicit or config.exhaustive else missing_hardware(recipe, device)
     if why:  # named by the user, or the exhaustive search: run it even where it is emulated
         return f"{why} (name it in --recipes to try it anyway)"
-    if tried and s.budget.over():
-        return (f"time budget: the {s.config.time_budget:g} min of --time-budget were spent before this recipe's turn "
+    if tried and budget.over():
+        return (f"time budget: the {config.time_budget:g} min of --time-budget were spent before this recipe's turn "
                 "(--time-budget 0 or --exhaustive tries every recipe)")
     return None
 
