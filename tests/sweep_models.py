@@ -166,6 +166,52 @@ class ShapeControlFlow(nn.Module):
         return h.softmax(-1) if x.dim() == 2 else h
 
 
+class SqueezeExcite(nn.Module):
+    def __init__(self, c: int, r: int = 4):
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc1, self.fc2 = nn.Conv2d(c, c // r, 1), nn.Conv2d(c // r, c, 1)
+
+    def forward(self, x):
+        return x * torch.sigmoid(self.fc2(torch.relu(self.fc1(self.pool(x)))))
+
+
+def _conv_bn(cin: int, cout: int, k: int = 1, stride: int = 1, groups: int = 1, act=nn.ReLU6):
+    layers = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
+    return nn.Sequential(*layers, act()) if act else nn.Sequential(*layers)
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2/V3's block: 1x1 expand (Conv-BN-ReLU6), depthwise 3x3 (groups=channels),
+    an optional SE block, 1x1 project (Conv-BN), a residual where the shapes match."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expand: int = 4, act=nn.ReLU6, se: bool = False):
+        super().__init__()
+        mid = cin * expand
+        self.body = nn.Sequential(_conv_bn(cin, mid, act=act), _conv_bn(mid, mid, 3, stride, groups=mid, act=act),
+                                  *([SqueezeExcite(mid)] if se else []), _conv_bn(mid, cout, act=None))
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x):
+        return x + self.body(x) if self.residual else self.body(x)
+
+
+class MobileNetish(nn.Module):
+    """A small depthwise-separable ImageNet-style CNN (MobileNetV2/V3 pieces): ReLU6 and Hardswish
+    activations, depthwise 3x3 convolutions, an SE block, a Linear head."""
+
+    def __init__(self, classes: int = 10):
+        super().__init__()
+        self.features = nn.Sequential(
+            _conv_bn(3, 16, 3, 2), InvertedResidual(16, 16, 1), InvertedResidual(16, 24, 2),
+            InvertedResidual(24, 24, 1, act=nn.Hardswish, se=True), _conv_bn(24, 64, act=nn.Hardswish))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(0.2), nn.Linear(64, classes))
+
+    def forward(self, x):
+        return self.head(self.pool(self.features(x)))
+
+
 def _custom(cls, *shapes, ints: bool = False):
     def make():
         torch.manual_seed(0)
@@ -183,6 +229,7 @@ CUSTOM = {
     "shared-weights": _custom(SharedWeights, (4, 12), ints=True),
     "no-grad-in-forward": _custom(NoGradInside, (4, 32)),
     "shape-control-flow": _custom(ShapeControlFlow, (4, 32)),
+    "mobilenet-ish": _custom(MobileNetish, (2, 3, 32, 32)),
 }
 
 MODELS = {**HF, **CUSTOM}
