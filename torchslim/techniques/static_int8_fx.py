@@ -134,13 +134,18 @@ class _Flatten(nn.Module):
         return torch.flatten(x, self.start_dim, self.end_dim)
 
 
-class _ReLU6(nn.Module):
-    """nn.ReLU6 (and Hardtanh(0, 6)) as a traced-through F.relu6 call. The module computes
-    hardtanh, which on an INT8 tensor Static Runtime runs as aten::clamp.out: no quantized kernel
-    (NotImplementedError from the second call on, torch 2.13); relu6 keeps its quantized kernel."""
+class _Hardtanh(nn.Module):
+    """nn.ReLU6/nn.Hardtanh as a traced-through call: F.relu6 for (0, 6), else F.hardtanh (which
+    _static_runtime_kernels can rewrite). The modules compute hardtanh, which on an INT8 tensor
+    Static Runtime runs as aten::clamp.out: no quantized kernel (NotImplementedError from the
+    second call on, torch 2.13); relu6 keeps its quantized kernel."""
+
+    def __init__(self, lo: float, hi: float):
+        super().__init__()
+        self.lo, self.hi = lo, hi
 
     def forward(self, x):
-        return F.relu6(x)
+        return F.relu6(x) if (self.lo, self.hi) == (0.0, 6.0) else F.hardtanh(x, self.lo, self.hi)
 
 
 def _inline_flatten(model: nn.Module) -> None:
@@ -148,8 +153,8 @@ def _inline_flatten(model: nn.Module) -> None:
     for name, m in list(model.named_modules()):
         if type(m) is nn.Flatten and name:
             model.set_submodule(name, _Flatten(m.start_dim, m.end_dim))
-        elif name and (type(m) is nn.ReLU6 or (type(m) is nn.Hardtanh and (m.min_val, m.max_val) == (0.0, 6.0))):
-            model.set_submodule(name, _ReLU6())
+        elif name and type(m) in (nn.ReLU6, nn.Hardtanh):
+            model.set_submodule(name, _Hardtanh(float(m.min_val), float(m.max_val)))
 
 
 def _flatten_channels_last(gm: torch.fx.GraphModule, example, engine: str) -> int:
