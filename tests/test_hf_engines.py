@@ -156,3 +156,16 @@ def test_aoti_package_of_a_raw_bert_reloads_in_a_fresh_process(tmp_path):
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "reloaded AotiModule" in done.stdout
+
+
+def test_keyword_inputs_through_kwargs_are_not_traced():
+    """A raw HF model called with a dict example: HFForward takes the inputs through **kwargs, which
+    torch.jit.trace cannot name: not applicable before any work, saying what to do."""
+    from torchslim.recipes import by_name
+
+    ids = torch.randint(0, 100, (2, 8))
+    recipe = by_name(["torchscript-freeze"], torch.device("cpu"))[0]
+    with pytest.raises(torchslim.NotApplicable, match="does not name attention_mask, input_ids"):
+        torchslim.apply(tiny_hf.bert(), recipe, {"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+    out = torchslim.apply(tiny_hf.bert(), recipe, (ids,))  # positional: traced
+    assert isinstance(out(ids), tuple) and out(ids)[0].shape == (2, 8, 32)
