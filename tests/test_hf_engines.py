@@ -111,6 +111,7 @@ def _check_rows(run):
     assert set(ENGINE_RECIPES) <= set(rows)
     for name in ENGINE_RECIPES:
         r = rows[name]
+        print(f"{name}: {r.status} min cosine {r.fidelity and r.fidelity.min_cosine} {r.reason[:160]}")  # pytest -s
         assert r.status in ("ok", "chosen", "rejected", "skipped"), f"{name}: {r.status}: {r.reason}"
         if r.status == "skipped":
             assert r.reason and "\n" not in r.reason.strip(), name
