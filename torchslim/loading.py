@@ -22,7 +22,8 @@ FORMATS = """model specs:
   path/to/file.py:factory   a Python file and a function in it returning an nn.Module,
                             (module, example_inputs) or a torchslim Workload
   package.module:factory    the same, from an importable module
-  hf:DIR                    a Hugging Face model folder (offline; needs the 'hf' extra)
+  hf:DIR                    a Hugging Face model folder (offline; needs the 'hf' extra): --input-shape
+                            BATCHxSEQ for token models, BATCHxCxHxW for vision models
   model.pt / model.ts       a TorchScript file (torch.jit.save)
   model.pt2                 a torch.export program (torch.export.save)"""
 
