@@ -166,6 +166,127 @@ class ShapeControlFlow(nn.Module):
         return h.softmax(-1) if x.dim() == 2 else h
 
 
+class SqueezeExcite(nn.Module):
+    def __init__(self, c: int, r: int = 4):
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc1, self.fc2 = nn.Conv2d(c, c // r, 1), nn.Conv2d(c // r, c, 1)
+
+    def forward(self, x):
+        return x * torch.sigmoid(self.fc2(torch.relu(self.fc1(self.pool(x)))))
+
+
+def _conv_bn(cin: int, cout: int, k: int = 1, stride: int = 1, groups: int = 1, act=nn.ReLU6):
+    layers = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
+    return nn.Sequential(*layers, act()) if act else nn.Sequential(*layers)
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2/V3's block: 1x1 expand (Conv-BN-ReLU6), depthwise 3x3 (groups=channels),
+    an optional SE block, 1x1 project (Conv-BN), a residual where the shapes match."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expand: int = 4, act=nn.ReLU6, se: bool = False):
+        super().__init__()
+        mid = cin * expand
+        self.body = nn.Sequential(_conv_bn(cin, mid, act=act), _conv_bn(mid, mid, 3, stride, groups=mid, act=act),
+                                  *([SqueezeExcite(mid)] if se else []), _conv_bn(mid, cout, act=None))
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x):
+        return x + self.body(x) if self.residual else self.body(x)
+
+
+class MobileNetish(nn.Module):
+    """A small depthwise-separable ImageNet-style CNN (MobileNetV2/V3 pieces): ReLU6 and Hardswish
+    activations, depthwise 3x3 convolutions, an SE block, a Linear head."""
+
+    def __init__(self, classes: int = 10):
+        super().__init__()
+        self.features = nn.Sequential(
+            _conv_bn(3, 16, 3, 2), InvertedResidual(16, 16, 1), InvertedResidual(16, 24, 2),
+            InvertedResidual(24, 24, 1, act=nn.Hardswish, se=True), _conv_bn(24, 64, act=nn.Hardswish))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(0.2), nn.Linear(64, classes))
+
+    def forward(self, x):
+        return self.head(self.pool(self.features(x)))
+
+
+class GRUTagger(nn.Module):
+    """Embedding -> bidirectional GRU -> per-token Linear (a sequence tagger)."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(50, 32)
+        self.gru = nn.GRU(32, 32, batch_first=True, bidirectional=True)
+        self.out = nn.Linear(64, 8)
+
+    def forward(self, ids):
+        return self.out(self.gru(self.emb(ids))[0])
+
+
+class CRNN(nn.Module):
+    """An OCR-style CRNN: a conv stack over a text-line image, columns as a sequence, a BiLSTM, a
+    per-column classifier."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+                                  nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d((2, 1)))
+        self.lstm = nn.LSTM(32 * 4, 32, num_layers=2, batch_first=True, bidirectional=True)
+        self.out = nn.Linear(64, 20)
+
+    def forward(self, x):
+        f = self.conv(x)  # B, C, H/4, W/2
+        seq = f.permute(0, 3, 1, 2).flatten(2)  # B, W/2, C*H/4
+        return self.out(self.lstm(seq)[0])
+
+
+class RMSNormSwiGLU(nn.Module):
+    """A Llama-style block on its own: RMSNorm, a SwiGLU MLP (SiLU gate), a residual."""
+
+    def __init__(self, d: int = 32):
+        super().__init__()
+        self.norm = nn.RMSNorm(d)
+        self.gate, self.up, self.down = nn.Linear(d, 64, bias=False), nn.Linear(d, 64, bias=False), nn.Linear(64, d, bias=False)
+        self.head = nn.Linear(d, 10)
+
+    def forward(self, x):
+        h = self.norm(x)
+        return self.head(x + self.down(torch.nn.functional.silu(self.gate(h)) * self.up(h)))
+
+
+class GroupedConvNet(nn.Module):
+    """ResNeXt-style grouped 3x3 convolutions (groups=4), SiLU, GroupNorm and a LayerNorm head."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 32, 3, padding=1)
+        self.block = nn.Sequential(nn.Conv2d(32, 32, 1), nn.GroupNorm(4, 32), nn.SiLU(),
+                                   nn.Conv2d(32, 32, 3, padding=1, groups=4), nn.GroupNorm(4, 32), nn.SiLU(),
+                                   nn.Conv2d(32, 32, 1))
+        self.norm, self.head = nn.LayerNorm(32), nn.Linear(32, 10)
+
+    def forward(self, x):
+        h = self.stem(x)
+        h = torch.nn.functional.silu(h + self.block(h))
+        return self.head(self.norm(h.mean((2, 3))))
+
+
+class EmbeddingPool(nn.Module):
+    """Token and position embeddings, LayerNorm, masked mean pooling, a Linear classifier."""
+
+    def __init__(self):
+        super().__init__()
+        self.tok, self.pos = nn.Embedding(50, 32), nn.Embedding(64, 32)
+        self.norm, self.head = nn.LayerNorm(32), nn.Linear(32, 4)
+
+    def forward(self, ids):
+        pos = torch.arange(ids.shape[1], device=ids.device)
+        h = self.norm(self.tok(ids) + self.pos(pos))
+        return self.head(h.mean(1))
+
+
 def _custom(cls, *shapes, ints: bool = False):
     def make():
         torch.manual_seed(0)
@@ -183,6 +304,12 @@ CUSTOM = {
     "shared-weights": _custom(SharedWeights, (4, 12), ints=True),
     "no-grad-in-forward": _custom(NoGradInside, (4, 32)),
     "shape-control-flow": _custom(ShapeControlFlow, (4, 32)),
+    "mobilenet-ish": _custom(MobileNetish, (2, 3, 32, 32)),
+    "gru-tagger": _custom(GRUTagger, (2, 12), ints=True),
+    "crnn-bilstm": _custom(CRNN, (2, 1, 16, 48)),
+    "rmsnorm-swiglu": _custom(RMSNormSwiGLU, (4, 32)),
+    "grouped-conv": _custom(GroupedConvNet, (2, 3, 16, 16)),
+    "embedding-pool": _custom(EmbeddingPool, (2, 12), ints=True),
 }
 
 MODELS = {**HF, **CUSTOM}

@@ -254,6 +254,40 @@ def test_static_runtime_labels_and_refusals():
         assert "engine='x86'" in e.value.fix
 
 
+class ClampedSE(nn.Module):
+    """Hardtanh and clamp calls on INT8 tensors, and an SE gate (sigmoid) with a ReLU6 inside."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.gate = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 1)
+        self.tanh = nn.Hardtanh(-3.0, 3.0)
+
+    def forward(self, x):
+        h = torch.nn.functional.hardtanh(self.tanh(self.conv(x)), -2.0, 2.0).clamp(min=-1.5)
+        return h * torch.sigmoid(self.gate(torch.nn.functional.relu6(h)))
+
+
+@pytest.mark.parametrize("name", ["mobilenet-ish", "clamped-se"])
+def test_static_runtime_runs_depthwise_cnns_with_relu6_and_se_blocks(name):
+    """Issue 27: Static Runtime runs sigmoid and clamp/hardtanh through out= variants with no INT8
+    kernel ("Could not run 'aten::clamp.out'" from the second call on, '"sigmoid_cpu" not
+    implemented for QUInt8'). ReLU6 becomes relu6, sigmoid/clamp the quantized:: ops: the same
+    outputs as the interpreter, bit for bit, call after call."""
+    import sweep_models
+
+    model = sweep_models.MobileNetish().eval() if name == "mobilenet-ish" else ClampedSE().eval()
+    example = Example((randn(2, 3, 32, 32),))
+    calib = batches((2, 3, 32, 32), n=4)
+    ctx = ctx_for(example, calib)
+    slim = apply(copy.deepcopy(model), Recipe((SR,)), ctx)
+    interp = apply(copy.deepcopy(model), Recipe((StaticInt8FxConfig(engine="x86"),)), ctx_for(example, calib))
+    assert ctx.details["static_int8_fx"]["static_runtime_kernels"] == (1 if name == "mobilenet-ish" else 4)
+    with torch.no_grad():
+        for x in (example.args[0], example.args[0], randn(2, 3, 32, 32, seed=7)):
+            assert torch.equal(slim(x), interp(x))
+        assert compare(model(example.args[0]), slim(example.args[0])).min_cosine > 0.9
+
+
 class FlattenTwice(nn.Module):
     """A flatten with two users and a Linear called twice: neither may be reordered."""
 

@@ -30,6 +30,7 @@ def apply(model, recipe: Recipe, example, device: str = "cpu", calibration=None)
     import torch
 
     from .calibration import from_batches, from_spec
+    from .hf import HFForward, is_hf_model
     from .inputs import as_example
     from .recipes import apply as _apply
     from .techniques import Context
@@ -40,6 +41,8 @@ def apply(model, recipe: Recipe, example, device: str = "cpu", calibration=None)
         calibration = from_spec(calibration, example)
     elif calibration is not None:
         calibration = from_batches(calibration, example)
+    if is_hf_model(model) and any(s.runtime != "torch" for s in recipe.steps):
+        model = HFForward(model)  # an engine exports plain tensors: no cache, outputs as a tuple
     return _apply(model, recipe, Context(device=dev, example=example, calibration=calibration))
 
 

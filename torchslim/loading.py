@@ -13,6 +13,8 @@ import torch
 import torch.nn as nn
 
 from .errors import SlimError
+from .hf import HFForward, HFModel, load_hf  # noqa: F401 - HFModel and load_hf are loading's API too
+from .hf import example_inputs as hf_example
 from .inputs import Example, as_example, parse_dtype, parse_shapes, random_example
 from .workload import Workload, eval_mode
 
@@ -20,7 +22,8 @@ FORMATS = """model specs:
   path/to/file.py:factory   a Python file and a function in it returning an nn.Module,
                             (module, example_inputs) or a torchslim Workload
   package.module:factory    the same, from an importable module
-  hf:DIR                    a Hugging Face model folder (offline; needs the 'hf' extra)
+  hf:DIR                    a Hugging Face model folder (offline; needs the 'hf' extra): --input-shape
+                            BATCHxSEQ for token models, BATCHxCxHxW for vision models
   model.pt / model.ts       a TorchScript file (torch.jit.save)
   model.pt2                 a torch.export program (torch.export.save)"""
 
@@ -50,7 +53,9 @@ def load_model(
 
     if weights:
         _load_weights(wl.model, weights)
-    if input_shape is not None and not spec.startswith("hf:"):
+    if input_shape is not None and isinstance(wl.model, HFForward):  # token ids in its vocabulary
+        wl.example = hf_example(wl.model.model, input_shape, with_mask=False)
+    elif input_shape is not None and not spec.startswith("hf:"):
         shapes = parse_shapes(input_shape)
         dtypes = [parse_dtype(d) for d in (dtype or "float32").split(",")]
         wl.example = random_example(shapes, dtypes)
@@ -207,45 +212,9 @@ def _load_weights(model: nn.Module, path: str) -> None:
 
 # -- Hugging Face ------------------------------------------------------------------------------
 
-class HFModel(nn.Module):
-    """Calls a Hugging Face model with (input_ids, attention_mask) and returns its first output tensor."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask)
-        return out[0] if not isinstance(out, torch.Tensor) else out
-
-
-def load_hf(path: str) -> nn.Module:
-    """The Hugging Face model in `path` (offline), with its task head when config.architectures names one."""
-    try:
-        import transformers
-    except ImportError as e:
-        raise SlimError("hf: models need the transformers package", "pip install 'torchslim[hf]'") from e
-    if not os.path.isdir(path):
-        raise SlimError(f"Hugging Face folder '{path}' does not exist", "give a local folder holding config.json and the weights (no downloads)")
-    try:
-        config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
-        archs = getattr(config, "architectures", None) or []
-        cls = getattr(transformers, archs[0], None) if archs else None
-        cls = cls or transformers.AutoModel
-        return cls.from_pretrained(path, local_files_only=True, attn_implementation="sdpa").eval()
-    except Exception as e:  # noqa: BLE001
-        raise SlimError(f"cannot load Hugging Face model from '{path}': {e}", "check the folder holds config.json and weights") from e
-
-
 def _load_hf(path: str, input_shape: str | None) -> Workload:
     hf = load_hf(path)
-    shapes = parse_shapes(input_shape or "1x128")
-    if len(shapes) != 1 or len(shapes[0]) != 2:
-        raise SlimError(f"Hugging Face models take one BATCHxSEQ input shape, got '{input_shape}'", "write e.g. --input-shape 1x128")
-    vocab = int(getattr(hf.config, "vocab_size", 1000))
-    ids = torch.randint(0, vocab, shapes[0], generator=torch.Generator().manual_seed(0))
-    example = Example((ids, torch.ones_like(ids)))
-    return Workload(model=HFModel(hf), example=example, name=os.path.basename(os.path.normpath(path)),
+    return Workload(model=HFModel(hf), example=hf_example(hf, input_shape), name=os.path.basename(os.path.normpath(path)),
                     spec=f"hf:{os.path.abspath(path)}", source={"format": "huggingface"})
 
 

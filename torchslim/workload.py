@@ -26,6 +26,10 @@ class Workload:
     calibration: Callable[[], Iterable[Example]] | None = None
 
     def __post_init__(self):
+        from .hf import HFForward, is_hf_model
+
+        if is_hf_model(self.model):  # a forward pass: no cache, the outputs as a tuple of tensors
+            self.model = HFForward(self.model)
         if self.evaluate is not None and self.metric is None:
             raise ValueError("a Workload with `evaluate` must name its primary `metric`")
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..errors import NotApplicable, first_line
 from ..fidelity import output_tensors
@@ -112,6 +113,8 @@ def apply_static_int8_fx(model, cfg: StaticInt8FxConfig, ctx: Context):
     if not sum(details["quantized"].values()):
         raise NotApplicable("FX graph-mode quantization quantized none of the model's Conv/Linear layers",
                             "use static_int8 (PT2E) or dynamic_int8")
+    if cfg.static_runtime:
+        details["static_runtime_kernels"] = _static_runtime_kernels(converted, example)
     scripted = _freeze(converted, example, engine)
     details["runtime"] = "static runtime" if cfg.static_runtime else "TorchScript interpreter"
     ctx.details["static_int8_fx"] = details
@@ -131,11 +134,27 @@ class _Flatten(nn.Module):
         return torch.flatten(x, self.start_dim, self.end_dim)
 
 
+class _Hardtanh(nn.Module):
+    """nn.ReLU6/nn.Hardtanh as a traced-through call: F.relu6 for (0, 6), else F.hardtanh (which
+    _static_runtime_kernels can rewrite). The modules compute hardtanh, which on an INT8 tensor
+    Static Runtime runs as aten::clamp.out: no quantized kernel (NotImplementedError from the
+    second call on, torch 2.13); relu6 keeps its quantized kernel."""
+
+    def __init__(self, lo: float, hi: float):
+        super().__init__()
+        self.lo, self.hi = lo, hi
+
+    def forward(self, x):
+        return F.relu6(x) if (self.lo, self.hi) == (0.0, 6.0) else F.hardtanh(x, self.lo, self.hi)
+
+
 def _inline_flatten(model: nn.Module) -> None:
-    """In place, on the fresh copy optimize() hands us (Flatten holds no weights)."""
+    """In place, on the fresh copy optimize() hands us (Flatten and ReLU6 hold no weights)."""
     for name, m in list(model.named_modules()):
         if type(m) is nn.Flatten and name:
             model.set_submodule(name, _Flatten(m.start_dim, m.end_dim))
+        elif name and type(m) in (nn.ReLU6, nn.Hardtanh):
+            model.set_submodule(name, _Hardtanh(float(m.min_val), float(m.max_val)))
 
 
 def _flatten_channels_last(gm: torch.fx.GraphModule, example, engine: str) -> int:
@@ -185,6 +204,46 @@ def _flatten_channels_last(gm: torch.fx.GraphModule, example, engine: str) -> in
     return done
 
 
+def _static_runtime_kernels(gm: torch.fx.GraphModule, example) -> int:
+    """Static Runtime runs sigmoid and clamp/hardtanh through their out= variants, which have no
+    INT8 kernel ('aten::clamp.out', '"sigmoid_cpu" not implemented for QUInt8': an SE block or a
+    clamp on a quantized tensor). The quantized:: ops compute the same (sigmoid at its fixed 1/256
+    scale) and Static Runtime runs them as they are. Returns how many calls were rewritten."""
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    def kind(n):
+        if n.op == "call_function":
+            return {torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid", torch.clamp: "clamp", F.hardtanh: "hardtanh"}.get(n.target)
+        return n.target if n.op == "call_method" and n.target in ("sigmoid", "clamp") else None
+
+    todo = [n for n in gm.graph.nodes if kind(n)]
+    if not todo:
+        return 0
+    try:
+        with torch.no_grad():
+            ShapeProp(gm).propagate(*example.args)
+    except Exception:  # noqa: BLE001 - without dtypes, leave them: the Static Runtime check decides
+        return 0
+    done = 0
+    for n in todo:
+        src = n.args[0] if n.args else n.kwargs.get("input")
+        meta = src.meta.get("tensor_meta") if isinstance(src, torch.fx.Node) else None
+        if meta is None or meta.dtype != torch.quint8:
+            continue
+        if kind(n) == "sigmoid":
+            n.target, n.args, n.kwargs = torch.ops.quantized.sigmoid, (src, 1.0 / 256, 0), {}
+        else:
+            names = ("min_val", "max_val") if kind(n) == "hardtanh" else ("min", "max")
+            lo, hi = ((-1.0, 1.0) if kind(n) == "hardtanh" else (None, None))
+            lo = n.args[1] if len(n.args) > 1 else n.kwargs.get(names[0], lo)
+            hi = n.args[2] if len(n.args) > 2 else n.kwargs.get(names[1], hi)
+            n.target, n.args, n.kwargs = torch.ops.quantized.clamp, (src, lo, hi), {}
+        n.op = "call_function"
+        done += 1
+    gm.recompile()
+    return done
+
+
 def _freeze(converted: nn.Module, example, engine: str) -> torch.jit.ScriptModule:
     """Trace the converted model and freeze it: weights become constants, no Python per call."""
     try:
@@ -198,10 +257,12 @@ def _freeze(converted: nn.Module, example, engine: str) -> torch.jit.ScriptModul
 
 def _static_runtime(scripted: torch.jit.ScriptModule, example) -> StaticRuntime:
     """Wrap in Static Runtime, and check on the example that it runs and gives the interpreter's
-    outputs bit for bit (it runs the same kernels)."""
+    outputs bit for bit (it runs the same kernels). Twice: the first call allocates each output,
+    later calls run the ops' out= variants into planned buffers, which some quantized ops lack."""
     try:
         wrapped = StaticRuntime(scripted)
         with torch.no_grad():
+            wrapped(*example.args)
             got, want = wrapped(*example.args), scripted(*example.args)
     except Exception as e:  # noqa: BLE001
         hint = ("pack the Linears for fbgemm: engine='x86'" if "apply_out" in str(e)

@@ -34,6 +34,20 @@ def _applies(model, cfg, ctx):
 
     if has_packed_encoder(model):
         return "tracing cannot capture the fast_transformer packed path (its shapes depend on the mask)"
+    return _unnamed_kwargs(model, ctx.example)
+
+
+def _unnamed_kwargs(model, example) -> str | None:
+    """torch.jit.trace passes keyword inputs by the names of forward's own parameters: a forward
+    taking them through **kwargs (a wrapped Hugging Face model) cannot be traced with them."""
+    if not example.kwargs or isinstance(model, torch.jit.ScriptModule):
+        return None
+    from torch._jit_internal import get_callable_argument_names
+
+    missing = sorted(set(example.kwargs) - set(get_callable_argument_names(model.forward)))
+    if missing:
+        return (f"torch.jit.trace passes keyword inputs by forward's parameter names, and forward() does not "
+                f"name {', '.join(missing)} (it takes them through *args/**kwargs): give the inputs positionally")
     return None
 
 
