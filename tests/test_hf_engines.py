@@ -90,8 +90,8 @@ def test_torchscript_traces_a_model_output_with_a_cache():
     run = torchslim.optimize(wl, OptimizeConfig(recipes=("torchscript-freeze",), rounds=1, target_round_ms=5,
                                                 fallback=False, time_budget=0, save_model=False), progress=False)
     row = {r.name: r for r in run.recipes}["torchscript-freeze"]
-    assert row.status in ("ok", "chosen"), row.reason
-    assert row.fidelity.min_cosine > 0.999
+    assert row.fidelity is not None and row.fidelity.min_cosine > 0.999, row.reason  # traced, run and checked
+    assert row.status in ("ok", "chosen") or "slower" in row.reason, row.reason  # its speed depends on the host's load
 
 
 def _calibration(example: Example, n: int = 4):
