@@ -6,6 +6,7 @@ import sys
 import traceback
 
 from ..errors import SlimError, first_line
+from ..interrupt import exit_code, signal_name, sigterm_raises
 from . import optimize, options, quant, train
 
 # THE command table: name -> (add its sub-parser to the subparsers, run the parsed args -> exit code).
@@ -32,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(_glue_negative_values(sys.argv[1:] if argv is None else list(argv)))
     try:
-        return COMMANDS[args.command][1](args)
+        with sigterm_raises():
+            return COMMANDS[args.command][1](args)
     except SlimError as e:
         if args.debug:
             traceback.print_exc()
@@ -40,9 +42,10 @@ def main(argv: list[str] | None = None) -> int:
         if e.fix:
             print(f"  what to do: {e.fix}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("torchslim: interrupted; results so far are kept under --out", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (interrupt.Interrupted)
+        print(f"torchslim: interrupted by {signal_name(e)}; the results so far are kept under --out "
+              "(run the same command again to resume)", file=sys.stderr)
+        return exit_code(e)
     except Exception as e:  # noqa: BLE001 - last resort: one line, not a traceback
         if args.debug:
             traceback.print_exc()

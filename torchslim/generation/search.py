@@ -220,6 +220,7 @@ def _search(lm: CausalLM, config: GenerationConfig, device, run: RunResult, prog
     _write(run, config)
 
     chosen = by_name(list(config.recipes), device) if config.recipes else candidates(device)
+    run.search = {"order": [r.name for r in chosen]}  # results.mark_interrupted: the recipe a stop lands in
     models = {"baseline": model}
     bar = progress_bar(len(chosen) + 2, unit="generation recipes", enabled=progress)
     for recipe in chosen:
