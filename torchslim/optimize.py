@@ -16,10 +16,9 @@ from . import measure, priors, resume, search_cache
 from .errors import SlimError
 from .recipes import by_name, candidates, ordered
 from .results import RunResult, kept_on_stop
-from .search.choose import choose, why
 from .search.loop import baseline, clock, early_check, try_candidates
 from .progress import bar as progress_bar
-from .search.output import save, write
+from .search.output import save_chosen, write
 from .search.replay import replay
 from .search.timing import final_timing
 from .search.trial import caller
@@ -146,14 +145,8 @@ def _search(workload: Workload, config: OptimizeConfig, device: torch.device, ru
     run.search["phases_s"]["timing"] = time.perf_counter() - t_trials
     bar.update(1)
 
-    chosen = choose(run.recipes, config.objective)
-    if chosen is not None:
-        chosen.status = "chosen"
-        chosen.reason = why(chosen, base, config.objective)
-        run.chosen = chosen.name
-        if config.out and config.save_model:
-            bar.set_postfix_str("saving")
-            save(run, chosen, models[chosen.name], workload, example, config)
+    bar.set_postfix_str("choosing, saving, reloading in a fresh process")
+    save_chosen(run, base, models, workload, example, config)  # the best recipe whose saved model reloads
     run.search["phases_s"]["total"] = time.perf_counter() - t_start
     bar.update(1)
     bar.close()
