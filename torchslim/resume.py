@@ -16,7 +16,7 @@ from .interrupt import held, sigterm_raises
 
 LOCK_NAME = ".torchslim.lock"
 REUSABLE = ("failed", "skipped", "rejected")
-_IGNORED_OPTIONS = ("out", "debug", "save_model")
+_IGNORED_OPTIONS = ("out", "debug", "save_model", "keep_float")
 _previous: contextvars.ContextVar[dict | None] = contextvars.ContextVar("torchslim_resume", default=None)
 
 

@@ -34,6 +34,9 @@ def add_optimize(sub) -> argparse.ArgumentParser:
     o.add_argument("--exhaustive", action="store_true",
                    help="try every recipe: no time budget, no hardware skip, no early rejection, every fallback")
     o.add_argument("--fresh", action="store_true", help="search anew instead of reusing the rows of an identical earlier search")
+    o.add_argument("--keep-float", action="store_true",
+                   help="also save the FP32 weights and calibration inputs beside an engine file (ONNX, OpenVINO IR, "
+                        ".pt2) that loads by itself, to rebuild or recalibrate it later (default: the lean folder)")
     g = o.add_argument_group("text generation (causal LMs: hf:DIR with a *ForCausalLM, or a .gguf file)")
     g.add_argument("--task", choices=["text-generation"], default=None, help="treat --model as a causal LM to generate with")
     g.add_argument("--example", choices=GENERATION_EXAMPLES, default=None,
@@ -67,7 +70,8 @@ def run_optimize(args) -> int:
         config = OptimizeConfig(
             objective=args.objective, max_drop=args.max_drop, min_cosine=args.min_cosine, recipes=options.recipe_names(args),
             device=args.device, threads=args.threads, rounds=args.rounds, out=folder, debug=args.debug,
-            fallback=not args.no_fallback, fallback_max_layers=args.fallback_max_layers, **_search_options(args),
+            fallback=not args.no_fallback, fallback_max_layers=args.fallback_max_layers, keep_float=args.keep_float,
+            **_search_options(args),
         )
         run = optimize(workload, config, progress=not args.no_progress)
         print(format_table(run.to_dict()))
@@ -80,10 +84,16 @@ def run_optimize(args) -> int:
 
 def _print_deploy(run) -> None:
     """How to serve the saved model without torchslim."""
-    from .. import artifacts
+    from .. import artifact_files, artifacts
 
     if not run.artifact:
         return
+    files = artifacts.read_manifest(run.artifact).get("files") or {}
+    total = sum(e["bytes"] for e in files.values())
+    print(f"{run.artifact}/: {len(files)} files, {total / 1e6:.1f} MB" + ("" if os.path.isfile(os.path.join(run.artifact, "weights.pt"))
+          else " (lean: no FP32 weights; --keep-float keeps them)"))
+    for line in artifact_files.table(files):
+        print(line)
     path = os.path.join(run.artifact, artifacts.TORCHSCRIPT)
     if os.path.isfile(path):
         print(f"serve without torchslim: torch.jit.load('{path}')")

@@ -83,7 +83,8 @@ def save(run: RunResult, chosen: RecipeResult, model: nn.Module, workload: Workl
         try:
             calib = list(calibration()) if calibration and any(s.needs_calibration for s in recipe.steps) else None
             artifacts.save(staged, workload.model, recipe, workload.example, spec=workload.spec, source=workload.source,
-                           reference_output=caller(model, example)(), calibration=calib, optimized=model)
+                           reference_output=caller(model, example)(), calibration=calib, optimized=model,
+                           keep_float=getattr(config, "keep_float", False))
         except Exception as e:  # noqa: BLE001 - an export that fails on save is a recipe that cannot ship
             return f"saving failed: {type(e).__name__}: {first_line(e)}"
         problem = reload_problem(staged, workload.model)
