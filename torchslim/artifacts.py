@@ -15,7 +15,7 @@ import torch.nn as nn
 from . import artifact_files, engines
 from .artifact_files import pack, unpack
 from .version import __version__
-from .errors import SlimError
+from .errors import SlimError, first_line
 from .fidelity import compare, output_tensors
 from .techniques.torchscript import script_module
 from .fileio import atomic_write, write_json
@@ -119,8 +119,8 @@ def load(folder: str, model: nn.Module | None = None, *, device: str = "cpu", ve
     if manifest.get("engine"):  # an engine recipe: its saved file is the model (no architecture needed)
         optimized = engines.load(folder)
         if verify and os.path.isfile(os.path.join(folder, "reference.pt")):
-            ex = torch.load(os.path.join(folder, "example.pt"), map_location="cpu", weights_only=True)
-            _verify(optimized, _example(ex), torch.load(os.path.join(folder, "reference.pt"), weights_only=True),
+            ex = _read(folder, "example.pt")
+            _verify(optimized, _example(ex), _read(folder, "reference.pt"),
                     manifest["recipe_name"])
         return optimized
     if model is None:
@@ -131,7 +131,7 @@ def load(folder: str, model: nn.Module | None = None, *, device: str = "cpu", ve
                            need_example=False).model
     if not os.path.isfile(os.path.join(folder, "weights.pt")):
         raise SlimError(f"'{folder}' has no weights.pt to re-apply its recipe to", "save the model again with torchslim optimize")
-    state = torch.load(os.path.join(folder, "weights.pt"), map_location="cpu", weights_only=True)
+    state = _read(folder, "weights.pt")
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
@@ -139,12 +139,12 @@ def load(folder: str, model: nn.Module | None = None, *, device: str = "cpu", ve
                         "the model code changed since it was saved; pass the original architecture as model=") from e
     dev = torch.device(device)
     model = eval_mode(model.to(dev))
-    ex = torch.load(os.path.join(folder, "example.pt"), map_location="cpu", weights_only=True)
+    ex = _read(folder, "example.pt")
     example = _example(ex).to(dev)
     ctx = Context(device=dev, example=example, calibration=_saved_calibration(folder, dev))
     model = apply(model, Recipe.from_list(manifest["recipe"]), ctx)
     if verify and os.path.isfile(os.path.join(folder, "reference.pt")):
-        _verify(model, example, torch.load(os.path.join(folder, "reference.pt"), weights_only=True), manifest["recipe_name"])
+        _verify(model, example, _read(folder, "reference.pt"), manifest["recipe_name"])
     return model
 
 
@@ -152,8 +152,19 @@ def _saved_calibration(folder: str, dev: torch.device):
     path = os.path.join(folder, "calibration.pt")
     if not os.path.isfile(path):
         return None
-    batches = unpack(torch.load(path, map_location="cpu", weights_only=True))
+    batches = unpack(_read(folder, "calibration.pt"))
     return lambda: [_example(b).to(dev) for b in batches]
+
+
+def _read(folder: str, name: str):
+    """A saved tensor file, read with weights_only=True: a file holding anything else (an arbitrary
+    pickle) is refused with what is wrong, never executed."""
+    path = os.path.join(folder, name)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - UnpicklingError, a truncated zip, a missing file: all say the same
+        raise SlimError(f"'{path}' cannot be read as saved tensors ({type(e).__name__}: {first_line(e)[:200]})",
+                        "the folder is damaged or was edited; copy it again or save the model again") from None
 
 
 def _record(example: Example) -> dict:

@@ -9,7 +9,7 @@ from urllib.parse import parse_qs
 import torch
 import torch.nn.functional as F
 
-from .errors import SlimError
+from .errors import SlimError, first_line
 from .inputs import Example
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
@@ -90,19 +90,26 @@ def preprocess(img: torch.Tensor, chw: tuple[int, int, int], mean: torch.Tensor,
 
 
 def _read_image(path: str) -> torch.Tensor:
-    if path.lower().endswith(".npy"):
-        import numpy as np
+    import numpy as np
 
-        return torch.from_numpy(np.load(path, allow_pickle=False).copy())
+    if path.lower().endswith(".npy"):
+        try:
+            return torch.from_numpy(np.load(path, allow_pickle=False).copy())
+        except (OSError, ValueError, EOFError) as e:
+            raise SlimError(f"calibration file '{path}' is not a readable .npy array: {first_line(e)}",
+                            "remove it from the --calib-data folder or save it again with numpy.save") from None
     try:
         from PIL import Image
     except ImportError:
         raise SlimError(f"reading '{os.path.basename(path)}' needs Pillow, which is not installed",
                         "pip install pillow, or save the images as .npy arrays (HxWxC uint8) in the folder") from None
-    import numpy as np
-
-    with Image.open(path) as im:
-        return torch.from_numpy(np.asarray(im.convert("RGB")).copy())
+    try:
+        with Image.open(path) as im:
+            return torch.from_numpy(np.asarray(im.convert("RGB")).copy())
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # UnidentifiedImageError is an OSError
+        detail = type(e).__name__ if path in str(e) else f"{type(e).__name__}: {first_line(e)}"
+        raise SlimError(f"calibration image '{path}' cannot be read ({detail})",
+                        "remove or replace the corrupt file in the --calib-data folder") from None
 
 
 def image_folder(path: str, example: Example, opts: dict, samples: int) -> Example:
