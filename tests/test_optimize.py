@@ -157,7 +157,10 @@ def test_a_saved_model_that_does_not_reload_in_a_fresh_process_is_not_chosen(tmp
     assert "does not reload" in rows["dynamic-int8"].reason and "THIS_PROCESS_ONLY is not set" in rows["dynamic-int8"].reason
     assert chosen is rows["ort"] and run.chosen == "ort" and rows["ort"].status == "chosen"
     assert run.artifact == str(tmp_path / "model")
-    assert json.loads((tmp_path / "model" / "torchslim.json").read_text())["recipe_name"] == "ort"
+    manifest = json.loads((tmp_path / "model" / "torchslim.json").read_text())
+    assert manifest["recipe_name"] == "ort"
+    assert [c["name"] for c in manifest["candidates"]] == ["ort"] and manifest["candidates"][0]["speedup"] == 1.5
+    assert manifest["host"]["cores"] == os.cpu_count() and set(manifest["host"]["decisive_flags"]) == {"amx", "avx512_vnni", "avx512_bf16", "avx512f"}
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".model")]  # no staging folder left
     torchslim.load(str(tmp_path / "model"))
 
@@ -181,3 +184,27 @@ def test_the_chosen_aoti_package_reloads_in_a_fresh_process(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": os.pathsep.join(p or os.getcwd() for p in sys.path)})
     assert proc.stdout.strip().endswith("ok"), proc.stdout + proc.stderr[-2000:]
+
+
+def test_load_warns_in_one_line_when_the_decisive_cpu_features_differ(tmp_path, monkeypatch, capsys):
+    from torchslim import artifacts
+    from torchslim import device as dev
+    from torchslim.recipes import Recipe
+    from torchslim.techniques.inference_mode import InferenceModeConfig
+
+    model, ex = tiny_models.mlp(), Example((torch.randn(4, 64),))
+    monkeypatch.setenv(dev.FLAGS_ENV, "avx2 avx512f avx512_vnni avx512_bf16 amx_bf16 amx_int8 amx_tile")  # a Sapphire Rapids
+    dev.cpu_flags.cache_clear()
+    try:
+        artifacts.save(str(tmp_path / "m"), model, Recipe((InferenceModeConfig(),)), ex, spec="tiny_models:mlp",
+                       reference_output=ex(model))
+        torchslim.load(str(tmp_path / "m"))
+        assert capsys.readouterr().err == ""  # the same host: nothing to say
+        monkeypatch.setenv(dev.FLAGS_ENV, "avx2 fma")  # an AVX2-only server
+        dev.cpu_flags.cache_clear()
+        torchslim.load(str(tmp_path / "m"))
+    finally:
+        monkeypatch.delenv(dev.FLAGS_ENV)
+        dev.cpu_flags.cache_clear()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("torchslim: warning: this CPU lacks amx, avx512_vnni, avx512_bf16, avx512f"), err

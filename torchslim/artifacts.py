@@ -8,11 +8,13 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import sys
 
 import torch
 import torch.nn as nn
 
 from . import artifact_files, engines
+from .device import host_mismatch, host_record
 from .artifact_files import pack, unpack
 from .version import __version__
 from .errors import SlimError, first_line
@@ -31,7 +33,7 @@ FORMAT_VERSION = 1
 
 def save(folder: str, base_model: nn.Module, recipe: Recipe, example: Example, *, spec: str | None,
          source: dict | None = None, reference_output=None, calibration: list[Example] | None = None,
-         optimized: nn.Module | None = None, keep_float: bool = False) -> str:
+         optimized: nn.Module | None = None, keep_float: bool = False, candidates: list[dict] | None = None) -> str:
     """Write `folder`/{torchslim.json, weights.pt, example.pt, reference.pt[, calibration.pt]}.
 
     Recipes that calibrate (static quantization) get their calibration inputs saved too, so that
@@ -79,6 +81,8 @@ def save(folder: str, base_model: nn.Module, recipe: Recipe, example: Example, *
         "recipe_name": recipe.name,
         "torchscript": torchscript,
         "engine": engine,  # the engine file to deploy (model.onnx, model.xml/.bin, model.pt2), or None
+        "host": host_record(),  # where the recipe was chosen: load() warns when the decisive CPU features differ
+        "candidates": candidates,  # the recipes that passed there, best first, with their measured ratios
         "calibration": calib_info,  # what the recipe was calibrated on; "kept": whether calibration.pt holds it
         "files": artifact_files.describe(folder, engine, torchscript),  # {name: {bytes, sha256, role}}
     })
@@ -116,6 +120,10 @@ def load(folder: str, model: nn.Module | None = None, *, device: str = "cpu", ve
         from .generation.artifacts import load as load_generation
 
         return load_generation(folder, device=device, verify=verify)
+    mismatch = host_mismatch(manifest.get("host"))
+    if mismatch:
+        print(f"torchslim: warning: {mismatch}: '{manifest.get('recipe_name')}' may be slower or less accurate here; "
+              "run torchslim optimize on this host to choose again", file=sys.stderr)
     if manifest.get("engine"):  # an engine recipe: its saved file is the model (no architecture needed)
         optimized = engines.load(folder)
         if verify and os.path.isfile(os.path.join(folder, "reference.pt")):

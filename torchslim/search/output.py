@@ -15,7 +15,7 @@ from ..fileio import replace_folder, staging_folder, write_json, write_text
 from ..recipes import Recipe
 from ..results import RecipeResult, RunResult, Status
 from ..workload import Workload
-from .choose import choose, why
+from .choose import choose, ranked, why
 from .trial import caller
 
 RELOAD_TIMEOUT_S = 900  # a recipe that compiles on load (torch.compile) compiles again in the check
@@ -84,7 +84,7 @@ def save(run: RunResult, chosen: RecipeResult, model: nn.Module, workload: Workl
             calib = list(calibration()) if calibration and any(s.needs_calibration for s in recipe.steps) else None
             artifacts.save(staged, workload.model, recipe, workload.example, spec=workload.spec, source=workload.source,
                            reference_output=caller(model, example)(), calibration=calib, optimized=model,
-                           keep_float=getattr(config, "keep_float", False))
+                           keep_float=getattr(config, "keep_float", False), candidates=top_candidates(run, config.objective))
         except Exception as e:  # noqa: BLE001 - an export that fails on save is a recipe that cannot ship
             return f"saving failed: {type(e).__name__}: {first_line(e)}"
         problem = reload_problem(staged, workload.model)
@@ -94,6 +94,15 @@ def save(run: RunResult, chosen: RecipeResult, model: nn.Module, workload: Workl
         return problem
     finally:
         shutil.rmtree(staged, ignore_errors=True)
+
+
+def top_candidates(run: RunResult, objective: str, k: int = 5) -> list[dict]:
+    """The recipes that passed on this host, best first under `objective` (up to `k`), with the
+    ratios measured here: what a deploy host re-checks (the saved folder's torchslim.json)."""
+    return [{"name": r.name, "steps": r.steps, "speedup": r.speedup, "median_ms": r.timing.median_ms,
+             "size_bytes": r.size_bytes, "min_cosine": r.fidelity.min_cosine if r.fidelity else None,
+             "metric_drop": r.metric_drop}
+            for r in ranked(run.recipes, objective, ("ok", "chosen"))[:k]]
 
 
 def reload_problem(folder: str, model: nn.Module | None = None) -> str | None:
