@@ -170,3 +170,147 @@ def test_tampered_folders_are_refused_never_executed(case, saved, tmp_path, monk
         torchslim.load(str(folder))
     assert expect in e.value.what and "\n" not in e.value.what, e.value.what
     assert not mark.exists()  # the pickle was never run
+
+
+# -- the bad-input catalogue: what a new user gets wrong, across the commands ----------------------
+# Every case ends with `torchslim: error: <one line>` and `  what to do: ...` (a list of the accepted
+# forms may follow), exit code 2, no traceback, no "internal error".
+
+def _catalogue_files(D: str) -> None:
+    import pickle
+
+    import numpy as np
+    import torch
+
+    def w(name, data, mode="wb"):
+        os.makedirs(os.path.dirname(os.path.join(D, name)), exist_ok=True)
+        with open(os.path.join(D, name), mode) as f:
+            f.write(data)
+
+    w("empty.py", "", "w")
+    w("syntax.py", "def f(:\n", "w")
+    w("noret.py", "def f():\n    pass\n", "w")
+    w("ev_raises.py", "def ev(m):\n    raise RuntimeError('boom')\n", "w")
+    w("ev_str.py", "def ev(m):\n    return 'high'\n", "w")
+    w("ev_nan.py", "def ev(m):\n    return float('nan')\n", "w")
+    w("calibfn.py", "def none():\n    return None\ndef raises():\n    raise ValueError('no data')\ndef empty():\n    return []\n", "w")
+    torch.save(torch.randn(2, 5), os.path.join(D, "wrongshape.pt"))
+    torch.save({"bogus.weight": torch.randn(3)}, os.path.join(D, "badweights.pt"))
+    w("garbage.pt", b"not a torch file at all")
+    w("pickle.pt", pickle.dumps({"a": 1}))
+    np.save(os.path.join(D, "str.npy"), np.array(["a", "b"]))
+    np.save(os.path.join(D, "wrongshape.npy"), np.zeros((4, 7), np.float32))
+    np.save(os.path.join(D, "nan.npy"), np.full((4, 3, 16, 16), np.nan, np.float32))
+    w("empty.txt", "", "w")
+    w("empty.npz", b"PK\x05\x06" + b"\0" * 18)
+    w("model.onnx", b"garbage")
+    w("trunc.pt2", b"PK\x03\x04garbage")
+    w("ts.pt", b"garbage torchscript")
+    os.makedirs(os.path.join(D, "emptydir"), exist_ok=True)
+    os.makedirs(os.path.join(D, "hfempty"), exist_ok=True)
+    w("hfbad/config.json", "{", "w")
+    w("obj.json", "{}", "w")
+    w("list.json", "[1, 2]", "w")
+
+
+D = "{D}"  # replaced by the catalogue's folder
+M = ["--model", "tiny_models:cnn", "--input-shape", "2x3x16x16"]
+O = ["optimize", "--no-progress", "--rounds", "1", "--recipes", "inference-mode"]
+CATALOGUE = {
+ "spec missing file": O + ["--model", f"{D}/nope.py:f"],
+ "spec empty py": O + ["--model", f"{D}/empty.py:f"],
+ "spec syntax error": O + ["--model", f"{D}/syntax.py:f"],
+ "factory returns None": O + ["--model", f"{D}/noret.py:f"],
+ "spec no colon module": O + ["--model", "tiny_models"],
+ "spec unknown module": O + ["--model", "no_such_mod:f"],
+ "factory raises": O + ["--model", "tiny_models:broken_factory"],
+ "not a model": O + ["--model", "tiny_models:not_a_model"],
+ "model always raises": O + ["--model", "tiny_models:raises", "--input-shape", "2x4"],
+ "wrong input shape": O + ["--model", "tiny_models:cnn", "--input-shape", "2x5"],
+ "shape garbage": O + ["--model", "tiny_models:cnn", "--input-shape", "axb"],
+ "shape zero": O + ["--model", "tiny_models:cnn", "--input-shape", "0x3x16x16"],
+ "dtype unknown": O + M + ["--dtype", "float128"],
+ "dtype count mismatch": O + M + ["--dtype", "float32,int64"],
+ "int dtype into conv": O + M + ["--dtype", "int64"],
+ "inputs missing": O + ["--model", "tiny_models:cnn", "--inputs", f"{D}/nope.pt"],
+ "inputs garbage": O + ["--model", "tiny_models:cnn", "--inputs", f"{D}/garbage.pt"],
+ "inputs wrong shape": O + ["--model", "tiny_models:cnn", "--inputs", f"{D}/wrongshape.pt"],
+ "inputs plain pickle": O + ["--model", "tiny_models:cnn", "--inputs", f"{D}/pickle.pt"],
+ "weights missing": O + M + ["--weights", f"{D}/nope.pt"],
+ "weights garbage": O + M + ["--weights", f"{D}/garbage.pt"],
+ "weights wrong keys": O + M + ["--weights", f"{D}/badweights.pt"],
+ "weights plain pickle": O + M + ["--weights", f"{D}/pickle.pt"],
+ "eval missing file": O + M + ["--eval", f"{D}/nope.py:ev"],
+ "eval raises": O + M + ["--eval", f"{D}/ev_raises.py:ev"],
+ "eval returns str": O + M + ["--eval", f"{D}/ev_str.py:ev"],
+ "eval returns nan": O + M + ["--eval", f"{D}/ev_nan.py:ev"],
+ "calib missing path": O[:-1] + ["static-int8"] + M + ["--calib-data", f"{D}/nope.npy"],
+ "calib empty dir": O[:-1] + ["static-int8"] + M + ["--calib-data", f"{D}/emptydir"],
+ "calib str npy": O[:-1] + ["static-int8"] + M + ["--calib-data", f"{D}/str.npy"],
+ "calib wrong shape npy": O[:-1] + ["static-int8"] + M + ["--calib-data", f"{D}/wrongshape.npy"],
+ "calib nan npy": O[:-1] + ["static-int8"] + M + ["--calib-data", f"{D}/nan.npy"],
+ "calib garbage pt": O[:-1] + ["static-int8"] + M + ["--calib-data", f"{D}/garbage.pt"],
+ "calib empty npz": O[:-1] + ["static-int8"] + M + ["--calib-data", f"{D}/empty.npz"],
+ "calib fn returns None": O[:-1] + ["static-int8"] + M + ["--calib-data", f"{D}/calibfn.py:none"],
+ "calib fn raises": O[:-1] + ["static-int8"] + M + ["--calib-data", f"{D}/calibfn.py:raises"],
+ "calib fn empty": O[:-1] + ["static-int8"] + M + ["--calib-data", f"{D}/calibfn.py:empty"],
+ "calib samples 0": O[:-1] + ["static-int8"] + M + ["--calib-samples", "0", "--calib-data", f"{D}/nan.npy"],
+ "calib text for cnn": O[:-1] + ["static-int8"] + M + ["--calib-data", f"{D}/empty.txt"],
+ "recipes unknown": O[:-1] + ["nope"] + M,
+ "recipes empty": O[:-1] + [","] + M,
+ "rounds 0": ["optimize", "--no-progress", "--rounds", "0"] + M,
+ "max-drop negative": O + M + ["--max-drop", "-1"],
+ "min-cosine 2": O + M + ["--min-cosine", "2"],
+ "min-cosine 0": O + M + ["--min-cosine", "0"],
+ "time budget negative": O + M + ["--time-budget", "-1"],
+ "time budget nan": O + M + ["--time-budget", "nan"],
+ "fallback max layers 0": O + M + ["--fallback-max-layers", "0"],
+ "device cuda absent": O + M + ["--device", "cuda"],
+ "device garbage": O + M + ["--device", "gpu:x"],
+ "threads negative": O + M + ["--threads", "-3"],
+ "onnx as model": O + ["--model", f"{D}/model.onnx"],
+ "truncated pt2": O + ["--model", f"{D}/trunc.pt2"],
+ "garbage torchscript": O + ["--model", f"{D}/ts.pt"],
+ "hf empty dir": O + ["--model", f"hf:{D}/hfempty"],
+ "hf bad config": O + ["--model", f"hf:{D}/hfbad"],
+ "generation task on cnn": ["optimize", "--no-progress", "--task", "text-generation", "--model", "tiny_models:cnn"],
+ "generation example and model": ["optimize", "--no-progress", "--example", "smollm2", "--model", "x"],
+ "generation new tokens 0": ["optimize", "--no-progress", "--task", "text-generation", "--model", f"hf:{D}/hfempty", "--new-tokens", "0"],
+ "report missing": ["report", f"{D}/nope.json"],
+ "report garbage": ["report", f"{D}/garbage.pt"],
+ "report empty json obj": ["report", f"{D}/obj.json"],
+ "report list json": ["report", f"{D}/list.json"],
+ "recalibrate missing folder": ["recalibrate", f"{D}/nope", "--data", f"{D}/nan.npy"],
+ "recalibrate not a model folder": ["recalibrate", f"{D}/emptydir", "--data", f"{D}/nan.npy"],
+ "sensitivity missing model": ["sensitivity", "--model", f"{D}/nope.py:f", "--no-progress"],
+ "sensitivity unknown technique": ["sensitivity", "--no-progress", "--technique", "nope"] + M,
+ "sensitivity batches 0": ["sensitivity", "--no-progress", "--batches", "0"] + M,
+ "train unknown data": ["train", "--no-progress", "--data", "nope"] + M[:2],
+ "train epochs 0": ["train", "--no-progress", "--data", "digits", "--epochs", "0", "--model", "tiny_models:mlp"],
+ "train lr negative": ["train", "--no-progress", "--data", "digits", "--lr", "-1", "--model", "tiny_models:mlp"],
+ "train batch 0": ["train", "--no-progress", "--data", "digits", "--batch-size", "0", "--model", "tiny_models:mlp"],
+ "train wrong model for data": ["train", "--no-progress", "--data", "digits", "--epochs", "1", "--limit", "64", "--model", "tiny_models:cnn", "--out", f"{D}/train-out"],
+ "qat unknown data": ["qat", "--no-progress", "--data", "nope", "--model", "tiny_models:mlp"],
+ "qat missing model": ["qat", "--no-progress", "--data", "digits", "--model", f"{D}/nope.py:f"],
+ "out under a file": O + M + ["--out", f"{D}/garbage.pt/sub"],
+}
+
+
+@pytest.fixture(scope="module")
+def catalogue_dir(tmp_path_factory):
+    folder = str(tmp_path_factory.mktemp("catalogue"))
+    _catalogue_files(folder)
+    return folder
+
+
+@pytest.mark.parametrize("case", list(CATALOGUE))
+def test_bad_input_catalogue(case, catalogue_dir, tmp_path, capsys):
+    argv = [a.replace("{D}", catalogue_dir) for a in CATALOGUE[case]]
+    if argv[0] == "optimize" and "--out" not in argv:
+        argv += ["--out", str(tmp_path / "out")]
+    rc = cli.main(argv)
+    captured = capsys.readouterr()
+    err = [ln for ln in captured.err.strip().splitlines() if ln.startswith(("torchslim:", "  ")) or not ln.strip()]
+    assert rc == 2, captured.err[-2000:]
+    assert err[0].startswith("torchslim: error:") and err[1].startswith("  what to do:"), err
+    assert "Traceback" not in captured.err and "internal error" not in captured.err, captured.err[-2000:]

@@ -9,6 +9,7 @@ import datetime
 import json
 import os
 import sys
+import warnings
 
 import torch
 import torch.nn as nn
@@ -17,7 +18,7 @@ from . import artifact_files, engines
 from .device import host_mismatch, host_record
 from .artifact_files import pack, unpack
 from .version import __version__
-from .errors import SlimError, first_line
+from .errors import SlimError, load_reason
 from .fidelity import compare, output_tensors
 from .techniques.torchscript import script_module
 from .fileio import atomic_write, write_json
@@ -169,9 +170,11 @@ def _read(folder: str, name: str):
     pickle) is refused with what is wrong, never executed."""
     path = os.path.join(folder, name)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # "Detected pickle protocol 4": the refusal below says it all
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - UnpicklingError, a truncated zip, a missing file: all say the same
-        raise SlimError(f"'{path}' cannot be read as saved tensors ({type(e).__name__}: {first_line(e)[:200]})",
+        raise SlimError(f"'{path}' cannot be read as saved tensors: {load_reason(e)}",
                         "the folder is damaged or was edited; copy it again or save the model again") from None
 
 

@@ -147,6 +147,9 @@ def numpy_file(path: str, example: Example, opts: dict) -> Example:
             arrays = [data[n] for n in names][:len(want)]
             if example.kwargs and names == list(example.kwargs):
                 return Example((), {k: _like(torch.from_numpy(a), w) for (k, w), a in zip(example.kwargs.items(), arrays)})
+    odd = [a.dtype for a in arrays if a.dtype.kind not in "biuf"]
+    if odd:
+        raise SlimError(f"'{path}' holds a {odd[0]} array, not numbers", "save the model's numeric inputs (float images, integer ids)")
     ts = [torch.from_numpy(a) for a in arrays]
     if len(ts) == 1 and len(want) == 1 and tuple(ts[0].shape[1:]) != tuple(want[0].shape[1:]) and want[0].dim() == 4:
         return images_tensor(ts[0], example, opts)  # [N, H, W, C] uint8 images and the like

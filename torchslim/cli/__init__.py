@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     except SlimError as e:
         if args.debug:
             traceback.print_exc()
-        print(f"torchslim: error: {e.what}", file=sys.stderr)
+        what = e.what.strip().splitlines() or [""]  # one line: an upstream message quoted whole may run on
+        print(f"torchslim: error: {what[0] if not args.debug else e.what}", file=sys.stderr)
         if e.fix:
             print(f"  what to do: {e.fix}", file=sys.stderr)
         return 2

@@ -190,8 +190,14 @@ def run_report(args) -> int:
 
     if not os.path.isfile(args.results):
         raise SlimError(f"'{args.results}' does not exist", "give the results.json that torchslim optimize wrote")
-    with open(args.results, encoding="utf-8") as f:
-        run = json.load(f)
+    try:
+        with open(args.results, encoding="utf-8") as f:
+            run = json.load(f)
+    except (OSError, ValueError) as e:
+        raise SlimError(f"'{args.results}' cannot be read as JSON: {e}", "give the results.json that torchslim optimize wrote") from None
+    if not isinstance(run, dict) or not isinstance(run.get("recipes"), list) or not run["recipes"]:
+        raise SlimError(f"'{args.results}' is not a torchslim results.json (no recipe rows)",
+                        "give the results.json that torchslim optimize wrote")
     path = os.path.join(os.path.dirname(os.path.abspath(args.results)), "report.html")
     write_html(run, path)
     print(format_table(run))

@@ -7,6 +7,7 @@ import time
 import torch.nn as nn
 
 from .. import engines, measure, validation
+from ..errors import SlimError
 from ..fidelity import compare
 from ..recipes import Recipe, missing_hardware
 from ..results import RecipeResult, RunResult
@@ -37,6 +38,9 @@ def baseline(workload: Workload, example, device, run: RunResult):
     if workload.evaluate is not None:
         base.metrics = evaluate(workload, base_model)
         base_metric = base.metrics[workload.metric]
+        if base_metric != base_metric or abs(base_metric) == float("inf"):  # no drop can be measured from it
+            raise SlimError(f"the task metric '{workload.metric}' of the FP32 baseline is {base_metric}",
+                            "make the --eval function return a finite number for the original model")
     return base, base_model, ref_out, base_metric
 
 
