@@ -209,6 +209,7 @@ def _catalogue_files(D: str) -> None:
     os.makedirs(os.path.join(D, "emptydir"), exist_ok=True)
     os.makedirs(os.path.join(D, "hfempty"), exist_ok=True)
     w("hfbad/config.json", "{", "w")
+    w("hfbad/torchslim.json", "{not json", "w")
     w("obj.json", "{}", "w")
     w("list.json", "[1, 2]", "w")
 
@@ -293,6 +294,10 @@ CATALOGUE = {
  "qat unknown data": ["qat", "--no-progress", "--data", "nope", "--model", "tiny_models:mlp"],
  "qat missing model": ["qat", "--no-progress", "--data", "digits", "--model", f"{D}/nope.py:f"],
  "out under a file": O + M + ["--out", f"{D}/garbage.pt/sub"],
+ "check missing folder": ["check", f"{D}/nope", "--no-progress"],
+ "check not a model folder": ["check", f"{D}/emptydir", "--no-progress"],
+ "check tampered manifest": ["check", f"{D}/hfbad", "--no-progress"],
+ "load missing folder via recalibrate": ["recalibrate", f"{D}/hfbad", "--data", f"{D}/nan.npy"],
 }
 
 

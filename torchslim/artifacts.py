@@ -157,6 +157,19 @@ def load(folder: str, model: nn.Module | None = None, *, device: str = "cpu", ve
     return model
 
 
+def saved_inputs(folder: str):
+    """(the saved example, a calibration function over the saved calibration inputs or None)."""
+    return _example(_read(folder, "example.pt")), _saved_calibration(folder, torch.device("cpu"))
+
+
+def saved_weights(folder: str) -> dict:
+    return _read(folder, "weights.pt")
+
+
+def saved_reference(folder: str) -> list[torch.Tensor]:
+    return _read(folder, "reference.pt")
+
+
 def _saved_calibration(folder: str, dev: torch.device):
     path = os.path.join(folder, "calibration.pt")
     if not os.path.isfile(path):

@@ -7,7 +7,7 @@ import traceback
 
 from ..errors import SlimError, first_line
 from ..interrupt import exit_code, signal_name, sigterm_raises
-from . import optimize, options, quant, train
+from . import check, optimize, options, quant, train
 
 # THE command table: name -> (add its sub-parser to the subparsers, run the parsed args -> exit code).
 COMMANDS = {
@@ -18,6 +18,7 @@ COMMANDS = {
     "recalibrate": (quant.add_recalibrate, quant.run_recalibrate),
     "train": (train.add_train, train.run_train),
     "qat": (train.add_qat, train.run_qat),
+    "check": (check.add_check, check.run_check),
 }
 
 
