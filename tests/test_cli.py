@@ -123,7 +123,7 @@ def test_one_command_table_builds_the_parser():
 
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    assert list(sub.choices) == list(COMMANDS) == ["optimize", "recipes", "report", "sensitivity", "recalibrate", "train", "qat"]
+    assert list(sub.choices) == list(COMMANDS) == ["optimize", "recipes", "report", "sensitivity", "recalibrate", "train", "qat", "check"]
     # the shared options (argparse parents) keep their dests and per-command defaults
     args = parser.parse_args(["optimize", "--model", "m.py:f", "--debug"])
     assert (args.model, args.calib_samples, args.device, args.out, args.debug, args.no_progress) == ("m.py:f", 256, "auto", None, True, False)

@@ -48,3 +48,7 @@ def test_demo_chooses_a_faster_model_that_keeps_quality_and_reloads(demo_out, na
     assert (folder / "report.html").stat().st_size > 5000
     model = torchslim.load(str(folder / "model"))  # verifies against the saved reference outputs
     assert isinstance(model, torch.nn.Module)
+    files = json.loads((folder / "model" / "torchslim.json").read_text())["files"]  # lean: what serving and rebuilding need
+    assert set(files) == set(os.listdir(folder / "model")) - {"torchslim.json"}
+    if name == "fashion-mnist-cnn":
+        assert sum(e["bytes"] for e in files.values()) <= 10e6, files  # was 183 MB: the calibration slices' whole data set

@@ -306,3 +306,50 @@ def test_ort_static_int8_leaves_nothing_in_the_working_directory(tmp_path, monke
     assert os.listdir(tmp_path) == [] and os.getcwd() == str(tmp_path)
     with torch.no_grad():
         assert compare(example(model), example(slim)).min_cosine >= 0.98
+
+
+@needs_ort
+def test_engine_folder_is_lean_unless_keep_float_and_lists_its_files(tmp_path):
+    # The engine file loads by itself: no FP32 weights and no calibration inputs beside it by
+    # default; --keep-float keeps both (compact) for rebuilding. Every file has its size, role, SHA-256.
+    from torchslim import artifact_files
+
+    model, example, calib = _case("cnn")
+    slim, _ = _apply(model, OrtStaticInt8Config(), example, calib)
+    with torch.no_grad():
+        out = example(slim)
+    lean, full = str(tmp_path / "lean"), str(tmp_path / "full")
+    for folder, keep in ((lean, False), (full, True)):
+        artifacts.save(folder, model, Recipe((OrtStaticInt8Config(),)), example, spec=None, reference_output=out,
+                       calibration=calib(), optimized=slim, keep_float=keep)
+    m = artifacts.read_manifest(lean)
+    assert sorted(os.listdir(lean)) == sorted(["torchslim.json", "model.onnx", "engine.json", "example.pt", "reference.pt"])
+    assert set(m["files"]) == set(os.listdir(lean)) - {"torchslim.json"}
+    assert m["files"]["model.onnx"]["role"].startswith("serving") and len(m["files"]["model.onnx"]["sha256"]) == 64
+    assert m["files"]["model.onnx"]["bytes"] == os.path.getsize(os.path.join(lean, "model.onnx"))
+    assert m["calibration"] == {"batches": 8, "samples": 16, "source": None, "kept": False}
+    assert {"weights.pt", "calibration.pt"} <= set(os.listdir(full)) and artifacts.read_manifest(full)["calibration"]["kept"]
+    for folder in (lean, full):
+        with torch.no_grad():
+            assert torch.equal(example(torchslim.load(folder)), out)  # and verified against reference.pt
+    assert any("model.onnx" in line and "serving" in line for line in artifact_files.table(m["files"]))
+
+
+def test_calibration_is_stored_compactly_and_losslessly():
+    from torchslim.artifact_files import pack, unpack
+
+    pixels = torch.randint(0, 256, (512, 1, 28, 28), generator=torch.Generator().manual_seed(0))
+    images = ((pixels / 255.0 - 0.286) / 0.353)[:64]  # a view of a larger data set, normalized 8-bit pixels
+    ids = torch.randint(0, 30522, (8, 128), generator=torch.Generator().manual_seed(1))
+    noise = torch.randn(4, 1024, generator=torch.Generator().manual_seed(2))
+    record = {"args": [images, ids], "kwargs": {"noise": noise, "flag": True}}
+    packed = pack(record)
+    assert packed["args"][0]["index"].dtype == torch.uint8 and packed["args"][1]["values"].dtype == torch.int32
+    back = unpack(packed)
+    for a, b in ((images, back["args"][0]), (ids, back["args"][1]), (noise, back["kwargs"]["noise"])):
+        assert a.dtype == b.dtype and torch.equal(a, b)  # bit-identical: re-calibration gives the same ranges
+    assert back["kwargs"]["flag"] is True
+    import io
+    buf = io.BytesIO()
+    torch.save(packed, buf)
+    assert len(buf.getvalue()) < images.numel() * 4 // 3 + ids.numel() * 4 + noise.numel() * 4 + 20_000

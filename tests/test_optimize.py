@@ -125,3 +125,86 @@ def test_unknown_recipe_and_bad_config():
         OptimizeConfig(objective="vibes")
     with pytest.raises(SlimError, match="max-drop"):
         OptimizeConfig(max_drop=-1)
+
+
+def test_a_saved_model_that_does_not_reload_in_a_fresh_process_is_not_chosen(tmp_path, monkeypatch):
+    # Two measured rows, dynamic-int8 ahead of ort under the objective: dynamic-int8's folder rebuilds
+    # the architecture from a spec that only works in this process, so its real save fails the real
+    # fresh-process reload; the ORT engine file loads by itself and is chosen instead.
+    import copy
+
+    from torchslim.fidelity import compare
+    from torchslim.measure import Timing
+    from torchslim.recipes import apply, by_name
+    from torchslim.results import RecipeResult, RunResult
+    from torchslim.search.output import save_chosen
+    from torchslim.techniques import Context
+
+    monkeypatch.setattr(tiny_models, "THIS_PROCESS_ONLY", True)
+    wl = load_model("tiny_models:mlp_this_process_only", input_shape="8x64")
+    cpu, ex = torch.device("cpu"), wl.example
+    base = RecipeResult("baseline", [], status="baseline", size_bytes=342_000, speedup=1.0)
+    run = RunResult(workload={}, machine={}, config={}, recipes=[base])
+    models = {}
+    for recipe, ms in zip(by_name(["dynamic-int8", "ort"], cpu), (1.0, 2.0)):
+        models[recipe.name] = model = apply(copy.deepcopy(wl.model), recipe, Context(device=cpu, example=ex))
+        run.recipes.append(RecipeResult(recipe.name, recipe.to_list(), speedup=3.0 / ms, size_bytes=100_000,
+                                        fidelity=compare(ex(wl.model), ex(model)),
+                                        timing=Timing(5, ms, ms, ms, 0.0, 0.0, (ms, ms))))
+    chosen = save_chosen(run, base, models, wl, ex, _config(tmp_path))
+    rows = {r.name: r for r in run.recipes}
+    assert rows["dynamic-int8"].status == "failed", rows["dynamic-int8"].reason
+    assert "does not reload" in rows["dynamic-int8"].reason and "THIS_PROCESS_ONLY is not set" in rows["dynamic-int8"].reason
+    assert chosen is rows["ort"] and run.chosen == "ort" and rows["ort"].status == "chosen"
+    assert run.artifact == str(tmp_path / "model")
+    manifest = json.loads((tmp_path / "model" / "torchslim.json").read_text())
+    assert manifest["recipe_name"] == "ort"
+    assert [c["name"] for c in manifest["candidates"]] == ["ort"] and manifest["candidates"][0]["speedup"] == 1.5
+    assert manifest["host"]["cores"] == os.cpu_count() and set(manifest["host"]["decisive_flags"]) == {"amx", "avx512_vnni", "avx512_bf16", "avx512f"}
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".model")]  # no staging folder left
+    torchslim.load(str(tmp_path / "model"))
+
+
+@pytest.mark.slow
+def test_the_chosen_aoti_package_reloads_in_a_fresh_process(tmp_path):
+    # torch.export records the model's output structure (a registered dataclass here, a ModelOutput
+    # for transformers' models); whatever is chosen must reload where that module is not imported.
+    import subprocess
+    import sys
+
+    wl = load_model("tiny_models:custom_output", input_shape="1x64")
+    run = optimize(wl, _config(tmp_path, recipes=("aoti",), early_reject=False), progress=False)
+    aoti = run.recipes[1]
+    assert aoti.status in ("chosen", "failed"), aoti.reason  # faster: the one to choose
+    if run.chosen is None:  # torch.export kept the output class: the package does not reload
+        assert aoti.status == "failed" and "does not reload" in aoti.reason and "tiny_models.Scores" in aoti.reason
+        assert not (tmp_path / "model").exists()
+        return
+    code = f"import torchslim; torchslim.load({str(tmp_path / 'model')!r}); print('ok')"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(p or os.getcwd() for p in sys.path)})
+    assert proc.stdout.strip().endswith("ok"), proc.stdout + proc.stderr[-2000:]
+
+
+def test_load_warns_in_one_line_when_the_decisive_cpu_features_differ(tmp_path, monkeypatch, capsys):
+    from torchslim import artifacts
+    from torchslim import device as dev
+    from torchslim.recipes import Recipe
+    from torchslim.techniques.inference_mode import InferenceModeConfig
+
+    model, ex = tiny_models.mlp(), Example((torch.randn(4, 64),))
+    monkeypatch.setenv(dev.FLAGS_ENV, "avx2 avx512f avx512_vnni avx512_bf16 amx_bf16 amx_int8 amx_tile")  # a Sapphire Rapids
+    dev.cpu_flags.cache_clear()
+    try:
+        artifacts.save(str(tmp_path / "m"), model, Recipe((InferenceModeConfig(),)), ex, spec="tiny_models:mlp",
+                       reference_output=ex(model))
+        torchslim.load(str(tmp_path / "m"))
+        assert capsys.readouterr().err == ""  # the same host: nothing to say
+        monkeypatch.setenv(dev.FLAGS_ENV, "avx2 fma")  # an AVX2-only server
+        dev.cpu_flags.cache_clear()
+        torchslim.load(str(tmp_path / "m"))
+    finally:
+        monkeypatch.delenv(dev.FLAGS_ENV)
+        dev.cpu_flags.cache_clear()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("torchslim: warning: this CPU lacks amx, avx512_vnni, avx512_bf16, avx512f"), err

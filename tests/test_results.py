@@ -47,7 +47,7 @@ OLD_RUN = {
 def test_status_is_a_string():
     assert Status.OK == "ok" and f"{Status.REJECTED}" == "rejected" and str(Status.CHOSEN) == "chosen"
     assert json.dumps({"s": Status.SKIPPED}) == '{"s": "skipped"}'
-    assert set(STATUSES) == {"chosen", "ok", "rejected", "failed", "skipped", "baseline", "inconclusive"}
+    assert set(STATUSES) == {"chosen", "ok", "rejected", "failed", "skipped", "baseline", "inconclusive", "interrupted"}
     r = RecipeResult("x", [])
     r.status = "failed"  # code that assigns the plain string still gets the enum
     assert r.status is Status.FAILED and r.to_dict()["status"] == "failed" and type(r.to_dict()["status"]) is str

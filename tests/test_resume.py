@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from torchslim import cli
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -73,3 +75,45 @@ def test_second_run_on_the_same_out_is_refused(tmp_path, capsys):
     finally:
         proc.kill()
         proc.communicate()
+
+
+def _interrupt_mid_compile(out, sig):
+    """Start a run, send `sig` once static-int8 is settled (compile's first call is under way)."""
+    proc = _start(out)
+    try:
+        _wait_for_row(out, "static-int8", proc)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    return proc.returncode, err
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_mid_search_writes_the_rows_releases_the_lock_and_resumes(tmp_path, capsys, sig, code):
+    out = str(tmp_path / "out")
+    rc, err = _interrupt_mid_compile(out, sig)
+    name = signal.Signals(sig).name
+    assert rc == code, err[-2000:]
+    assert "Traceback" not in err and f"interrupted by {name}" in err.strip().splitlines()[-1]
+    d = json.load(open(os.path.join(out, "results.json")))
+    assert d["interrupted"] == name and d["error"].startswith(f"interrupted by {name} while trying compile")
+    rows = {r["name"]: r for r in d["recipes"]}
+    assert list(rows) == ["baseline", "static-int8", "compile"]
+    assert rows["static-int8"]["status"] == "skipped" and rows["compile"]["status"] == "interrupted"
+    html = open(os.path.join(out, "report.html")).read()
+    assert "static-int8" in html and f"interrupted by {name}" in html
+    assert not os.path.exists(os.path.join(out, ".torchslim.lock"))  # removed on the way out
+    # The rerun reuses the settled row and tries the interrupted recipe again.
+    assert cli.main(ARGS + ["--out", out]) == 0
+    assert "resuming the unfinished run" in capsys.readouterr().err
+    again = {r["name"]: r for r in json.load(open(os.path.join(out, "results.json")))["recipes"]}
+    assert any("reused from the interrupted run" in n for n in again["static-int8"]["notes"])
+    assert again["compile"]["status"] in ("ok", "chosen") and again["compile"]["timing"]
+    assert not os.path.exists(os.path.join(out, ".torchslim.lock"))
+
+
+def test_lock_file_removed_after_an_error(tmp_path):
+    out = str(tmp_path / "out")
+    assert cli.main(ARGS[:-1] + ["--recipes", "no-such-recipe", "--out", out]) == 2
+    assert not os.path.exists(os.path.join(out, ".torchslim.lock"))

@@ -1,6 +1,8 @@
 """Tiny real models used by the tests as `tiny_models:NAME` specs (imported from tests/)."""
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn as nn
 
@@ -120,3 +122,42 @@ def int_outputs():
 
 def nan_outputs():
     return _seeded(NaNOutputs), torch.randn(4, 16)
+
+
+# Set by the process that optimizes it (tests/test_optimize.py): a fresh process sees None, so a saved
+# folder that rebuilds from the spec `tiny_models:mlp_this_process_only` does not reload there.
+THIS_PROCESS_ONLY = None
+
+
+def mlp_this_process_only():
+    if THIS_PROCESS_ONLY is None:
+        raise RuntimeError("tiny_models.THIS_PROCESS_ONLY is not set in this process")
+    return _seeded(MLP)
+
+
+@dataclasses.dataclass
+class Scores:
+    """A custom output structure: torch.export records it in the program; a process that has not
+    imported this module cannot rebuild it (as with transformers' ModelOutput classes)."""
+
+    logits: torch.Tensor
+
+    def to_tuple(self):  # as transformers' ModelOutput: how torchslim reads the tensors out
+        return (self.logits,)
+
+
+torch.utils._pytree.register_dataclass(Scores, serialized_type_name="tiny_models.Scores")
+
+
+class CustomOutput(nn.Module):
+    def __init__(self):
+        super().__init__()
+        # many small layers: eager's per-module Python dominates, so the AOTI package clearly wins
+        self.net = nn.Sequential(*[m for _ in range(32) for m in (nn.Linear(64, 64), nn.GELU())], nn.Linear(64, 10))
+
+    def forward(self, x):
+        return Scores(self.net(x))
+
+
+def custom_output():
+    return _seeded(CustomOutput)

@@ -8,13 +8,17 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import sys
+import warnings
 
 import torch
 import torch.nn as nn
 
-from . import engines
+from . import artifact_files, engines
+from .device import host_mismatch, host_record
+from .artifact_files import pack, unpack
 from .version import __version__
-from .errors import SlimError
+from .errors import SlimError, load_reason
 from .fidelity import compare, output_tensors
 from .techniques.torchscript import script_module
 from .fileio import atomic_write, write_json
@@ -23,14 +27,14 @@ from .recipes import Recipe, apply
 from .techniques import Context
 from .workload import eval_mode
 
-MANIFEST = "torchslim.json"
+MANIFEST = artifact_files.MANIFEST
 TORCHSCRIPT = "model.torchscript.pt"
 FORMAT_VERSION = 1
 
 
 def save(folder: str, base_model: nn.Module, recipe: Recipe, example: Example, *, spec: str | None,
          source: dict | None = None, reference_output=None, calibration: list[Example] | None = None,
-         optimized: nn.Module | None = None) -> str:
+         optimized: nn.Module | None = None, keep_float: bool = False, candidates: list[dict] | None = None) -> str:
     """Write `folder`/{torchslim.json, weights.pt, example.pt, reference.pt[, calibration.pt]}.
 
     Recipes that calibrate (static quantization) get their calibration inputs saved too, so that
@@ -39,6 +43,11 @@ def save(folder: str, base_model: nn.Module, recipe: Recipe, example: Example, *
     as TORCHSCRIPT: it loads with torch.jit.load (or libtorch's torch::jit::load), no torchslim needed.
     An engine recipe's model (engines/) is saved as its engine's file(s) + engine.json; load()
     serves that file.
+
+    Lean by default: an engine file loads by itself, so its folder holds no FP32 weights and no
+    calibration inputs unless `keep_float` (to rebuild or recalibrate it later); calibration inputs
+    kept are stored compactly and losslessly (artifact_files.pack). The manifest lists every file
+    with its size, role and SHA-256, which load() checks before reading any of them.
     """
     os.makedirs(folder, exist_ok=True)
     engine = engines.save(folder, optimized) if engines.find(optimized) is not None else None
@@ -47,12 +56,18 @@ def save(folder: str, base_model: nn.Module, recipe: Recipe, example: Example, *
     if scripted is not None:
         torchscript = TORCHSCRIPT
         atomic_write(os.path.join(folder, TORCHSCRIPT), lambda f: torch.jit.save(scripted, f))
-    state = {k: v.detach().cpu() for k, v in base_model.state_dict().items()}
-    atomic_write(os.path.join(folder, "weights.pt"), lambda f: torch.save(state, f))
+    lean = engine is not None and not keep_float  # the engine file is the model: nothing to rebuild from
+    if not lean:
+        state = {k: v.detach().cpu().clone() for k, v in base_model.state_dict().items()}
+        atomic_write(os.path.join(folder, "weights.pt"), lambda f: torch.save(state, f))
     atomic_write(os.path.join(folder, "example.pt"), lambda f: torch.save(_record(example), f))
+    calib_info = None
     if calibration is not None:
-        batches = [_record(e) for e in calibration]
-        atomic_write(os.path.join(folder, "calibration.pt"), lambda f: torch.save(batches, f))
+        batches = [pack(_record(e)) for e in calibration]
+        calib_info = {"batches": len(batches), "samples": sum(e.batch_size for e in calibration),
+                      "source": (source or {}).get("calib_data"), "kept": not lean}
+        if not lean:
+            atomic_write(os.path.join(folder, "calibration.pt"), lambda f: torch.save(batches, f))
     if reference_output is not None:
         refs = [t.detach().float().cpu() for t in output_tensors(reference_output)]
         atomic_write(os.path.join(folder, "reference.pt"), lambda f: torch.save(refs, f))
@@ -67,6 +82,10 @@ def save(folder: str, base_model: nn.Module, recipe: Recipe, example: Example, *
         "recipe_name": recipe.name,
         "torchscript": torchscript,
         "engine": engine,  # the engine file to deploy (model.onnx, model.xml/.bin, model.pt2), or None
+        "host": host_record(),  # where the recipe was chosen: load() warns when the decisive CPU features differ
+        "candidates": candidates,  # the recipes that passed there, best first, with their measured ratios
+        "calibration": calib_info,  # what the recipe was calibrated on; "kept": whether calibration.pt holds it
+        "files": artifact_files.describe(folder, engine, torchscript),  # {name: {bytes, sha256, role}}
     })
     return folder
 
@@ -75,10 +94,16 @@ def read_manifest(folder: str) -> dict:
     path = os.path.join(folder, MANIFEST)
     if not os.path.isfile(path):
         raise SlimError(f"'{folder}' is not a torchslim model folder (no {MANIFEST})", "give the folder `torchslim optimize` wrote under --out (its model/ subfolder)")
-    with open(path, encoding="utf-8") as f:
-        manifest = json.load(f)
-    if manifest.get("format_version", 0) > FORMAT_VERSION:
+    try:
+        with open(path, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except (OSError, ValueError) as e:
+        raise SlimError(f"'{path}' cannot be read as JSON: {e}", "save the model again with torchslim optimize") from None
+    if not isinstance(manifest, dict):
+        raise SlimError(f"'{path}' is not a torchslim manifest (a JSON object)", "save the model again with torchslim optimize")
+    if not isinstance(manifest.get("format_version", 0), int) or manifest.get("format_version", 0) > FORMAT_VERSION:
         raise SlimError(f"'{folder}' was written by a newer torchslim ({manifest.get('torchslim')})", "upgrade torchslim")
+    artifact_files.verify(folder, manifest)
     return manifest
 
 
@@ -96,11 +121,15 @@ def load(folder: str, model: nn.Module | None = None, *, device: str = "cpu", ve
         from .generation.artifacts import load as load_generation
 
         return load_generation(folder, device=device, verify=verify)
+    mismatch = host_mismatch(manifest.get("host"))
+    if mismatch:
+        print(f"torchslim: warning: {mismatch}: '{manifest.get('recipe_name')}' may be slower or less accurate here; "
+              "run torchslim optimize on this host to choose again", file=sys.stderr)
     if manifest.get("engine"):  # an engine recipe: its saved file is the model (no architecture needed)
         optimized = engines.load(folder)
         if verify and os.path.isfile(os.path.join(folder, "reference.pt")):
-            ex = torch.load(os.path.join(folder, "example.pt"), map_location="cpu", weights_only=True)
-            _verify(optimized, _example(ex), torch.load(os.path.join(folder, "reference.pt"), weights_only=True),
+            ex = _read(folder, "example.pt")
+            _verify(optimized, _example(ex), _read(folder, "reference.pt"),
                     manifest["recipe_name"])
         return optimized
     if model is None:
@@ -109,7 +138,9 @@ def load(folder: str, model: nn.Module | None = None, *, device: str = "cpu", ve
                             "pass the architecture: torchslim.load(folder, model=MyModel())")
         model = load_model(manifest["spec"], trust_pickle=trust_pickle or manifest["source"].get("format") == "pickle",
                            need_example=False).model
-    state = torch.load(os.path.join(folder, "weights.pt"), map_location="cpu", weights_only=True)
+    if not os.path.isfile(os.path.join(folder, "weights.pt")):
+        raise SlimError(f"'{folder}' has no weights.pt to re-apply its recipe to", "save the model again with torchslim optimize")
+    state = _read(folder, "weights.pt")
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
@@ -117,25 +148,53 @@ def load(folder: str, model: nn.Module | None = None, *, device: str = "cpu", ve
                         "the model code changed since it was saved; pass the original architecture as model=") from e
     dev = torch.device(device)
     model = eval_mode(model.to(dev))
-    ex = torch.load(os.path.join(folder, "example.pt"), map_location="cpu", weights_only=True)
+    ex = _read(folder, "example.pt")
     example = _example(ex).to(dev)
     ctx = Context(device=dev, example=example, calibration=_saved_calibration(folder, dev))
     model = apply(model, Recipe.from_list(manifest["recipe"]), ctx)
     if verify and os.path.isfile(os.path.join(folder, "reference.pt")):
-        _verify(model, example, torch.load(os.path.join(folder, "reference.pt"), weights_only=True), manifest["recipe_name"])
+        _verify(model, example, _read(folder, "reference.pt"), manifest["recipe_name"])
     return model
+
+
+def saved_inputs(folder: str):
+    """(the saved example, a calibration function over the saved calibration inputs or None)."""
+    return _example(_read(folder, "example.pt")), _saved_calibration(folder, torch.device("cpu"))
+
+
+def saved_weights(folder: str) -> dict:
+    return _read(folder, "weights.pt")
+
+
+def saved_reference(folder: str) -> list[torch.Tensor]:
+    return _read(folder, "reference.pt")
 
 
 def _saved_calibration(folder: str, dev: torch.device):
     path = os.path.join(folder, "calibration.pt")
     if not os.path.isfile(path):
         return None
-    batches = torch.load(path, map_location="cpu", weights_only=True)
+    batches = unpack(_read(folder, "calibration.pt"))
     return lambda: [_example(b).to(dev) for b in batches]
 
 
+def _read(folder: str, name: str):
+    """A saved tensor file, read with weights_only=True: a file holding anything else (an arbitrary
+    pickle) is refused with what is wrong, never executed."""
+    path = os.path.join(folder, name)
+    try:
+        with warnings.catch_warnings():  # "Detected pickle protocol 4": the refusal below says it all
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - UnpicklingError, a truncated zip, a missing file: all say the same
+        raise SlimError(f"'{path}' cannot be read as saved tensors: {load_reason(e)}",
+                        "the folder is damaged or was edited; copy it again or save the model again") from None
+
+
 def _record(example: Example) -> dict:
-    """An Example as plain containers, so torch.load(weights_only=True) can read it back."""
+    """An Example as plain containers, so torch.load(weights_only=True) can read it back; tensors
+    cloned (a view, e.g. a slice of a whole data set, would save its whole base storage)."""
+    example = example.map(lambda t: t.detach().clone())
     return {"args": list(example.args), "kwargs": example.kwargs}
 
 

@@ -8,7 +8,7 @@ import torch
 import torch.utils._pytree as pytree
 
 from .calibration_sources import NO_CALIBRATION
-from .errors import SlimError
+from .errors import SlimError, first_line
 from .inputs import Example, as_example
 
 DEFAULT_SAMPLES = 256
@@ -46,7 +46,14 @@ def from_spec(spec: str, example: Example, samples: int = DEFAULT_SAMPLES, model
     elif ":" in spec:
         from .loading import load_factory_fn
 
-        made = load_factory_fn(spec)()
+        fn = load_factory_fn(spec)
+        try:
+            made = fn()
+        except SlimError:
+            raise
+        except Exception as e:  # noqa: BLE001 - user code
+            raise SlimError(f"the --calib-data function '{spec.rpartition(':')[2]}' raised {type(e).__name__}: {first_line(e)}",
+                            "fix it (run with --debug for the traceback)") from e
         made = made if isinstance(made, Iterable) or hasattr(made, "__getitem__") else [made]
         batches = rebatch((as_example(b) for b in src.loader_batches(made, example)), example, samples)
     else:
@@ -88,6 +95,8 @@ def _checked(batches: Iterable[Example], example: Example, samples: float, what:
     batches = cap(batches, samples)
     for i, b in enumerate(batches):
         check_batch(b, example, i)
+        if any(t.is_floating_point() and not bool(torch.isfinite(t).all()) for t in b.tensors()):
+            raise SlimError(f"{what}: batch {i + 1} holds NaN or Inf values", "calibrate on the model's real, finite inputs")
     if not batches:
         raise SlimError(f"{what} is empty", "give at least one batch of real inputs")
     return lambda: batches

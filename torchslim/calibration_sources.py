@@ -9,7 +9,7 @@ from urllib.parse import parse_qs
 import torch
 import torch.nn.functional as F
 
-from .errors import SlimError
+from .errors import SlimError, first_line
 from .inputs import Example
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
@@ -90,19 +90,26 @@ def preprocess(img: torch.Tensor, chw: tuple[int, int, int], mean: torch.Tensor,
 
 
 def _read_image(path: str) -> torch.Tensor:
-    if path.lower().endswith(".npy"):
-        import numpy as np
+    import numpy as np
 
-        return torch.from_numpy(np.load(path, allow_pickle=False).copy())
+    if path.lower().endswith(".npy"):
+        try:
+            return torch.from_numpy(np.load(path, allow_pickle=False).copy())
+        except (OSError, ValueError, EOFError) as e:
+            raise SlimError(f"calibration file '{path}' is not a readable .npy array: {first_line(e)}",
+                            "remove it from the --calib-data folder or save it again with numpy.save") from None
     try:
         from PIL import Image
     except ImportError:
         raise SlimError(f"reading '{os.path.basename(path)}' needs Pillow, which is not installed",
                         "pip install pillow, or save the images as .npy arrays (HxWxC uint8) in the folder") from None
-    import numpy as np
-
-    with Image.open(path) as im:
-        return torch.from_numpy(np.asarray(im.convert("RGB")).copy())
+    try:
+        with Image.open(path) as im:
+            return torch.from_numpy(np.asarray(im.convert("RGB")).copy())
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # UnidentifiedImageError is an OSError
+        detail = type(e).__name__ if path in str(e) else f"{type(e).__name__}: {first_line(e)}"
+        raise SlimError(f"calibration image '{path}' cannot be read ({detail})",
+                        "remove or replace the corrupt file in the --calib-data folder") from None
 
 
 def image_folder(path: str, example: Example, opts: dict, samples: int) -> Example:
@@ -140,6 +147,9 @@ def numpy_file(path: str, example: Example, opts: dict) -> Example:
             arrays = [data[n] for n in names][:len(want)]
             if example.kwargs and names == list(example.kwargs):
                 return Example((), {k: _like(torch.from_numpy(a), w) for (k, w), a in zip(example.kwargs.items(), arrays)})
+    odd = [a.dtype for a in arrays if a.dtype.kind not in "biuf"]
+    if odd:
+        raise SlimError(f"'{path}' holds a {odd[0]} array, not numbers", "save the model's numeric inputs (float images, integer ids)")
     ts = [torch.from_numpy(a) for a in arrays]
     if len(ts) == 1 and len(want) == 1 and tuple(ts[0].shape[1:]) != tuple(want[0].shape[1:]) and want[0].dim() == 4:
         return images_tensor(ts[0], example, opts)  # [N, H, W, C] uint8 images and the like

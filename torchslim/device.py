@@ -238,6 +238,41 @@ def describe(device: torch.device) -> dict:
     return info
 
 
+# The CPU features that decided which recipe won (BENCHMARKS.md: BF16 runs 0.14-0.9x of FP32 without
+# native BF16, INT8 saturates without VNNI, AMX changes the winners): a saved choice is only as true
+# as these are on the host that serves it.
+DECISIVE = ("amx", "avx512_vnni", "avx512_bf16", "avx512f")
+
+
+def decisive_flags() -> dict[str, bool]:
+    """{feature: present} for the DECISIVE features of this host (TORCHSLIM_CPU_FLAGS fakes another's)."""
+    f = cpu_flags()
+    return {"amx": bool({"amx_bf16", "amx_int8"} & f), "avx512_vnni": "avx512_vnni" in f,
+            "avx512_bf16": "avx512_bf16" in f, "avx512f": "avx512f" in f}
+
+
+def host_record() -> dict:
+    """What a saved model records of the host that chose it: CPU, cores, decisive features, versions."""
+    d = describe(torch.device("cpu"))
+    return {"cpu": d.get("cpu"), "cores": os.cpu_count(), "machine": d["machine"], "decisive_flags": decisive_flags(),
+            "tier": capabilities().tier(), "cpu_flags_source": d["cpu_flags_source"], "torch": d["torch"],
+            "torchao": d["torchao"], "python": d["python"]}
+
+
+def host_mismatch(saved: dict | None) -> str | None:
+    """One line on how this host's decisive CPU features differ from the `saved` host_record(), or None."""
+    was = (saved or {}).get("decisive_flags")
+    if not isinstance(was, dict):
+        return None
+    now = decisive_flags()
+    gone = [k for k in DECISIVE if was.get(k) and not now.get(k)]
+    new = [k for k in DECISIVE if now.get(k) and not was.get(k)]
+    if not gone and not new:
+        return None
+    parts = ([f"lacks {', '.join(gone)}"] if gone else []) + ([f"adds {', '.join(new)}"] if new else [])
+    return f"this CPU {' and '.join(parts)} compared with the host that chose the recipe ({saved.get('cpu') or 'unknown CPU'})"
+
+
 def _cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:

@@ -262,7 +262,7 @@ def recalibrate(folder: str, data, out: str | None = None, *, evaluate=None, met
 
     def write(tmp: str) -> None:
         artifacts.save(tmp, float_model, recipe, example, spec=manifest.get("spec"), source=manifest.get("source"),
-                       reference_output=reference, calibration=batches, optimized=after)
+                       reference_output=reference, calibration=batches, optimized=after, keep_float=True)
         write_json(os.path.join(tmp, "recalibration.json"), report)
 
     _save_atomically(out, write)
@@ -275,6 +275,10 @@ def _float_model(folder: str, manifest: dict, model: nn.Module | None):
     from .loading import load_model
 
     evaluate = metric = None
+    has_weights = os.path.isfile(os.path.join(folder, "weights.pt"))
+    if not has_weights and model is None:  # a lean engine folder (artifacts.save without keep_float)
+        raise SlimError(f"'{folder}' holds no FP32 weights to recalibrate from (saved lean: its engine file loads by itself)",
+                        "optimize again with --keep-float, or pass the trained FP32 model: recalibrate(folder, data, model=...)")
     if model is None:
         if not manifest.get("spec"):
             raise SlimError("this model was optimized from an in-memory module, so its architecture is not recorded",
@@ -282,8 +286,8 @@ def _float_model(folder: str, manifest: dict, model: nn.Module | None):
         wl = load_model(manifest["spec"], trust_pickle=manifest.get("source", {}).get("format") == "pickle", need_example=False)
         model, evaluate, metric = wl.model, wl.evaluate, wl.metric
     model = copy.deepcopy(model)
-    state = torch.load(os.path.join(folder, "weights.pt"), map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
+    if has_weights:
+        model.load_state_dict(torch.load(os.path.join(folder, "weights.pt"), map_location="cpu", weights_only=True))
     return model.eval(), evaluate, metric
 
 

@@ -18,6 +18,14 @@ class NotApplicable(SlimError):
     """A technique does not apply to this model or device (a skip, not a failure)."""
 
 
+def load_reason(e: BaseException) -> str:
+    """Why torch.load(weights_only=True) refused a file, in one line (torch's own message is a page)."""
+    if "Weights only load failed" in str(e):
+        return ("it holds objects other than tensors and plain containers, or is not a torch.save file "
+                "(torch.load with weights_only=True refuses to run them)")
+    return first_line(e)
+
+
 def first_line(e: BaseException) -> str:
     """The first non-blank line of an exception's message (its type name if it has none): the
     part of an upstream error worth quoting in a one-line SlimError."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import tempfile
 from typing import Any, Callable
 
@@ -28,6 +29,26 @@ def atomic_write(path: str, write: Callable[[Any], None], mode: str = "wb") -> N
         except OSError:
             pass
         raise
+
+
+def staging_folder(out: str) -> str:
+    """An empty hidden folder beside `out`, to write a whole folder into before `replace_folder`."""
+    parent = os.path.dirname(os.path.abspath(out))
+    os.makedirs(parent, exist_ok=True)
+    return tempfile.mkdtemp(dir=parent, prefix="." + os.path.basename(os.path.abspath(out)) + ".")
+
+
+def replace_folder(staged: str, out: str) -> None:
+    """Put the folder `staged` in place as `out` (two renames when `out` exists: a reader never sees
+    a half-written folder, and no file of the old one lingers in the new one)."""
+    os.chmod(staged, 0o755)
+    if os.path.exists(out):
+        old = staged + ".old"
+        os.replace(out, old)
+        os.replace(staged, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staged, out)
 
 
 def cache_dir() -> str:

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .errors import SlimError
+from .errors import SlimError, first_line, load_reason
 from .hf import HFForward, HFModel, load_hf  # noqa: F401 - HFModel and load_hf are loading's API too
 from .hf import example_inputs as hf_example
 from .inputs import Example, as_example, parse_dtype, parse_shapes, random_example
@@ -187,7 +187,7 @@ def _load_pickle(path: str, name: str, trust_pickle: bool) -> Workload:
         raise SlimError(f"'{path}' holds pickled Python objects, which can run arbitrary code when loaded",
                         "pass --trust-pickle if you trust this file, or give the architecture as file.py:factory with --weights FILE") from e
     except Exception as e:  # noqa: BLE001
-        raise SlimError(f"cannot read '{path}' as a PyTorch file: {e}", FORMATS) from e
+        raise SlimError(f"cannot read '{path}' as a PyTorch file: {first_line(e)}", FORMATS) from e
     if isinstance(obj, nn.Module):
         return Workload(model=obj, example=None, name=name, source={"format": "pickle"})
     if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -229,10 +229,14 @@ def load_inputs(path: str) -> Example:
 
 def read_safely(path: str, what: str, fix: str):
     """torch.load with weights_only=True (tensors and plain containers, no code), or one clear error."""
+    import warnings
+
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # "Detected pickle protocol 4": the refusal below says it all
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001
-        raise SlimError(f"cannot read {what} '{path}' safely: {e}", fix) from e
+        raise SlimError(f"cannot read {what} '{path}' safely: {load_reason(e)}", fix) from e
 
 
 def load_evaluate(spec: str):

@@ -15,11 +15,10 @@ from . import device as dev
 from . import measure, priors, resume, search_cache
 from .recipes import by_name, candidates, ordered
 from .results import RunResult, kept_on_stop
-from .search.choose import choose, why
 from .search.config import DEFAULT_TIME_BUDGET_MIN, OBJECTIVES, Budget, OptimizeConfig, SearchState
 from .search.loop import baseline, early_check, try_candidates
 from .progress import bar as progress_bar
-from .search.output import save, write
+from .search.output import save, save_chosen, write
 from .search.replay import replay
 from .search.timing import final_timing
 from .search.trial import caller
@@ -90,14 +89,8 @@ def _search(workload: Workload, config: OptimizeConfig, device: torch.device, ru
     run.search["phases_s"]["timing"] = s.budget.spent() - t_trials
     s.bar.update(1)
 
-    chosen = choose(run.recipes, config.objective)
-    if chosen is not None:
-        chosen.status = "chosen"
-        chosen.reason = why(chosen, base, config.objective)
-        run.chosen = chosen.name
-        if config.out and config.save_model:
-            s.bar.set_postfix_str("saving")
-            save(run, chosen, s.models[chosen.name], workload, s.example, config)
+    s.bar.set_postfix_str("choosing, saving, reloading in a fresh process")
+    save_chosen(run, base, s.models, workload, s.example, config)  # the best recipe whose saved model reloads
     run.search["phases_s"]["total"] = s.budget.spent()
     s.bar.update(1)
     s.bar.close()

@@ -21,6 +21,7 @@ class Status(str, enum.Enum):
     SKIPPED = "skipped"
     BASELINE = "baseline"
     INCONCLUSIVE = "inconclusive"  # timing too noisy to call
+    INTERRUPTED = "interrupted"  # the run was stopped (SIGINT, SIGTERM) while this recipe was tried
 
     __str__ = str.__str__  # f"{status}" is "ok", not "Status.OK"
     __format__ = str.__format__
@@ -101,6 +102,7 @@ class RunResult:
     error: str | None = None  # set when the run stopped early; the recipes done so far are kept
     search: dict | None = None  # order, time budget, elapsed, model kind/hardware tier, cache (optimize._search)
     measurement: dict | None = None  # is the final timing trustworthy (measure.verdict)
+    interrupted: str | None = None  # the signal that stopped the run (SIGINT, SIGTERM), or None
     extra: dict = field(default_factory=dict, repr=False)  # keys read from JSON that no field holds (snippet, ...)
 
     def to_dict(self) -> dict[str, Any]:
@@ -125,16 +127,46 @@ class RunResult:
 
 @contextlib.contextmanager
 def kept_on_stop(run: RunResult, write: Callable[[RunResult], None]) -> Iterator[RunResult]:
-    """Write `run` when the block ends; if it stops early (Ctrl-C, a SlimError), record why in
-    `run.error`, write what was measured so far, and re-raise."""
+    """Write `run` when the block ends; if it stops early (Ctrl-C, SIGTERM, a SlimError), record why
+    in `run.error` (and the recipe being tried as an "interrupted" row), write what was measured so
+    far, and re-raise."""
+    from .interrupt import held, signal_name
+
     try:
         yield run
-    except KeyboardInterrupt:
-        run.error = "interrupted: the recipes measured so far are kept"
-        write(run)
+    except KeyboardInterrupt as e:
+        with held():  # a second Ctrl-C does not cut the last write short
+            mark_interrupted(run, signal_name(e))
+            write(run)
         raise
     except SlimError as e:
         run.error = str(e)
         write(run)
         raise
     write(run)
+
+
+def mark_interrupted(run: RunResult, how: str) -> None:
+    """Record that `how` (SIGINT, SIGTERM) stopped `run`: the recipe it was trying (the first of
+    run.search["order"] with no row yet) gets a row with status "interrupted" (a rerun tries it again:
+    resume.py reuses only settled rows), and `run.error` says where the run stopped."""
+    run.interrupted = how
+    done = {r.name for r in run.recipes}
+    order = (run.search or {}).get("order") or []
+    current = next((n for n in order if n not in done), None)
+    base = run.recipes[0] if run.recipes else None
+    finished = sum(r.status not in (Status.BASELINE, Status.INTERRUPTED) for r in run.recipes)
+    if base is not None and base.first_call_ms is None:
+        where = "while measuring the baseline"
+    elif current is not None:
+        where = f"while trying {current}"
+        run.recipes.append(RecipeResult(name=current, steps=[], status=Status.INTERRUPTED,
+                                        reason=f"interrupted by {how} while this recipe was tried; a rerun tries it again"))
+    elif run.chosen:
+        where = "while saving the chosen model"
+    elif base is not None and base.timing is None:
+        where = "after every recipe's turn, before the final timing ended"
+    else:
+        where = "after the final timing"
+    run.error = (f"interrupted by {how} {where}: the {finished} finished recipe row(s) are kept; "
+                 "run the same command again to resume")

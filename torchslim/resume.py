@@ -12,10 +12,11 @@ import sys
 import torch
 
 from .errors import SlimError
+from .interrupt import held, sigterm_raises
 
 LOCK_NAME = ".torchslim.lock"
 REUSABLE = ("failed", "skipped", "rejected")
-_IGNORED_OPTIONS = ("out", "debug", "save_model")
+_IGNORED_OPTIONS = ("out", "debug", "save_model", "keep_float")
 _previous: contextvars.ContextVar[dict | None] = contextvars.ContextVar("torchslim_resume", default=None)
 
 
@@ -32,18 +33,24 @@ def session(config, workload):
       settled as failed, skipped or rejected are reused as they are (`reused(name)`, a note in each),
       and the recipes that had passed are applied again, since a model cannot be timed from a file.
       A finished results.json is never reused: rerunning a finished run measures again.
+    - SIGTERM stops the run as Ctrl-C does (interrupt.py): the rows so far are written with the run
+      marked interrupted, and the lock file is removed on every way out (finished, error, signal).
     """
     out = config.out
     if not out:
-        yield
+        with sigterm_raises():
+            yield
         return
-    fd = _lock(out)
-    token = _previous.set(_load(out, config, workload))
-    try:
-        yield
-    finally:
-        _previous.reset(token)
-        _unlock(fd)
+    with sigterm_raises():
+        fd = _lock(out)
+        try:
+            token = _previous.set(_load(out, config, workload))
+            try:
+                yield
+            finally:
+                _previous.reset(token)
+        finally:
+            _unlock(fd, os.path.join(out, LOCK_NAME))
 
 
 def reused(name: str):
@@ -64,31 +71,51 @@ def _lock(out: str) -> int:
     if os.path.exists(out) and not os.path.isdir(out):
         raise SlimError(f"--out '{out}' is an existing file, not a folder", "give a folder path (it is created if missing)")
     path = os.path.join(out, LOCK_NAME)
-    try:
-        os.makedirs(out, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as e:
-        raise SlimError(f"cannot write to --out '{out}': {e.strerror}", "give a folder you can write to") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "unknown"
+    while True:
+        try:
+            os.makedirs(out, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise SlimError(f"cannot write to --out '{out}': {e.strerror}", "give a folder you can write to") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "unknown"
+            os.close(fd)
+            raise SlimError(f"another torchslim run is writing to --out '{out}' (process {holder})",
+                            "wait for it to finish, or give this run another --out") from None
+        if _same_file(fd, path):
+            break
+        # The holder we waited on removed the file as it let go: this lock is on a file no longer
+        # at `path`, and a third run could lock the new one. Lock what `path` names now.
         os.close(fd)
-        raise SlimError(f"another torchslim run is writing to --out '{out}' (process {holder})",
-                        "wait for it to finish, or give this run another --out") from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}, started {_now()}\n".encode(), 0)
     return fd
 
 
-def _unlock(fd: int) -> None:
+def _same_file(fd: int, path: str) -> bool:
+    try:
+        a, b = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def _unlock(fd: int, path: str) -> None:
+    """Remove the lock file, then let go: only the holder removes it, while it still holds the lock
+    (a run that opened the file meanwhile sees it gone and locks a new one: _lock's check)."""
     import fcntl
 
-    try:
-        os.ftruncate(fd, 0)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
+    with held():
+        try:
+            if _same_file(fd, path):
+                os.unlink(path)
+        except OSError:
+            pass  # a folder removed under us: nothing left to clean
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
 
 
 def _now() -> str:

@@ -15,7 +15,7 @@ from . import device as dev
 from .fileio import cache_dir, write_json
 
 VERSION = 1  # bump when what a row means changes
-_NOT_IN_KEY = ("out", "save_model", "debug", "cache", "fresh")
+_NOT_IN_KEY = ("out", "save_model", "keep_float", "debug", "cache", "fresh")
 
 
 def folder() -> str:

@@ -6,7 +6,8 @@ import sys
 import traceback
 
 from ..errors import SlimError, first_line
-from . import optimize, options, quant, train
+from ..interrupt import exit_code, signal_name, sigterm_raises
+from . import check, optimize, options, quant, train
 
 # THE command table: name -> (add its sub-parser to the subparsers, run the parsed args -> exit code).
 COMMANDS = {
@@ -17,6 +18,7 @@ COMMANDS = {
     "recalibrate": (quant.add_recalibrate, quant.run_recalibrate),
     "train": (train.add_train, train.run_train),
     "qat": (train.add_qat, train.run_qat),
+    "check": (check.add_check, check.run_check),
 }
 
 
@@ -32,17 +34,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(_glue_negative_values(sys.argv[1:] if argv is None else list(argv)))
     try:
-        return COMMANDS[args.command][1](args)
+        with sigterm_raises():
+            return COMMANDS[args.command][1](args)
     except SlimError as e:
         if args.debug:
             traceback.print_exc()
-        print(f"torchslim: error: {e.what}", file=sys.stderr)
+        what = e.what.strip().splitlines() or [""]  # one line: an upstream message quoted whole may run on
+        print(f"torchslim: error: {what[0] if not args.debug else e.what}", file=sys.stderr)
         if e.fix:
             print(f"  what to do: {e.fix}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("torchslim: interrupted; results so far are kept under --out", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (interrupt.Interrupted)
+        print(f"torchslim: interrupted by {signal_name(e)}; the results so far are kept under --out "
+              "(run the same command again to resume)", file=sys.stderr)
+        return exit_code(e)
     except Exception as e:  # noqa: BLE001 - last resort: one line, not a traceback
         if args.debug:
             traceback.print_exc()

@@ -24,6 +24,7 @@ NOT_FOR_GENERATION = {
     "eval": ("--eval", "text generation's task metric is perplexity on built-in text; use --max-drop for its limit"),
     "weights": ("--weights", "a causal LM's weights come from its hf:DIR folder or .gguf file; drop it"),
     "calib_data": ("--calib-data", "the generation recipes calibrate on built-in text; drop it"),
+    "keep_float": ("--keep-float", "a saved generation model is rebuilt from its own weights file; drop it"),
 }
 GENERATION_ONLY = ("prompt_len", "new_tokens", "batch_size", "large_batch", "prompts", "max_ppl_increase")
 
@@ -59,6 +60,9 @@ def add_optimize(sub) -> argparse.ArgumentParser:
                         "(text generation: the extended recipe list too)")
     o.add_argument("--fresh", action="store_true", help="search anew instead of reusing the rows of an identical earlier search "
                                                         "(not for text generation, which always searches anew)")
+    o.add_argument("--keep-float", action="store_true",
+                   help="also save the FP32 weights and calibration inputs beside an engine file (ONNX, OpenVINO IR, "
+                        ".pt2) that loads by itself, to rebuild or recalibrate it later (default: the lean folder)")
     g = o.add_argument_group("text generation (causal LMs: hf:DIR with a *ForCausalLM, or a .gguf file)")
     g.add_argument("--task", choices=["text-generation"], default=None, help="treat --model as a causal LM to generate with")
     g.add_argument("--example", choices=GENERATION_EXAMPLES, default=None,
@@ -97,7 +101,8 @@ def run_optimize(args) -> int:
             objective=args.objective or "latency", max_drop=1.0 if args.max_drop is None else args.max_drop,
             min_cosine=0.99 if args.min_cosine is None else args.min_cosine, recipes=options.recipe_names(args),
             device=args.device, threads=args.threads, rounds=15 if args.rounds is None else args.rounds, out=folder, debug=args.debug,
-            fallback=not args.no_fallback, fallback_max_layers=args.fallback_max_layers, **_search_options(args),
+            fallback=not args.no_fallback, fallback_max_layers=args.fallback_max_layers, keep_float=args.keep_float,
+            **_search_options(args),
         )
         run = optimize(workload, config, progress=not args.no_progress)
         print(format_table(run.to_dict()))
@@ -110,10 +115,16 @@ def run_optimize(args) -> int:
 
 def _print_deploy(run) -> None:
     """How to serve the saved model without torchslim."""
-    from .. import artifacts
+    from .. import artifact_files, artifacts
 
     if not run.artifact:
         return
+    files = artifacts.read_manifest(run.artifact).get("files") or {}
+    total = sum(e["bytes"] for e in files.values())
+    print(f"{run.artifact}/: {len(files)} files, {total / 1e6:.1f} MB" + ("" if os.path.isfile(os.path.join(run.artifact, "weights.pt"))
+          else " (lean: no FP32 weights; --keep-float keeps them)"))
+    for line in artifact_files.table(files):
+        print(line)
     path = os.path.join(run.artifact, artifacts.TORCHSCRIPT)
     if os.path.isfile(path):
         print(f"serve without torchslim: torch.jit.load('{path}')")
@@ -234,8 +245,14 @@ def run_report(args) -> int:
 
     if not os.path.isfile(args.results):
         raise SlimError(f"'{args.results}' does not exist", "give the results.json that torchslim optimize wrote")
-    with open(args.results, encoding="utf-8") as f:
-        run = json.load(f)
+    try:
+        with open(args.results, encoding="utf-8") as f:
+            run = json.load(f)
+    except (OSError, ValueError) as e:
+        raise SlimError(f"'{args.results}' cannot be read as JSON: {e}", "give the results.json that torchslim optimize wrote") from None
+    if not isinstance(run, dict) or not isinstance(run.get("recipes"), list) or not run["recipes"]:
+        raise SlimError(f"'{args.results}' is not a torchslim results.json (no recipe rows)",
+                        "give the results.json that torchslim optimize wrote")
     path = os.path.join(os.path.dirname(os.path.abspath(args.results)), "report.html")
     write_html(run, path)
     print(format_table(run))

@@ -95,4 +95,11 @@ def workload_from_args(args, spec: str):
 
 def recipe_names(args) -> tuple[str, ...] | None:
     """--recipes as a tuple of names (None: all applicable)."""
-    return tuple(s.strip() for s in args.recipes.split(",") if s.strip()) if args.recipes else None
+    if args.recipes is None:
+        return None
+    names = tuple(s.strip() for s in args.recipes.split(",") if s.strip())
+    if not names:
+        from ..errors import SlimError
+
+        raise SlimError(f"--recipes {args.recipes!r} names no recipe", "give comma-separated names (see `torchslim recipes`), or leave it out")
+    return names

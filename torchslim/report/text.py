@@ -35,7 +35,7 @@ def search_lines(run: RunResult | dict) -> list[tuple[str, str]]:
     if hw:
         out.append(("hardware", hw))
     s = run.search or {}
-    if s:
+    if s.get("ordered_by"):  # optimize's search (generation's records only its order)
         phases = s.get("phases_s") or {}
         budget = s.get("time_budget_min")
         text = (f"{s.get('model_kind', '?')} model on {s.get('hardware_tier', '?')} hardware, order from {s.get('ordered_by', '?')}; "

@@ -18,18 +18,23 @@ def validate(res: RecipeResult, fid, workload: Workload, config) -> tuple[str, s
     return "ok", ""
 
 
+_KEYS = {
+    "latency": lambda r: r.timing.median_ms,
+    "throughput": lambda r: -r.timing.throughput_per_s,
+    "size": lambda r: (r.size_bytes, r.timing.median_ms),
+    "memory": lambda r: (r.peak_memory_bytes, r.timing.median_ms),
+}
+
+
+def ranked(results: list[RecipeResult], objective: str, statuses: tuple[str, ...] = ("ok",)) -> list[RecipeResult]:
+    """The timed recipes with one of `statuses`, best first under `objective`."""
+    return sorted((r for r in results if r.status in statuses and r.timing), key=_KEYS[objective])
+
+
 def choose(results: list[RecipeResult], objective: str) -> RecipeResult | None:
     """The best timed "ok" recipe under `objective`, or None."""
-    ok = [r for r in results if r.status == "ok" and r.timing]
-    if not ok:
-        return None
-    key = {
-        "latency": lambda r: r.timing.median_ms,
-        "throughput": lambda r: -r.timing.throughput_per_s,
-        "size": lambda r: (r.size_bytes, r.timing.median_ms),
-        "memory": lambda r: (r.peak_memory_bytes, r.timing.median_ms),
-    }[objective]
-    return min(ok, key=key)
+    ok = ranked(results, objective)
+    return ok[0] if ok else None
 
 
 def why(r: RecipeResult, base: RecipeResult, objective: str) -> str:

@@ -37,6 +37,7 @@ class OptimizeConfig:
     target_round_ms: float = 60.0  # time each recipe gets per round
     out: str | None = None  # folder for results.json, report.html, model/, reproduce.py
     save_model: bool = True
+    keep_float: bool = False  # also save FP32 weights + calibration beside an engine file that loads by itself
     debug: bool = False  # keep tracebacks in failure reasons
     # A quantization recipe rejected by --max-drop/--min-cosine is retried with its most sensitive
     # layers kept in float (search/fallback.py): at most `fallback_max_layers` of them (None: half the

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch.nn as nn
 
 from .. import engines, measure, validation
+from ..errors import SlimError
 from ..fidelity import compare
 from ..recipes import Recipe, missing_hardware
 from ..results import RecipeResult
@@ -37,6 +38,9 @@ def baseline(s: SearchState) -> RecipeResult:
     if workload.evaluate is not None:
         base.metrics = evaluate(workload, base_model)
         s.base_metric = base.metrics[workload.metric]
+        if s.base_metric != s.base_metric or abs(s.base_metric) == float("inf"):  # no drop can be measured from it
+            raise SlimError(f"the task metric '{workload.metric}' of the FP32 baseline is {s.base_metric}",
+                            "make the --eval function return a finite number for the original model")
     return base
 
 

@@ -41,5 +41,8 @@ def replay(hit: dict, workload: Workload, config, device, run: RunResult, save) 
         if not fid.finite or fid.min_cosine < config.min_cosine:
             raise SlimError(f"the cached choice {chosen.name} no longer reproduces (min cosine {fid.min_cosine:.4f})",
                             "run again with --fresh for a new search")
-        save(run, chosen, model, workload, example, config)
+        problem = save(run, chosen, model, workload, example, config)
+        if problem is not None:
+            raise SlimError(f"the cached choice {chosen.name} was saved but does not reload: {problem}",
+                            "run again with --fresh for a new search")
     run.search["phases_s"] = {**(run.search.get("phases_s") or {}), "replay": time.perf_counter() - t_start}
