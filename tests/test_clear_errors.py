@@ -38,10 +38,11 @@ def test_one_line_and_exit_2(case, tmp_path, capsys):
         out = "/proc/torchslim-cannot-write-here"
         args, expect = ["--model", "tiny_models:cnn", "--input-shape", "2x3x16x16"], "cannot write to --out"
     else:
-        # A GGUF file is a generation workload now (tests/test_generation.py); a truncated one is a clear error.
+        # A GGUF file is a generation workload now (tests/test_generation.py); a truncated one is a clear error,
+        # from its header, before anything is converted.
         bad = tmp_path / "truncated.gguf"
         bad.write_bytes(open(_gguf(), "rb").read(15))
-        args, expect = ["--model", str(bad)], "cannot read"
+        args, expect = ["--model", str(bad)], "ends at byte 15 inside its GGUF header (truncated"
     rc = cli.main(BASE + args + ["--out", out])
     err = [ln for ln in capsys.readouterr().err.strip().splitlines() if not ln.startswith("torchslim: converting")]  # GGUF progress
     assert rc == 2, err

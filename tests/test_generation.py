@@ -668,6 +668,12 @@ def test_bf16_baseline_where_fp32_does_not_fit(tiny_folder, tmp_path, monkeypatc
     assert rows["int4-g32-wo-head16-prefillfp32+static-cache+compile"]["status"] == "skipped"
     assert "loaded in BF16" in rows["int4-g32-wo-head16-prefillfp32+static-cache+compile"]["reason"]
     assert rows["static-cache"]["greedy_agreement"] == 1.0 and rows["static-cache"]["decode_tokens_per_s"] > 0
+    if saved["chosen"]:  # the saved BF16 base reloads in BF16 and reproduces its tokens (verify=True)
+        import torchslim
+
+        assert json.loads((out / "model" / "torchslim.json").read_text())["base_dtype"] == "bf16"
+        again = torchslim.load(str(out / "model"))
+        assert next(again.parameters()).dtype == torch.bfloat16
 
 
 # -- sliding-window caches (Gemma 2/3): no guard-skipping stance, automatic dynamic (issue 25) -----------

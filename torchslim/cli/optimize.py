@@ -179,12 +179,12 @@ def _run_generation(args) -> int:
     spec = smollm2_gguf() if args.example == "smollm2" else args.model
     out = args.out or os.path.join(options.DEFAULT_OUT, args.example or "generation")
     config = generation_config(args, out, device=args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
-    if config.recipes:  # unknown names refused before loading
+    plan = preflight(spec, config)  # GGUF header, context, memory: refused before any weight is loaded
+    if config.recipes:  # unknown names refused before loading too
         from .. import device as dev
         from ..generation.search import by_name
 
         by_name(list(config.recipes), dev.resolve(config.device))
-    plan = preflight(spec, config)  # GGUF header, context, memory: refused before any weight is loaded
     lm = load_causal_lm(spec, task=args.task, dtype=plan["baseline"]["dtype"] if plan else "fp32")
     run = optimize_generation(lm, config, progress=not args.no_progress, plan=plan)
     print(format_generation_table(run.to_dict()))

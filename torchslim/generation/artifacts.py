@@ -40,6 +40,8 @@ def save(folder: str, lm, recipe: Recipe, optimized, prompts: list[torch.Tensor]
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "spec": lm.spec, "source": lm.source, "recipe": recipe.to_list(), "recipe_name": recipe.name,
         "hf_torchao": hf,
+        # the base's precision (BF16 where the memory plan found FP32 does not fit): reloaded in it
+        "base_dtype": "bf16" if next(lm.model.parameters()).dtype == torch.bfloat16 else "fp32",
     })
     return folder
 
@@ -108,7 +110,7 @@ def load(folder: str, device: str = "cpu", verify: bool = True):
         manifest = json.load(f)
     if manifest.get("format_version", 0) > FORMAT_VERSION:
         raise SlimError(f"'{folder}' was written by a newer torchslim ({manifest.get('torchslim')})", "upgrade torchslim")
-    lm = load_causal_lm("hf:" + os.path.join(folder, "base"))
+    lm = load_causal_lm("hf:" + os.path.join(folder, "base"), dtype=manifest.get("base_dtype", "fp32"))
     dev = torch.device(device)
     from .quality import calibration
 
