@@ -22,7 +22,7 @@ def demo_out(tmp_path_factory):
     # model): about 1 minute instead of 3 on a 2-core AVX2 host. `make demo` runs the default search, and
     # BENCHMARKS.md records its choices; the search itself is tested in test_search.py.
     p = subprocess.run([sys.executable, "-m", "torchslim", "optimize", "--out", str(out), "--rounds", "5", "--no-progress",
-                        "--recipes", "static-int8,fast-transformer", "--no-fallback"],
+                        "--recipes", "fast-transformer,static-int8", "--no-fallback"],
                        capture_output=True, text=True, cwd=ROOT, timeout=1200)
     assert p.returncode == 0, p.stderr[-3000:]
     return out
