@@ -23,7 +23,9 @@ import torch.nn.functional as F
 from test_static_int8 import batches, ctx_for, randn
 from torchslim.fidelity import compare
 from torchslim.inputs import Example
-from torchslim.quant import fx
+from torchslim import engines
+from torchslim.quant import bias_correction, fx
+from torchslim.techniques import Context, OrtStaticInt8Config
 from torchslim.recipes import Recipe, apply
 from torchslim.techniques.static_int8_fx import StaticInt8FxConfig
 
@@ -122,6 +124,65 @@ def test_fx_static_int8_quantizes_and_folds_depthwise_same_convs():
         with torch.no_grad():
             fid = compare(model(held), slim(held))
         assert fid.min_cosine >= 0.99, (cfg.label(), fid)
+
+
+def _rounded(w: torch.Tensor) -> torch.Tensor:
+    """Per-output-channel symmetric int8 rounding (ORT's and NNCF's weights)."""
+    s = w.abs().amax(dim=tuple(range(1, w.dim())), keepdim=True) / 127
+    return (w / s).round().clamp(-127, 127) * s
+
+
+def test_bias_correction_removes_the_mean_shift_of_rounded_weights():
+    gen = torch.Generator().manual_seed(3)
+    # no padding: the correction assumes every output sees the mean input (a zero-padded border does not)
+    model = nn.Sequential(nn.Conv2d(16, 16, 3, groups=16, bias=False), nn.ReLU6(), nn.Flatten(), nn.Linear(16 * 6 * 6, 10)).eval()
+    model[0].weight.data[:, :, 0, 0] = 1.0  # one large tap per filter: the other eight round coarsely
+    data = [Example((torch.rand(4, 16, 8, 8, generator=gen) * 3,)) for _ in range(4)]  # ReLU6-like: positive mean
+    x = torch.cat([b.args[0] for b in data])
+
+    def shift(m):  # mean output change of the depthwise conv when its weights are rounded
+        with torch.no_grad():
+            exact = m[0](x)
+            m2 = copy.deepcopy(m)
+            m2[0].weight.data = _rounded(m2[0].weight.data)
+            return (m2[0](x) - exact).mean(dim=(0, 2, 3)).abs().max().item(), (exact - model[0](x)).mean(dim=(0, 2, 3))
+
+    before, _ = shift(model)
+    fixed = copy.deepcopy(model)
+    done = bias_correction.correct_biases(fixed, data, skip=("3",))
+    assert done == ["0"] and fixed[0].bias is not None and model[0].bias is None and fixed[3].bias.equal(model[3].bias)
+    after_rounded = shift(fixed)[0]
+    with torch.no_grad():
+        rounded = copy.deepcopy(fixed)
+        rounded[0].weight.data = _rounded(rounded[0].weight.data)
+        residual = (rounded[0](x) - model[0](x)).mean(dim=(0, 2, 3)).abs().max().item()
+    assert before > 1e-3 and after_rounded == pytest.approx(before, rel=1e-4)
+    assert residual < 0.05 * before, (before, residual)  # the rounded layer's mean output is the float one's again
+
+
+@pytest.mark.skipif(engines.missing("onnxruntime", "onnx") is not None, reason="install torchslim[onnxruntime]")
+def test_ort_skip_finds_convs_the_exporter_named_after_their_batchnorm():
+    """The ONNX exporter folds BN into the conv and names the node after the BN: a skip of the conv by
+    name (what the search's float fallback sets) used to exclude no node at all."""
+    model = TinyLite().eval()
+    example = Example((randn(1, 3, 16, 16),))
+    calib = [Example((randn(1, 3, 16, 16, seed=100 + i),)) for i in range(8)]
+    cfg = OrtStaticInt8Config(skip=("stem", "blocks.0.dw"), bias_correction=True)
+    ctx = Context(device=torch.device("cpu"), example=example, calibration=lambda: calib)
+    slim = apply(copy.deepcopy(model), Recipe((cfg,)), ctx)
+    d = ctx.details[cfg.name]
+    assert d["float"] == ["stem", "blocks.0.dw"] and len(d["excluded_nodes"]) == 2, d
+    assert len(d["quantized"]) == 6 and "fc" in d["quantized"], d
+    assert any("bias correction on 6 layers" in n for n in ctx.notes), ctx.notes
+    import onnx
+
+    graph = onnx.load_from_string(slim.file("model.onnx")).graph
+    made_by = {o: n.op_type for n in graph.node for o in n.output}
+    weights = [made_by.get(n.input[1], "initializer") for n in graph.node if n.op_type == "Conv"]
+    assert weights.count("initializer") == 2 and weights.count("DequantizeLinear") == 5, weights
+    assert model.stem.bias is None  # the caller's model keeps its own biases
+    with torch.no_grad():
+        assert compare(example(model), example(slim)).min_cosine >= 0.98
 
 
 def _real_model_missing() -> str | None:

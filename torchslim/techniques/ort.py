@@ -2,6 +2,7 @@
 allows), FP32 / dynamic INT8 / static INT8 QDQ, served by an ORT InferenceSession."""
 from __future__ import annotations
 
+import copy
 import os
 import re
 import tempfile
@@ -15,6 +16,7 @@ from ..device import seven_bit_int8
 from ..calibration import DEFAULT_SAMPLES, cap
 from ..engines import SPIN_OFF, quiet
 from ..errors import first_line
+from ..quant import bias_correction
 from .base import Context, TechniqueConfig, register
 from .static_int8 import NO_CALIBRATION
 
@@ -59,15 +61,23 @@ class OrtStaticInt8Config(TechniqueConfig):
     max_samples: int = DEFAULT_SAMPLES
     skip: tuple[str, ...] = ()  # fnmatch patterns of Conv/Linear module names to keep in float
     reduce_range: bool | None = None  # 7-bit weights; None = where the CPU lacks VNNI (device.seven_bit_int8)
+    calibration: str = "minmax"  # activation ranges: ORT's CalibrationMethod "minmax" | "percentile" | "entropy"
+    bias_correction: bool = False  # quant.bias_correction on the calibration batches before export
 
     def __post_init__(self):
+        if self.calibration not in _CALIBRATION:
+            raise ValueError(f"calibration must be one of {', '.join(_CALIBRATION)}, not {self.calibration!r}")
         if self.max_samples < 1:
             raise ValueError(f"max_samples must be >= 1, not {self.max_samples}")
         if isinstance(self.skip, str) or not all(isinstance(p, str) and p for p in self.skip):
             raise ValueError(f"skip must be a tuple of module-name patterns, not {self.skip!r}")
 
     def label(self) -> str:
-        return "ort-int8-static" + ("" if self.per_channel else "-per-tensor") + ("-skip" if self.skip else "")
+        return "ort-int8-static" + ("" if self.calibration == "minmax" else f"-{self.calibration}") \
+            + ("" if self.per_channel else "-per-tensor") + ("-bc" if self.bias_correction else "") + ("-skip" if self.skip else "")
+
+
+_CALIBRATION = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
 
 
 # -- export -------------------------------------------------------------------------------------
@@ -184,6 +194,29 @@ def onnx_layers(path: str) -> dict[str, list[str]]:
 
 
 
+def layers_in_call_order(model: torch.nn.Module, example, path: str) -> dict[str, list[str]]:
+    """Conv/Linear module name -> [its Conv/Gemm/MatMul node], paired by call order. The exporter
+    folds an eval-mode BatchNorm into the conv before it and names the folded node after the
+    BatchNorm (EfficientNet, MobileNet, ResNet: no node carries the conv's name), so a skip of a
+    conv by name excluded nothing. Empty where the counts differ (a layer called twice, attention
+    matmuls): the names from the exporter's metadata are all there is then."""
+    import onnx
+
+    order: list[str] = []
+    handles = [m.register_forward_hook(lambda mod, args, out, n=n: order.append(n))
+               for n, m in model.named_modules() if n and isinstance(m, bias_correction.LAYERS)]
+    try:
+        with torch.no_grad():
+            example(model)
+    finally:
+        for h in handles:
+            h.remove()
+    ops = [n.name for n in onnx.load(path, load_external_data=False).graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+    if len(ops) != len(order) or len(set(order)) != len(order):
+        return {}
+    return {name: [op] for name, op in zip(order, ops)}
+
+
 def pre_process(path: str, out: str) -> None:
     """ORT's quant_pre_process, run from the folder of `out`: where symbolic shape inference cannot
     finish (dynamic dimensions) ORT saves its partial model and a ~size-of-the-weights external data
@@ -216,6 +249,7 @@ def _static_int8(path: str, tmp: str, cfg: OrtStaticInt8Config, model, ctx: Cont
         notes.append(f"quant_pre_process skipped ({first_line(e)[:80]})")
     # layers -> nodes in the graph quantize_static sees (the clean-up may drop nodes, not rename them)
     nodes, present = onnx_layers(path), {n.name for n in onnx.load(src, load_external_data=False).graph.node}
+    nodes.update(layers_in_call_order(model, ctx.example, path))
     floats = engines.resolve_skip(model, cfg.skip)
     exclude = [n for layer in floats for n in nodes.get(layer, []) if n in present]
     ctx.details[cfg.name] = {"quantized": [n for n in engines.quantizable_layers(model) if n in nodes and n not in floats],
@@ -227,11 +261,11 @@ def _static_int8(path: str, tmp: str, cfg: OrtStaticInt8Config, model, ctx: Cont
     seven_bit = seven_bit_int8(cfg.reduce_range)
     with quiet():
         quantize_static(src, out, reader, quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=getattr(CalibrationMethod, _CALIBRATION[cfg.calibration]),
                         nodes_to_exclude=exclude, reduce_range=seven_bit)
     notes.append(f"QDQ, {'per-channel' if cfg.per_channel else 'per-tensor'} "
                  f"{'7-bit (reduce_range)' if seven_bit else 'int8'} weights, uint8 activations, "
-                 f"MinMax on {sum(b.batch_size for b in batches)} calibration samples"
+                 f"{_CALIBRATION[cfg.calibration]} on {sum(b.batch_size for b in batches)} calibration samples"
                  + (f"; kept in float: {', '.join(floats)} ({len(exclude)} ONNX nodes excluded)" if floats else ""))
     return out
 
@@ -269,6 +303,11 @@ def _build(model, cfg, ctx: Context) -> engines.OrtModule:
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="torchslim-ort-") as tmp:
         path = os.path.join(tmp, "model.onnx")
+        if isinstance(cfg, OrtStaticInt8Config) and cfg.bias_correction:
+            model = copy.deepcopy(model)  # the caller's float model keeps its biases
+            done = bias_correction.correct_biases(model, cap(ctx.calibration(), cfg.max_samples),
+                                                  skip=engines.resolve_skip(model, cfg.skip))
+            notes.append(f"bias correction on {len(done)} layers")
         exporter, shapes = export_onnx(model, ctx.example, path)
         notes.append(f"{exporter} ONNX export, {shapes['serves']}")
         if isinstance(cfg, OrtStaticInt8Config):
