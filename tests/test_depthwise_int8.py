@@ -167,7 +167,7 @@ def test_ort_skip_finds_convs_the_exporter_named_after_their_batchnorm():
     model = TinyLite().eval()
     example = Example((randn(1, 3, 16, 16),))
     calib = [Example((randn(1, 3, 16, 16, seed=100 + i),)) for i in range(8)]
-    cfg = OrtStaticInt8Config(skip=("stem", "blocks.0.dw"), bias_correction=True)
+    cfg = OrtStaticInt8Config(skip=("stem", "blocks.0.dw"))
     ctx = Context(device=torch.device("cpu"), example=example, calibration=lambda: calib)
     slim = apply(copy.deepcopy(model), Recipe((cfg,)), ctx)
     d = ctx.details[cfg.name]
@@ -183,6 +183,23 @@ def test_ort_skip_finds_convs_the_exporter_named_after_their_batchnorm():
     assert model.stem.bias is None  # the caller's model keeps its own biases
     with torch.no_grad():
         assert compare(example(model), example(slim)).min_cosine >= 0.98
+
+
+@pytest.mark.skipif(engines.missing("onnxruntime", "onnx") is not None, reason="install torchslim[onnxruntime]")
+def test_ort_keeps_the_stem_in_float_on_depthwise_cnns_only():
+    from torchslim.techniques.ort import float_layers
+
+    example = Example((randn(1, 3, 16, 16),))
+    lite, plain = TinyLite().eval(), nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3)).eval()
+    assert float_layers(lite, OrtStaticInt8Config(), example) == ("stem",)
+    assert float_layers(lite, OrtStaticInt8Config(float_stem=False), example) == ()
+    assert float_layers(lite, OrtStaticInt8Config(skip=("fc",)), example) == ("fc", "stem")
+    assert float_layers(plain, OrtStaticInt8Config(), example) == ()
+    assert float_layers(plain, OrtStaticInt8Config(float_stem=True), example) == ("0",)
+    assert OrtStaticInt8Config().label() == "ort-int8-static"
+    assert OrtStaticInt8Config(bias_correction=False, float_stem=True).label() == "ort-int8-static-no-bc-float-stem"
+    with pytest.raises(ValueError, match="calibration must be"):
+        OrtStaticInt8Config(calibration="kl")
 
 
 def _real_model_missing() -> str | None:
