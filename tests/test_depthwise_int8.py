@@ -214,15 +214,23 @@ def _real_model_missing() -> str | None:
 
 @pytest.mark.slow
 @pytest.mark.skipif(_real_model_missing() is not None, reason=str(_real_model_missing()))
-def test_efficientnet_lite0_fx_int8_on_held_out_photographs():
+@pytest.mark.skipif(engines.missing("onnxruntime", "onnx") is not None, reason="install torchslim[onnxruntime]")
+def test_efficientnet_lite0_int8_on_held_out_photographs():
+    """The issue's case: the pretrained depthwise CNN, calibrated on some photographs, judged on others.
+    ort-int8-static's defaults (bias correction, the stem in float) keep min cosine >= 0.99 and every
+    top-1; before them it gave 0.934 and 87.5%. FX static INT8 now quantizes all 49 convs (was: none)."""
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
     import depthwise_int8 as bench
 
     base = bench.model()
     calib, held = bench.data()
-    cfg = StaticInt8FxConfig(observer="minmax")
-    ctx = ctx_for(Example((calib[0],)), [Example((c,)) for c in calib])
-    slim = apply(copy.deepcopy(base), Recipe((cfg,)), ctx)
-    row = bench.held_out_fidelity(base, slim, held[:12])
+    batches = [Example((c,)) for c in calib]
+    ctx = ctx_for(Example((calib[0],)), batches)
+    slim = apply(copy.deepcopy(base), Recipe((OrtStaticInt8Config(),)), ctx)
+    row = bench.held_out_fidelity(base, slim, held)
     assert row["min_cosine"] >= 0.99 and row["top1_agreement"] >= 0.99, row
+    assert ctx.details["ort_static_int8"]["float"] == ["_conv_stem"]
+    cfg = StaticInt8FxConfig(observer="minmax", max_samples=4)
+    ctx = ctx_for(Example((calib[0],)), batches)
+    apply(copy.deepcopy(base), Recipe((cfg,)), ctx)
     assert ctx.details["static_int8_fx"]["quantized"] == {"Conv2dStaticSamePadding": 49, "Linear": 1}
