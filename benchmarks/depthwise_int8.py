@@ -123,8 +123,7 @@ def variants() -> dict:
            (StaticInt8FxConfig(observer="minmax", skip=("_conv_stem",)),),
            (OrtStaticInt8Config(bias_correction=False, float_stem=False),),  # ort-int8-static before issue 27
            (OrtStaticInt8Config(float_stem=False),), (OrtStaticInt8Config(bias_correction=False, float_stem=True),),
-           (OrtStaticInt8Config(calibration="percentile"),), (OpenVinoInt8Config(skip=("_conv_stem",)),),
-           (OpenVinoInt8Config(preset="mixed"),), (OpenVinoInt8Config(preset="mixed", skip=("_conv_stem",)),)]
+           (OrtStaticInt8Config(calibration="percentile"),), (OpenVinoInt8Config(skip=("_conv_stem",)),)]
     def name(steps):  # the skip list spelled out: two variants may differ only in it
         skip = steps[0].skip
         return Recipe(steps).name.replace("-skip", "-skip:" + "&".join(skip)) if skip else Recipe(steps).name

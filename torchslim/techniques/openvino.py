@@ -64,19 +64,15 @@ class OpenVinoInt8Config(TechniqueConfig):
     # None = where the CPU lacks VNNI, the same saturation ORT's reduce_range avoids (device.seven_bit_int8)
     overflow_fix: bool | None = None
     accuracy_control: bool = False
-    preset: str = "performance"  # NNCF's QuantizationPreset: "performance" (symmetric activations) or "mixed" (asymmetric)
 
     def __post_init__(self):
-        if self.preset not in ("performance", "mixed"):
-            raise ValueError(f"preset must be 'performance' or 'mixed', not {self.preset!r}")
         if self.max_samples < 1:
             raise ValueError(f"max_samples must be >= 1, not {self.max_samples}")
         if isinstance(self.skip, str) or not all(isinstance(p, str) and p for p in self.skip):
             raise ValueError(f"skip must be a tuple of module-name patterns, not {self.skip!r}")
 
     def label(self) -> str:
-        return "openvino-int8" + ("-ac" if self.accuracy_control else "") + ("-mixed" if self.preset == "mixed" else "") \
-            + ("-skip" if self.skip else "")
+        return "openvino-int8" + ("-ac" if self.accuracy_control else "") + ("-skip" if self.skip else "")
 
 
 def default_is_fp32() -> bool:
@@ -178,8 +174,7 @@ def _nncf_int8(ov_model, model, cfg: OpenVinoInt8Config, ctx: Context, notes: li
         if cfg.accuracy_control:
             quantized = _with_accuracy_control(ov_model, model, dataset, len(batches), kind, ignored, advanced, ctx, notes)
         else:
-            preset = nncf.QuantizationPreset.MIXED if cfg.preset == "mixed" else None
-            quantized = nncf.quantize(ov_model, dataset, subset_size=len(batches), model_type=kind, preset=preset,
+            quantized = nncf.quantize(ov_model, dataset, subset_size=len(batches), model_type=kind,
                                       ignored_scope=ignored, advanced_parameters=advanced)
     notes.append(f"nncf.{'quantize_with_accuracy_control' if cfg.accuracy_control else 'quantize'} on {sum(b.batch_size for b in batches)} calibration samples"
                  + (", model_type=TRANSFORMER" if kind else "") + (", overflow fix on every layer (7-bit)" if seven_bit else "") + (f"; kept in float: {', '.join(floats)}" if floats else ""))
