@@ -25,7 +25,7 @@ from torchslim.fidelity import compare
 from torchslim.inputs import Example
 from torchslim import engines
 from torchslim.quant import bias_correction, fx
-from torchslim.techniques import Context, OrtStaticInt8Config
+from torchslim.techniques import Context, OpenVinoInt8Config, OrtStaticInt8Config
 from torchslim.recipes import Recipe, apply
 from torchslim.techniques.static_int8_fx import StaticInt8FxConfig
 
@@ -181,6 +181,29 @@ def test_ort_skip_finds_convs_the_exporter_named_after_their_batchnorm():
     weights = [made_by.get(n.input[1], "initializer") for n in graph.node if n.op_type == "Conv"]
     assert weights.count("initializer") == 2 and weights.count("DequantizeLinear") == 5, weights
     assert model.stem.bias is None  # the caller's model keeps its own biases
+    with torch.no_grad():
+        assert compare(example(model), example(slim)).min_cosine >= 0.98
+
+
+@pytest.mark.skipif(engines.missing("openvino", "nncf") is not None, reason="install torchslim[openvino]")
+def test_openvino_skip_finds_convs_the_frontend_named_after_their_batchnorm():
+    """OpenVINO's PyTorch frontend folds BN into the conv and names the op 'Multiply_N': a skip by
+    module name raised 'no OpenVINO op is named after it'; now paired by call order."""
+    import numpy as np
+    import openvino as ov
+
+    model = TinyLite().eval()
+    example = Example((randn(1, 3, 16, 16),))
+    calib = [Example((randn(1, 3, 16, 16, seed=100 + i),)) for i in range(8)]
+    cfg = OpenVinoInt8Config(skip=("blocks.0.dw",))
+    ctx = Context(device=torch.device("cpu"), example=example, calibration=lambda: calib)
+    slim = apply(copy.deepcopy(model), Recipe((cfg,)), ctx)
+    d = ctx.details[cfg.name]
+    assert d["float"] == ["blocks.0.dw"] and len(d["quantized"]) == 7, d
+    ir = ov.Core().read_model(slim.file("model.xml").decode(), ov.Tensor(np.frombuffer(slim.file("model.bin"), dtype=np.uint8)))
+    fq = [any(i.get_source_output().get_node().get_type_name() == "FakeQuantize" for i in op.inputs())
+          for op in ir.get_ordered_ops() if op.get_type_name() == "GroupConvolution"]
+    assert fq == [False, True], fq  # blocks.0.dw's weights stay float, blocks.1.dw's are quantized
     with torch.no_grad():
         assert compare(example(model), example(slim)).min_cosine >= 0.98
 
