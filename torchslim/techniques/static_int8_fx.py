@@ -97,6 +97,7 @@ def apply_static_int8_fx(model, cfg: StaticInt8FxConfig, ctx: Context):
     engine = fx.engine(reduce_range, cfg.engine)
     layers = {n: type(m).__name__ for n, m in model.named_modules() if isinstance(m, _LAYERS)}
     _inline_flatten(model)
+    plain = fx.plain_convs(model)  # conv subclasses ("same"-padding convs) as plain convs FX can fuse with BN
     try:
         prepared = fx.prepare(model, tuple(example.args), engine, cfg.observer, cfg.per_channel,
                               reduce_range, float_modules)
@@ -106,7 +107,7 @@ def apply_static_int8_fx(model, cfg: StaticInt8FxConfig, ctx: Context):
     with torch.no_grad():
         seen = calibrate(prepared, ctx, example, cfg.max_samples)
         converted = fx.convert(prepared, engine)
-    details = _summarize(converted, layers, float_modules)
+    details = _summarize(converted, layers, float_modules, plain)
     details["flatten_channels_last"] = _flatten_channels_last(converted, example, engine)
     details.update(observer=cfg.observer, per_channel=cfg.per_channel, activations="static (calibrated)",
                    calibration=seen, engine=engine, reduce_range=reduce_range)
@@ -275,19 +276,22 @@ def _static_runtime(scripted: torch.jit.ScriptModule, example) -> StaticRuntime:
     return wrapped
 
 
-def _summarize(converted: nn.Module, layers: dict[str, str], float_modules: tuple[str, ...]) -> dict:
+def _summarize(converted: nn.Module, layers: dict[str, str], float_modules: tuple[str, ...],
+               plain: dict[str, str]) -> dict:
     """Which Conv/Linear layers became quantized modules. FX fuses Conv-BN-ReLU into the conv's
-    name, so a layer counts as quantized when its name is now a quantized module."""
+    name, so a layer counts as quantized when its name (or its plain conv's, fx.plain_convs) is now
+    a quantized module."""
     mods = dict(converted.named_modules())
     quantized: Counter = Counter()
     left = []
     for name, kind in layers.items():
+        name = plain.get(name, name)
         if name in mods and fx.is_quantized_module(mods[name]):
             quantized[kind] += 1
         else:
             left.append(f"{name} ({kind})")
     return {"quantized": dict(quantized), "total": dict(Counter(layers.values())), "left_in_float": left,
-            "skipped_by_config": list(float_modules)}
+            "skipped_by_config": list(float_modules), "plain_convs": len(plain)}
 
 
 def _note(d: dict) -> str:
