@@ -175,10 +175,10 @@ def test_the_chosen_aoti_package_reloads_in_a_fresh_process(tmp_path):
     wl = load_model("tiny_models:custom_output", input_shape="1x64")
     run = optimize(wl, _config(tmp_path, recipes=("aoti",), early_reject=False), progress=False)
     aoti = run.recipes[1]
-    assert aoti.status in ("chosen", "failed"), aoti.reason  # faster: the one to choose
-    if run.chosen is None:  # torch.export kept the output class: the package does not reload
-        assert aoti.status == "failed" and "does not reload" in aoti.reason and "tiny_models.Scores" in aoti.reason
-        assert not (tmp_path / "model").exists()
+    # exported over engines.FlatOutputs (a tuple of tensors), the package reloads where Scores is unknown
+    assert aoti.status != "failed", aoti.reason
+    assert aoti.status == "chosen" or "slower" in aoti.reason, aoti.reason  # its speed depends on the host's load
+    if run.chosen is None:
         return
     code = f"import torchslim; torchslim.load({str(tmp_path / 'model')!r}); print('ok')"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -48,14 +48,18 @@ class AotiModule(EngineModule):
             if wrong:
                 raise RuntimeError(f"this AOTInductor package {self.meta['serves']}: {wrong}")
         try:
-            return self.runner(*args, **kwargs)  # the package keeps the original input/output structure
+            out = self.runner(*args, **kwargs)
         except Exception as e:
             raise self.explain(e, [t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]) from e
+        # a package exported over FlatOutputs returns a tuple of tensors: the model's structure rebuilt here
+        return self.rebuild(list(out)) if self.meta.get("flat_outputs") else out
 
     @classmethod
     def serving_lines(cls, meta: dict, path: str) -> str:
+        outputs = ("outputs: the tuple of the model's output tensors, in pytree order" if meta.get("flat_outputs")
+                   else "same inputs and outputs as the original model")
         return (f"model = torch._inductor.aoti_load_package({path!r})\n"
-                "with torch.no_grad():\n    out = model(*example_args)  # same inputs and outputs as the original model\n")
+                f"with torch.no_grad():\n    out = model(*example_args)  # {outputs}\n")
 
     @classmethod
     def deploy_how(cls, path: str, meta_path: str) -> str:

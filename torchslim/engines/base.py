@@ -83,9 +83,12 @@ class EngineModule(nn.Module):
         self.init_runner()
 
     def init_runner(self) -> None:
-        self.out_tree = pytree.treespec_loads(self.meta["out_spec"])
+        try:
+            self.out_tree = pytree.treespec_loads(self.meta["out_spec"])
+        except NotImplementedError:  # the output's class is not registered in this process: a tuple of tensors
+            self.out_tree = None
         self.consts = {i: v for i, v in self.meta.get("out_consts", [])}
-        self.single = self.out_tree.is_leaf() and not self.consts
+        self.single = self.out_tree is not None and self.out_tree.is_leaf() and not self.consts
         self.runner = self.build()
 
     @classmethod
@@ -124,8 +127,15 @@ class EngineModule(nn.Module):
             outs = self.run(flat)
         except Exception as e:
             raise self.explain(e, flat) from e
+        return self.rebuild(outs)
+
+    def rebuild(self, outs: list):
+        """The model's output structure (its pytree spec, non-tensor leaves as saved constants) from the
+        engine's flat output tensors."""
         if self.single and len(outs) == 1:
             return outs[0]
+        if self.out_tree is None:
+            return tuple(outs)
         if len(outs) != self.out_tree.num_leaves - len(self.consts):
             raise RuntimeError(f"the {self.engine} graph returns {len(outs)} tensor(s), the model "
                                f"{self.out_tree.num_leaves - len(self.consts)}")

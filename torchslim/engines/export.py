@@ -127,3 +127,17 @@ def resolve_skip(model: nn.Module, patterns: tuple[str, ...]) -> list[str]:
     from ..quant.common import match_names
 
     return match_names(quantizable_layers(model), patterns, "Conv/Linear layer")
+
+
+class FlatOutputs(nn.Module):
+    """`inner` with its outputs as a tuple of tensors (the pytree leaves, non-tensor constants dropped):
+    what an exported program returns, so that the file loads in a bare runtime without the output's
+    classes (a transformers ModelOutput, a user's dataclass); EngineModule.rebuild restores the
+    structure from the saved spec."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, *args, **kwargs):
+        return tuple(t for t in torch.utils._pytree.tree_leaves(self.inner(*args, **kwargs)) if isinstance(t, torch.Tensor))

@@ -7,10 +7,12 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
+import torch.utils._pytree as pytree
 
 from .. import device as dev
 from .. import engines
 from ..engines.aoti import compile_package
+from ..engines.export import FlatOutputs
 from .base import Context, TechniqueConfig, register
 from .compile import Compiled
 from .static_int8 import StaticInt8Config
@@ -64,7 +66,7 @@ def _applies(model, cfg: AotiConfig, ctx: Context):
 
 @register(AotiConfig, applies=_applies)
 def apply_aoti(model, cfg: AotiConfig, ctx: Context):
-    out_spec = engines.out_spec(model, ctx.example)  # kept for the record: the package has its own
+    out_spec = engines.out_spec(model, ctx.example)  # the structure AotiModule rebuilds from a flat package
     # `static-int8+aoti`: compile ahead of time the PT2E graph that torch.compile would
     inner = model.inner if isinstance(model, Compiled) else model
     if cfg.dtype == "bf16":  # inputs cast in, outputs back to FP32, inside the package
@@ -72,6 +74,11 @@ def apply_aoti(model, cfg: AotiConfig, ctx: Context):
 
         inner = CastIO(inner.to(torch.bfloat16), torch.bfloat16)
     ex = ctx.example
+    # outputs other than one tensor are exported as a flat tuple of tensors: the package then loads
+    # without the output's classes (a ModelOutput did not deserialize in a fresh process)
+    flat = not pytree.treespec_loads(out_spec["out_spec"]).is_leaf()
+    if flat:
+        inner = FlatOutputs(inner)
     with torch.no_grad():
         ep, shapes = engines.export_program(inner, ex)
         # Inductor compiled the PT2E INT8 graph of the Fashion CNN with a dynamic batch to wrong
@@ -86,4 +93,5 @@ def apply_aoti(model, cfg: AotiConfig, ctx: Context):
     ctx.notes.append("AOTInductor package (torch.export + aoti_compile_and_package, weights frozen)"
                      + (" of the PT2E INT8 graph" if isinstance(model, Compiled) else "") + f"; {shapes['serves']}")
     return engines.AotiModule({"model.pt2": data}, {**out_spec, **shapes, "threads": torch.get_num_threads(),
-                                                    "torch": torch.__version__, "dtype": cfg.dtype})
+                                                    "torch": torch.__version__, "dtype": cfg.dtype,
+                                                    "flat_outputs": flat})
