@@ -13,6 +13,7 @@ from .. import device as dev
 from .. import engines
 from ..engines.aoti import compile_package
 from ..engines.export import FlatOutputs
+from ..errors import first_line
 from .base import Context, TechniqueConfig, register
 from .compile import Compiled
 from .static_int8 import StaticInt8Config
@@ -84,12 +85,19 @@ def apply_aoti(model, cfg: AotiConfig, ctx: Context):
         # Inductor compiled the PT2E INT8 graph of the Fashion CNN with a dynamic batch to wrong
         # outputs (min cosine -0.66; static: 0.99995, torch 2.13): a dynamic package is checked
         # against the graph it was compiled from, and compiled static where it disagrees.
-        data, cos = compile_package(ep, cfg.freezing, (ex, ex(inner)) if shapes["dynamic"] else None)
+        # torchao's x86 INT8 Inductor passes raised on a dynamic batch (a GRU's PT2E graph: "torch.Size()
+        # takes an iterable of 'int'", torchao 0.18): a dynamic package that fails compiles static too.
+        try:
+            data, cos = compile_package(ep, cfg.freezing, (ex, ex(inner)) if shapes["dynamic"] else None)
+            why = f"gave wrong outputs: min cosine {cos:.3f} to the exported graph"
+        except Exception as e:  # noqa: BLE001 - retried static below; a static failure raises
+            if not shapes["dynamic"]:
+                raise
+            cos, why = 0.0, f"failed: {type(e).__name__}: {first_line(e)[:160]}"
         if cos < 0.999:
             ep, _ = engines.torch_export(inner, ex, {})
             data, _ = compile_package(ep, cfg.freezing)
-            shapes = engines.static_meta(ex, engines.dynamic_dims(ex), "the package compiled with dynamic shapes gave "
-                                         f"wrong outputs: min cosine {cos:.3f} to the exported graph")
+            shapes = engines.static_meta(ex, engines.dynamic_dims(ex), f"the package compiled with dynamic shapes {why}")
     ctx.notes.append("AOTInductor package (torch.export + aoti_compile_and_package, weights frozen)"
                      + (" of the PT2E INT8 graph" if isinstance(model, Compiled) else "") + f"; {shapes['serves']}")
     return engines.AotiModule({"model.pt2": data}, {**out_spec, **shapes, "threads": torch.get_num_threads(),
