@@ -373,6 +373,8 @@ def test_what_more_time_would_buy_is_estimated_from_this_runs_trials():
     assert more["line"] == ("--time-budget 4.5 would also try openvino-int8 and the fallback of ort-int8-static: "
                             "about 3 more minutes (estimated from this run's trials)"), more["line"]
     assert gain.more_time([], {}, 1.5) is None
+    many = gain.more_time([{"kind": "recipe", "name": f"r{i}"} for i in range(7)], {}, 1.5)  # 7 x 20 s by default
+    assert many["seconds"] == 140.0 and many["line"].startswith("--time-budget 4 would also try r0, r1, r2, r3 and 3 more: "), many
 
 
 def test_a_run_cut_by_its_budget_says_what_more_time_would_buy(tmp_path):

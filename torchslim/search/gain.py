@@ -20,6 +20,7 @@ MARGIN = 1.25  # a measured ceiling must beat the best accepted speedup by 25% t
 # and overflow fix, its accuracy control): worth trying when a plain INT8 recipe was fast but rejected.
 ACCURACY_AWARE = ("openvino-int8", "openvino-int8-ac")
 DEFAULT_TRIAL_S = {"int8": 30.0, "float": 20.0}  # a trial's cost before this run has measured one of its kind
+SHOWN = 5  # candidates named in the line; the rest counted
 FALLBACK_TRIALS = 3  # a fallback costs about its recipe's trial this many times (ranking, retry, validation)
 
 
@@ -98,7 +99,8 @@ def more_time(untried: list[dict], measured: dict[str, float], budget_min: float
             cost += trial_seconds(item["name"], measured)
     budget = math.ceil((budget_min + cost / 60.0) * 2) / 2  # to the next half minute
     names = [("the " if i["kind"] == "fallback" else "") + label(i) for i in untried]
-    shown = ", ".join(names[:-1]) + f" and {names[-1]}" if len(names) > 1 else names[0]
+    listed = names if len(names) <= SHOWN else names[:SHOWN - 1] + [f"{len(names) - SHOWN + 1} more"]
+    shown = ", ".join(listed[:-1]) + f" and {listed[-1]}" if len(listed) > 1 else listed[0]
     about = f"about {cost / 60:.0f} more minute{'s' if round(cost / 60) != 1 else ''}" if cost >= 90 else f"about {cost:.0f} s more"
     return {"time_budget_min": budget, "candidates": names, "seconds": round(cost, 1),
             "line": f"--time-budget {budget:g} would also try {shown}: {about} (estimated from this run's trials)"}
