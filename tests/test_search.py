@@ -389,3 +389,26 @@ def test_a_run_cut_by_its_budget_says_what_more_time_would_buy(tmp_path):
     assert line.startswith("--time-budget ") and "would also try inference-mode and dynamic-int8: about " in line, line
     assert search["more_time"]["seconds"] > 0 and search["trial_s"]["torchscript-freeze"] > 0
     assert line in format_table(run)
+
+
+@pytest.mark.slow
+def test_the_loop_tries_a_fast_rejected_recipes_fallback_before_the_float_recipes_left(tmp_path):
+    """A real search under a budget: ort-int8-static, rejected on a cosine it cannot reach, ran many
+    times faster than the accepted inference-mode (48x vs 1.0x on the loaded 2-core dev host), so its
+    fallback comes before channels_last instead of after it."""
+    pytest.importorskip("onnxruntime")
+    from torchslim.search import gain
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(512, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 512)).eval()
+    gen = torch.Generator().manual_seed(1)
+    batches = [Example((torch.randn(32, 512, generator=gen),)) for _ in range(4)]
+    wl = Workload(model=model, example=Example((torch.randn(32, 512, generator=gen),)), calibration=lambda: batches, name="mlp")
+    run = optimize(wl, _config(tmp_path, recipes=("inference-mode", "ort-int8-static", "channels_last"),
+                               min_cosine=0.9999999, time_budget=5), progress=False)
+    rows = {r.name: r for r in run.recipes}
+    fast, accepted = rows["ort-int8-static"], rows["inference-mode"]
+    assert fast.status == "rejected" and accepted.early["speedup"] * gain.MARGIN < fast.early["speedup"], (fast, accepted)
+    search = json.loads((tmp_path / "results.json").read_text())["search"]
+    assert search["order_used"] == ["inference-mode", "ort-int8-static", "fallback of ort-int8-static", "channels_last"], search
+    assert len(search["reordered"]) == 1 and "fallback of ort-int8-static (ort-int8-static measured" in search["reordered"][0]
+    assert search["order"] == ["inference-mode", "ort-int8-static", "channels_last"]  # the priors/--recipes order, kept
