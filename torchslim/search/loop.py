@@ -58,6 +58,8 @@ def try_candidates(recipes: list[Recipe], s: SearchState) -> None:
     tried, seconds = 0, {}
     queue = [{"kind": "recipe", "name": r.name, "recipe": r} for r in recipes]
     used, why = [], []
+    if s.run.search is not None:  # the same lists, so a run stopped midway says what it did so far
+        s.run.search.update(order_used=used, reordered=why)
     while queue:
         item = queue.pop(0)
         used.append(gain.label(item))
