@@ -330,3 +330,85 @@ def test_time_budget_must_not_be_negative():
     with pytest.raises(SlimError, match="--time-budget"):
         OptimizeConfig(time_budget=-1)
     assert OptimizeConfig(time_budget=0).time_budget == 0  # 0: no limit
+
+
+# -- spending the budget by expected gain (issue 27) ------------------------------------------------
+
+def _rows(*rows):
+    return [{"name": "baseline", "status": "baseline", "speedup": None, "reason": ""}] + [
+        {"name": n, "status": st, "speedup": sp, "reason": why} for n, st, sp, why in rows]
+
+
+def test_a_fast_rejected_int8_recipe_moves_its_fallback_and_the_accuracy_aware_engines_ahead():
+    """The issue-27 CNN: ort-int8-static rejected at 5.55x, bf16-cast+compile accepted at 2.82x; the
+    fallback of the first and the NNCF recipes now come before the float recipes left."""
+    from torchslim.search import gain
+    rows = _rows(("ort-int8-static", "rejected", 5.55, "min cosine 0.9807 < 0.99 on held-out inputs"),
+                 ("static-int8-ts", "rejected", 2.59, "min cosine 0.971 < 0.99"),
+                 ("bf16-cast+compile", "ok", 2.82, ""))
+    pending = [{"kind": "recipe", "name": n} for n in ("ort", "torchscript-freeze", "compile", "openvino-int8", "openvino-int8-ac")]
+    pending += [{"kind": "fallback", "name": n, "from": n} for n in ("ort-int8-static", "static-int8-ts")]
+    new, why = gain.rerank(pending, rows)
+    assert [gain.label(p) for p in new] == [
+        "fallback of ort-int8-static", "openvino-int8", "openvino-int8-ac",  # ceilings 5.55x, tied: fallback first
+        "ort", "torchscript-freeze", "compile", "fallback of static-int8-ts"], new  # 2.59x < 2.82x: stays behind
+    assert why and "2.82x" in why and "ort-int8-static measured 5.55x" in why and "accuracy-aware" in why, why
+    # nothing accepted yet, or the rejected one barely faster than the accepted: the priors order stands
+    assert gain.rerank(pending, rows[:3]) == (pending, None)
+    close = _rows(("ort-int8-static", "rejected", 3.2, "min cosine"), ("bf16-cast+compile", "ok", 2.82, ""))
+    assert gain.rerank(pending, close) == (pending, None)
+    # a recipe rejected as slower than the baseline says nothing about the accuracy-aware ones
+    slow = _rows(("openvino", "ok", 1.1, ""), ("static-int8", "rejected", 1.5, "slower than the baseline in the early check"))
+    new, _ = gain.rerank([{"kind": "recipe", "name": "compile"}, {"kind": "recipe", "name": "openvino-int8"}], slow)
+    assert [p["name"] for p in new] == ["compile", "openvino-int8"]
+
+
+def test_what_more_time_would_buy_is_estimated_from_this_runs_trials():
+    from torchslim.search import gain
+    untried = [{"kind": "recipe", "name": "openvino-int8"}, {"kind": "fallback", "name": "ort-int8-static", "from": "ort-int8-static"}]
+    more = gain.more_time(untried, {"ort-int8-static": 40.0, "compile": 10.0}, 1.5)
+    # openvino-int8: the INT8 family's mean trial (40 s); the fallback: 3 x its recipe's 40 s
+    assert more["seconds"] == 160.0 and more["time_budget_min"] == 4.5, more
+    assert more["candidates"] == ["openvino-int8", "the fallback of ort-int8-static"]
+    assert more["line"] == ("--time-budget 4.5 would also try openvino-int8 and the fallback of ort-int8-static: "
+                            "about 3 more minutes (estimated from this run's trials)"), more["line"]
+    assert gain.more_time([], {}, 1.5) is None
+    many = gain.more_time([{"kind": "recipe", "name": f"r{i}"} for i in range(7)], {}, 1.5)  # 7 x 20 s by default
+    assert many["seconds"] == 140.0 and many["line"].startswith("--time-budget 4 would also try r0, r1, r2, r3 and 3 more: "), many
+
+
+def test_a_run_cut_by_its_budget_says_what_more_time_would_buy(tmp_path):
+    from torchslim.report import format_table
+    wl = Workload(model=_deep_mlp(), example=Example((torch.randn(1, 16),)), name="deep-mlp")
+    run = optimize(wl, _config(tmp_path, recipes=("torchscript-freeze", "inference-mode", "dynamic-int8"),
+                               time_budget=1e-6), progress=False)
+    search = json.loads((tmp_path / "results.json").read_text())["search"]
+    assert search["order_used"] == ["torchscript-freeze", "inference-mode", "dynamic-int8"], search
+    assert search["more_time"]["candidates"] == ["inference-mode", "dynamic-int8"], search["more_time"]
+    line = search["more_time"]["line"]
+    assert line.startswith("--time-budget ") and "would also try inference-mode and dynamic-int8: about " in line, line
+    assert search["more_time"]["seconds"] > 0 and search["trial_s"]["torchscript-freeze"] > 0
+    assert line in format_table(run)
+
+
+@pytest.mark.slow
+def test_the_loop_tries_a_fast_rejected_recipes_fallback_before_the_float_recipes_left(tmp_path):
+    """A real search under a budget: ort-int8-static, rejected on a cosine it cannot reach, ran many
+    times faster than the accepted inference-mode (48x vs 1.0x on the loaded 2-core dev host), so its
+    fallback comes before channels_last instead of after it."""
+    pytest.importorskip("onnxruntime")
+    from torchslim.search import gain
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(512, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 512)).eval()
+    gen = torch.Generator().manual_seed(1)
+    batches = [Example((torch.randn(32, 512, generator=gen),)) for _ in range(4)]
+    wl = Workload(model=model, example=Example((torch.randn(32, 512, generator=gen),)), calibration=lambda: batches, name="mlp")
+    run = optimize(wl, _config(tmp_path, recipes=("inference-mode", "ort-int8-static", "channels_last"),
+                               min_cosine=0.9999999, time_budget=5), progress=False)
+    rows = {r.name: r for r in run.recipes}
+    fast, accepted = rows["ort-int8-static"], rows["inference-mode"]
+    assert fast.status == "rejected" and accepted.early["speedup"] * gain.MARGIN < fast.early["speedup"], (fast, accepted)
+    search = json.loads((tmp_path / "results.json").read_text())["search"]
+    assert search["order_used"] == ["inference-mode", "ort-int8-static", "fallback of ort-int8-static", "channels_last"], search
+    assert len(search["reordered"]) == 1 and "fallback of ort-int8-static (ort-int8-static measured" in search["reordered"][0]
+    assert search["order"] == ["inference-mode", "ort-int8-static", "channels_last"]  # the priors/--recipes order, kept

@@ -44,6 +44,10 @@ def search_lines(run: RunResult | dict) -> list[tuple[str, str]]:
         skipped = sum(1 for r in run.recipes if str(r.reason or "").startswith("time budget"))
         text += f"; {skipped} recipe(s) skipped for time" if skipped else ""
         out.append(("search", text))
+        if s.get("reordered"):
+            out.append(("order", f"re-ranked by expected gain {len(s['reordered'])} time(s): " + " | ".join(s["reordered"])))
+        if (s.get("more_time") or {}).get("line"):
+            out.append(("more time", s["more_time"]["line"]))
         if s.get("from_cache"):
             out.append(("cache", f"rows reused from the search measured {s['from_cache']} (--fresh searches anew)"))
     m = run.measurement or {}

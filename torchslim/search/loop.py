@@ -2,6 +2,8 @@
 the early A/B check and the float fallback, results written after each."""
 from __future__ import annotations
 
+import time
+
 import torch.nn as nn
 
 from .. import engines, measure, validation
@@ -11,6 +13,7 @@ from ..recipes import Recipe, missing_hardware
 from ..results import RecipeResult
 from ..sensitivity import quantization_step
 from ..workload import eval_mode
+from . import gain
 from .config import Budget, SearchState
 from .fallback import fallback, why_not
 from .timing import settle_ms
@@ -47,33 +50,65 @@ def baseline(s: SearchState) -> RecipeResult:
 def try_candidates(recipes: list[Recipe], s: SearchState) -> None:
     """Try each recipe in order (or list why not), appending its row to the run and its model to
     `s.models`, and `s.write(run)` after each; a rejected quantization recipe gets the float fallback
-    as a row of its own. Under a time budget the fallbacks wait until every recipe has had its turn:
-    a retry of a rejected recipe (tens of seconds of ranking and task metric) is less promising than
-    the next fresh candidate."""
-    tried, deferred = 0, []
-    for recipe in recipes:
-        s.bar.set_postfix_str(recipe.name + s.budget.clock())
-        skip = skip_reason(recipe, s.device, s.config, s.explicit, s.budget, tried)
-        if skip:
-            s.run.recipes.append(RecipeResult(name=recipe.name, steps=recipe.to_list(), status="skipped", reason=skip))
+    as a row of its own. Under a time budget the fallbacks wait behind the fresh recipes (a retry costs
+    tens of seconds of ranking and task metric), and after each trial what is left is re-ranked by
+    expected gain (search/gain.py): a fallback or accuracy-aware INT8 recipe whose measured ceiling
+    beats the best accepted speedup by a margin goes first. The order used, why it changed and what
+    more time would buy go to `run.search`."""
+    tried, seconds = 0, {}
+    queue = [{"kind": "recipe", "name": r.name, "recipe": r} for r in recipes]
+    used, why = [], []
+    if s.run.search is not None:  # the same lists, so a run stopped midway says what it did so far
+        s.run.search.update(order_used=used, reordered=why)
+    while queue:
+        item = queue.pop(0)
+        used.append(gain.label(item))
+        t0 = time.perf_counter()
+        if item["kind"] == "fallback":
+            retry_in_float(item["recipe"], item["row"], s)
+        else:
+            recipe = item["recipe"]
+            s.bar.set_postfix_str(recipe.name + s.budget.clock())
+            skip = skip_reason(recipe, s.device, s.config, s.explicit, s.budget, tried)
+            if skip:
+                s.run.recipes.append(RecipeResult(name=recipe.name, steps=recipe.to_list(), status="skipped", reason=skip))
+                s.bar.update(1)
+                continue
+            res, model = try_recipe(recipe, s, early=s.early)
+            tried += res.status != "skipped"  # not applicable: not yet a candidate
+            s.run.recipes.append(res)
+            if model is not None:
+                s.models[recipe.name] = model
+            if s.config.fallback and res.status == "rejected" and quantization_step(recipe.steps) is not None:
+                if s.budget.unlimited:
+                    s.write(s.run)
+                    retry_in_float(recipe, res, s)
+                else:
+                    queue.append({"kind": "fallback", "name": recipe.name, "from": recipe.name, "recipe": recipe, "row": res})
             s.bar.update(1)
-            continue
-        res, model = try_recipe(recipe, s, early=s.early)
-        tried += res.status != "skipped"  # not applicable: not yet a candidate
-        s.run.recipes.append(res)
-        if model is not None:
-            s.models[recipe.name] = model
-        if s.config.fallback and res.status == "rejected" and quantization_step(recipe.steps) is not None:
-            if s.budget.unlimited:
-                s.write(s.run)
-                retry_in_float(recipe, res, s)
-            else:
-                deferred.append((recipe, res))
+            if res.status != "skipped":
+                seconds[recipe.name] = time.perf_counter() - t0
         s.write(s.run)
-        s.bar.update(1)
-    for recipe, res in deferred:
-        retry_in_float(recipe, res, s)
-        s.write(s.run)
+        if not s.budget.unlimited and not s.budget.over():
+            rows = [{"name": r.name, "status": r.status, "speedup": r.speedup, "reason": r.reason} for r in s.run.recipes]
+            queue, changed = gain.rerank(queue, rows)
+            if changed:
+                why.append(f"after {used[-1]}: {changed}")
+    _record(s, used, why, seconds)
+
+
+def _record(s: SearchState, used: list[str], why: list[str], seconds: dict[str, float]) -> None:
+    """The order used, why it left the priors order, and what a larger budget would buy, in run.search."""
+    if s.run.search is None:
+        return
+    s.run.search.update(order_used=used, reordered=why, trial_s={k: round(v, 1) for k, v in seconds.items()})
+    untried = [{"kind": "recipe", "name": r.name} for r in s.run.recipes
+               if r.status == "skipped" and str(r.reason or "").startswith("time budget")]
+    untried += [{"kind": "fallback", "name": r.name, "from": r.name} for r in s.run.recipes
+                if r.fallback and "time budget" in str(r.fallback.get("result", ""))]
+    more = None if s.budget.unlimited else gain.more_time(untried, seconds, s.budget.minutes)
+    if more:
+        s.run.search["more_time"] = more
 
 
 def retry_in_float(recipe: Recipe, res: RecipeResult, s: SearchState) -> None:
