@@ -20,8 +20,11 @@ ARGS = ["optimize", "--no-progress", "--model", "tiny_models:cnn", "--input-shap
 
 def _start(out):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, HERE])}
+    # SIGINT as a terminal delivers it: a shell's background job (a CI runner's `cmd &`) starts with SIGINT
+    # ignored, and Python then installs no KeyboardInterrupt handler in the child
     return subprocess.Popen([sys.executable, "-m", "torchslim", *ARGS, "--out", out], cwd=HERE, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for_row(out, name, proc, timeout=120):

@@ -7,7 +7,6 @@ import datetime
 import math
 import os
 import shutil
-import tempfile
 from typing import Iterable
 
 import torch
@@ -15,7 +14,7 @@ import torch.nn as nn
 
 from .errors import SlimError
 from .fidelity import compare
-from .fileio import write_json
+from .fileio import replace_folder, staging_folder, write_json
 from .inputs import Example, as_example
 
 SATURATION_LIMIT = 0.01  # a layer whose quantizer clamps more than 1 % of values has drifted
@@ -318,20 +317,11 @@ def _judge(model: nn.Module, float_model: nn.Module, batches: list[Example], eva
 
 def _save_atomically(out: str, write) -> None:
     """Write a whole artifact folder to a temporary folder beside `out`, then rename it into place
-    (replacing an existing `out` by two renames, so a reader never sees a half-written model)."""
-    parent = os.path.dirname(os.path.abspath(out))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix="." + os.path.basename(os.path.abspath(out)) + ".")
+    (fileio.replace_folder: a reader never sees a half-written model)."""
+    tmp = staging_folder(out)
     try:
         write(tmp)
-        os.chmod(tmp, 0o755)
-        if os.path.exists(out):
-            old = tmp + ".old"
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
