@@ -80,8 +80,8 @@ class GenerationConfig:
 
     @property
     def budget_s(self) -> float | None:
-        """Seconds for the baseline and the recipes, or None (no limit, or --exhaustive)."""
-        return 60.0 * self.time_budget if self.time_budget and not self.exhaustive else None
+        """Seconds for the baseline and the recipes, or None (no limit, or --exhaustive): Budget's rule."""
+        return Budget.of(self).seconds
 
 
 @dataclass
@@ -254,11 +254,10 @@ def _search(lm: CausalLM, config: GenerationConfig, device, run: RunResult, prog
 
     explicit = bool(config.recipes)
     chosen = by_name(list(config.recipes), device) if explicit else candidates(device, extended=config.exhaustive)
-    budget_s = config.budget_s
-    budget = Budget(budget_s, t_start)
+    budget = Budget.of(config, t_start)
     run.search = {**(run.search or {}), "order": [r.name for r in chosen],
                   "ordered_by": "--recipes" if explicit else "generation.search.candidates",
-                  "time_budget_min": None if budget_s is None else config.time_budget, "exhaustive": config.exhaustive,
+                  "time_budget_min": budget.minutes, "exhaustive": config.exhaustive,
                   "objective": f"{config.objective}: {OBJECTIVES[config.objective]}"}
     models = {"baseline": model}
     bar = progress_bar(len(chosen) + 2, unit="generation recipes", enabled=progress)
