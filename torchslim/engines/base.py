@@ -17,7 +17,7 @@ from ..errors import SlimError
 from ..fileio import atomic_write, write_json
 
 META = "engine.json"
-EXTRAS = {"onnxruntime": "onnxruntime", "openvino": "openvino", "nncf": "openvino"}
+EXTRAS = {"onnxruntime": "onnxruntime", "openvino": "openvino", "nncf": "openvino", "llama_cpp": "llamacpp"}
 
 
 def missing(*modules: str) -> str | None:

@@ -27,6 +27,13 @@ def save(folder: str, lm, recipe: Recipe, optimized, prompts: list[torch.Tensor]
     from ..quant.common import quiet
 
     os.makedirs(folder, exist_ok=True)
+    if not isinstance(optimized, torch.nn.Module):  # an engine's proxy (llama.cpp): its file, not the torch weights
+        with quiet():
+            lm.tokenizer.save_pretrained(os.path.join(folder, "base"))
+        return optimized.save(folder, {
+            "format_version": FORMAT_VERSION, "task": "text-generation", "torchslim": __version__,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "spec": lm.spec,
+            "source": lm.source, "recipe": [], "recipe_name": getattr(optimized, "name", "engine")}, prompts, new_tokens)
     with quiet():
         lm.model.save_pretrained(os.path.join(folder, "base"))
         lm.tokenizer.save_pretrained(os.path.join(folder, "base"))
@@ -110,6 +117,10 @@ def load(folder: str, device: str = "cpu", verify: bool = True):
         manifest = json.load(f)
     if manifest.get("format_version", 0) > FORMAT_VERSION:
         raise SlimError(f"'{folder}' was written by a newer torchslim ({manifest.get('torchslim')})", "upgrade torchslim")
+    if manifest.get("engine"):  # a GGUF served by llama.cpp's worker (engines/llamacpp.py)
+        from ..engines.llamacpp import load_folder
+
+        return load_folder(folder, manifest, verify=verify)
     lm = load_causal_lm("hf:" + os.path.join(folder, "base"), dtype=manifest.get("base_dtype", "fp32"))
     dev = torch.device(device)
     from .quality import calibration

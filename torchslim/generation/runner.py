@@ -283,7 +283,8 @@ Generate = Callable[[torch.Tensor, int], GenTrace]
 
 
 def timed_generate(model: nn.Module) -> Generate:
-    """The timed greedy generation of `model`: the lean loop for a GreedyLM, generate() otherwise."""
-    if isinstance(model, GreedyLM):
+    """The timed greedy generation of `model`: the lean loop for a GreedyLM, an engine proxy's own
+    (timed in its worker: generation/llamacpp.py), generate() otherwise."""
+    if isinstance(model, GreedyLM) or not isinstance(model, nn.Module):
         return model.generate_timed
     return lambda ids, n: hf_generate(model, ids, n)

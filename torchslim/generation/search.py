@@ -23,6 +23,7 @@ from ..search.loop import skip_reason
 from ..techniques import Context, handler
 from ..techniques.lm_decode import LMDecodeConfig
 from ..techniques.lm_weights import QUANTIZED_PREFILL_ATTR, LMWeightsConfig
+from . import llamacpp as engine_rows
 from . import measure, memory, quality
 from .load import CausalLM
 from .runner import timed_generate
@@ -159,10 +160,11 @@ def targets(recipe: Recipe) -> str:
 
 def by_name(names: list[str], device: torch.device) -> list[Recipe]:
     known = {r.name: r for r in candidates(device, extended=True)}
-    missing = [n for n in names if n not in known]
+    missing = [n for n in names if n not in known and not engine_rows.is_engine_name(n)]  # engines: their own rows
     if missing:
-        raise SlimError(f"unknown or unavailable generation recipe(s) {missing}", f"available here: {', '.join(known)}")
-    return [known[n] for n in names]
+        raise SlimError(f"unknown or unavailable generation recipe(s) {missing}",
+                        f"available here: {', '.join(list(known) + list(engine_rows.NAMES))}")
+    return [known[n] for n in names if n in known]
 
 
 def prompt_ids(tokenizer, prompts: list[str], length: int, batch: int) -> torch.Tensor:
@@ -284,6 +286,11 @@ def _search(lm: CausalLM, config: GenerationConfig, device, run: RunResult, prog
             kept += est.kept
         _write(run, config)
         bar.update(1)
+    threads = config.threads or torch.get_num_threads()  # engines (llama.cpp's worker): judged here, timed below with the rest
+    for fields, proxy in engine_rows.candidate_rows(lm, ev, config, budget, threads, tuple(config.recipes or ())):
+        run.recipes.append(GenRecipeResult(**fields))
+        models.update({fields["name"]: proxy} if proxy is not None else {})
+        _write(run, config)
 
     bar.set_postfix_str("timing (interleaved)")
     by = {r.name: r for r in run.recipes}
@@ -297,7 +304,7 @@ def _search(lm: CausalLM, config: GenerationConfig, device, run: RunResult, prog
         r.decode_tokens_per_s = r.generation["decode_tokens_per_s"]
     if ev.big is not None and config.large_batch != config.batch_size:
         bar.set_postfix_str(f"timing batch {config.large_batch}")
-        big = measure.interleaved(gens, ev.big, config.new_tokens, rounds=max(2, config.rounds // 2))
+        big = measure.interleaved({n: g for n, g in gens.items() if not engine_rows.is_engine_name(n)}, ev.big, config.new_tokens, rounds=max(2, config.rounds // 2))
         for name, s in big.items():
             by[name].large_batch = measure.summary(s, config.large_batch, config.new_tokens)
         for name in big:
@@ -309,7 +316,9 @@ def _search(lm: CausalLM, config: GenerationConfig, device, run: RunResult, prog
         r.ttft_speedup = _ratio(base.generation, r.generation, "ttft_ms")
         r.decode_speedup = r.speedup = _ratio(base.generation, r.generation, "decode_ms_per_token")
         r.speeds_up = _parts(r.ttft_speedup, r.decode_speedup) if name != "baseline" else ""
-        peak = tmeasure.peak_memory(lambda: gens[name](ev.ids, config.new_tokens), device, calls=1, repeats=1)
+        peak = ({"peak_bytes": engine_rows.peak_bytes(m, ev.ids, config.new_tokens), "method": "RSS high-water rise"}
+                if engine_rows.is_engine_name(name) else
+                tmeasure.peak_memory(lambda: gens[name](ev.ids, config.new_tokens), device, calls=1, repeats=1))
         r.peak_memory_bytes = peak["peak_bytes"]
         run.machine["peak_memory_method"] = peak["method"]
         if r.status == "ok" and (r.decode_speedup or 0) <= 1.0:
@@ -332,6 +341,7 @@ def _search(lm: CausalLM, config: GenerationConfig, device, run: RunResult, prog
 
             run.artifact = save(os.path.join(config.out, "model"), lm, Recipe.from_list(best.steps), models[best.name],
                                 ev.agree, config.agreement_tokens)
+    engine_rows.close_all(models)
     bar.update(1)
     bar.close()
 
