@@ -114,6 +114,8 @@ class Engine:
             logz = m[:, 0] + np.log(np.exp(logits - m).sum(axis=-1))
             total += float((logz - logits[np.arange(len(chunk) - 1), np.asarray(chunk[1:])]).sum())
             count += len(chunk) - 1
+        self._ppl.close()  # its logits of every position (n_ctx x vocab floats) are not kept while timing
+        self._ppl = None
         return {"nll": total if math.isfinite(total) else None, "count": count}
 
 

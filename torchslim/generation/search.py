@@ -265,6 +265,12 @@ def _search(lm: CausalLM, config: GenerationConfig, device, run: RunResult, prog
     bar = progress_bar(len(chosen) + 2, unit="generation recipes", enabled=progress)
     tried, kept = 0, 0
     shape, batches = memory.Shape(**plan["shape"]), tuple(plan["batches"])
+    # engines first (seconds each, their files cached): judged by the same gates, timed below with the rest
+    threads = config.threads or torch.get_num_threads()
+    for fields, proxy in engine_rows.candidate_rows(lm, ev, config, budget, threads, tuple(config.recipes or ())):
+        run.recipes.append(GenRecipeResult(**fields))
+        models.update({fields["name"]: proxy} if proxy is not None else {})
+        _write(run, config)
     for recipe in chosen:
         bar.set_postfix_str(recipe.name + budget.clock())
         skip = skip_reason(recipe, device, config, explicit, budget, tried)
@@ -286,11 +292,6 @@ def _search(lm: CausalLM, config: GenerationConfig, device, run: RunResult, prog
             kept += est.kept
         _write(run, config)
         bar.update(1)
-    threads = config.threads or torch.get_num_threads()  # engines (llama.cpp's worker): judged here, timed below with the rest
-    for fields, proxy in engine_rows.candidate_rows(lm, ev, config, budget, threads, tuple(config.recipes or ())):
-        run.recipes.append(GenRecipeResult(**fields))
-        models.update({fields["name"]: proxy} if proxy is not None else {})
-        _write(run, config)
 
     bar.set_postfix_str("timing (interleaved)")
     by = {r.name: r for r in run.recipes}
@@ -304,7 +305,8 @@ def _search(lm: CausalLM, config: GenerationConfig, device, run: RunResult, prog
         r.decode_tokens_per_s = r.generation["decode_tokens_per_s"]
     if ev.big is not None and config.large_batch != config.batch_size:
         bar.set_postfix_str(f"timing batch {config.large_batch}")
-        big = measure.interleaved({n: g for n, g in gens.items() if not engine_rows.is_engine_name(n)}, ev.big, config.new_tokens, rounds=max(2, config.rounds // 2))
+        torch_gens = {n: g for n, g in gens.items() if not engine_rows.is_engine_name(n)}  # engines: batch 1 only
+        big = measure.interleaved(torch_gens, ev.big, config.new_tokens, rounds=max(2, config.rounds // 2))
         for name, s in big.items():
             by[name].large_batch = measure.summary(s, config.large_batch, config.new_tokens)
         for name in big:
