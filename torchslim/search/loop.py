@@ -56,7 +56,8 @@ def try_candidates(recipes: list[Recipe], s: SearchState) -> None:
     beats the best accepted speedup by a margin goes first. The order used, why it changed and what
     more time would buy go to `run.search`."""
     tried, seconds = 0, {}
-    queue = [{"kind": "recipe", "name": r.name, "recipe": r} for r in recipes]
+    queue = [{"kind": "recipe", "name": r.name, "recipe": r, "accuracy_aware": any(st.accuracy_aware for st in r.steps)}
+             for r in recipes]
     used, why = [], []
     if s.run.search is not None:  # the same lists, so a run stopped midway says what it did so far
         s.run.search.update(order_used=used, reordered=why)

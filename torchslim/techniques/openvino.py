@@ -54,6 +54,7 @@ class OpenVinoInt8Config(TechniqueConfig):
     runtime: ClassVar[str] = "openvino"
     needs_calibration = True
     lossy: ClassVar[bool] = True
+    accuracy_aware: ClassVar[bool] = True
     # skip -> nncf.IgnoredScope; accuracy control picks its own float layers (no search fallback)
     per_layer_skip = engines.PerConfig(lambda cfg: not cfg.accuracy_control, default=True)
     max_samples: int = DEFAULT_SAMPLES
