@@ -18,6 +18,7 @@ from .results import RunResult, kept_on_stop
 from .search.config import DEFAULT_TIME_BUDGET_MIN, OBJECTIVES, Budget, OptimizeConfig, SearchState
 from .search.loop import baseline, early_check, try_candidates
 from .progress import bar as progress_bar
+from .progress import shown as progress_shown
 from .search.output import save, save_chosen, write
 from .search.replay import replay
 from .search.timing import final_timing
@@ -29,7 +30,7 @@ from .workload import Workload
 def optimize(workload: Workload, config: OptimizeConfig = OptimizeConfig(), progress: bool = True) -> RunResult:
     """Try, validate, measure and rank recipes for `workload`; write outputs under config.out."""
     device = dev.resolve(config.device)
-    with measure.num_threads(config.threads), resume.session(config, workload):
+    with measure.num_threads(config.threads), resume.session(config, workload), progress_shown(progress):
         run = RunResult(
             workload={"name": workload.name, "spec": workload.spec, "example": workload.example.describe(),
                       "batch_size": workload.example.batch_size, "metric": workload.metric, "metric_unit": workload.metric_unit,
