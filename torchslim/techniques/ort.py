@@ -13,7 +13,7 @@ import torch
 from .. import engines
 from ..device import seven_bit_int8
 from ..calibration import DEFAULT_SAMPLES, cap
-from ..engines.ort import SPIN_OFF, export_onnx
+from ..engines.ort import SPIN, export_onnx
 from ..progress import quiet
 from ..errors import first_line
 from ..quant import bias_correction
@@ -295,8 +295,8 @@ def _build(model, cfg, ctx: Context) -> engines.OrtModule:
             data = f.read()
     meta = {"exporter": exporter, "threads": torch.get_num_threads(), "inter_op_threads": 1,
             "graph_optimization_level": "ORT_ENABLE_ALL", "execution_mode": "ORT_SEQUENTIAL",
-            "config_entries": SPIN_OFF, **engines.out_spec(model, ctx.example), **shapes, "notes": notes}
-    ctx.notes.extend(notes + [f"ONNX Runtime, {meta['threads']} intra-op thread(s), spinning off"])
+            "config_entries": SPIN, **engines.out_spec(model, ctx.example), **shapes, "notes": notes}
+    ctx.notes.extend(notes + [f"ONNX Runtime, {meta['threads']} intra-op thread(s), spinning on (its default)"])
     return engines.OrtModule({"model.onnx": data}, meta)
 
 
