@@ -13,7 +13,7 @@ import torch
 from .. import device as dev
 from .. import measure as tmeasure
 from ..errors import SlimError, first_line
-from ..recipes import Recipe, apply
+from ..recipes import Recipe, apply, hooked
 from ..results import RecipeResult, RunResult, kept_on_stop
 from ..search import output
 from ..search.config import Budget, SearchState
@@ -21,8 +21,7 @@ from ..search.loop import drive
 from ..search.trial import fail
 from ..search.workload_type import WorkloadType
 from ..techniques import Context, handler
-from ..techniques.lm_decode import LMDecodeConfig
-from ..techniques.lm_weights import QUANTIZED_PREFILL_ATTR, LMWeightsConfig
+from ..techniques.lm_weights import QUANTIZED_PREFILL_ATTR
 from . import measure, memory, quality
 from .load import CausalLM
 from .runner import timed_generate
@@ -104,48 +103,10 @@ class GenRecipeResult(RecipeResult):
 
 
 def candidates(device: torch.device, extended: bool = False) -> list[Recipe]:
-    """Generation recipes, cheapest first (the part each speeds up: targets()). Inapplicable ones are
-    skipped with the reason. Each compiled recipe costs a first call of minutes on a small CPU, so
-    the default list keeps the ones that won somewhere in our trials (BENCHMARKS.md "Text
-    generation"); `extended` adds the rest (FP32 compiled, INT4 with its prompt pass on INT4, INT8
-    dynamic activations with a compiled prefill), also by name."""
-    dec, eager = LMDecodeConfig(), LMDecodeConfig(compile=False)
-    out = [Recipe((eager,))]
-    if dev.supports_bf16(device):
-        # INT4 heads cost perplexity (+5.7% on SmolLM2): the head stays BF16 eager (INT8 weight-only
-        # has no eager kernel) and INT8 compiled (aten._weight_int8pack_mm). INT4's kernel is slow at
-        # M=128 (TTFT 0.79x): the default INT4 recipe runs the prompt on a BF16 copy of the weights.
-        out += [Recipe((LMWeightsConfig("bf16", "int4", lm_head="float"), eager)),
-                Recipe((LMWeightsConfig("bf16"), dec)),
-                Recipe((LMWeightsConfig("bf16", "int8"), dec)),
-                Recipe((LMWeightsConfig("bf16", "int4", lm_head="int8", prefill="bf16"), dec)),
-                Recipe((LMWeightsConfig("bf16", "da8w4"), dec))]  # skipped where torchao lacks the kernel
-    if extended or not dev.supports_bf16(device):
-        # no native BF16 (e.g. AVX2 only): the model stays FP32, decode reads fewer bytes per token: INT4
-        # layers through the BF16-input INT4 kernel, the decode step compiled with Inductor's C++ wrapper
-        # (no Python between its kernels: 25 vs 29 ms a token on a 2-core AVX2 EPYC; first call up to 3
-        # min), the head fbgemm INT8 x dynamic INT8 (SmoothQuant; half of FP16's bytes, one call a token:
-        # 23.2 vs 24.7 ms, 4.23x FP32 eager, perplexity +0.1%) or FP16; or FP16 weights everywhere
-        # (lossless). All run the prompt on an FP32 copy (their kernels are slower than FP32 at M=128).
-        # Extended: fbgemm INT8 for every Linear (1.96x: each call crosses Python) or for the prompt copy
-        # (a quarter of FP32's bytes). BENCHMARKS.md "host without native BF16" and 2026-12-07.
-        cpp = LMDecodeConfig(cpp_wrapper=True)
-        out += [Recipe((LMWeightsConfig("fp32", "int4", lm_head="int8-sq", prefill="fp32"), cpp)),
-                Recipe((LMWeightsConfig("fp32", "int4", lm_head="fp16", prefill="fp32"), cpp)),
-                Recipe((LMWeightsConfig("fp32", "fp16", prefill="fp32"), dec))]
-    if extended:
-        out += [Recipe((dec,)), Recipe((LMWeightsConfig("bf16", "int4", lm_head="int8"), dec)),
-                Recipe((LMWeightsConfig("bf16", "int4"), eager)), Recipe((LMWeightsConfig("bf16", "int4"), dec))]
-        out += [Recipe((LMWeightsConfig("fp32", "int8-dynamic"), LMDecodeConfig(compile_prefill=True)))]
-        out += [Recipe((LMWeightsConfig("fp32", "int4", lm_head="fp16", prefill="fp32"), dec)),
-                Recipe((LMWeightsConfig("fp32", "int8-sq"), dec)),
-                Recipe((LMWeightsConfig("fp32", "int8-sq", lm_head="fp16"), dec)),
-                Recipe((LMWeightsConfig("fp32", "int4", lm_head="fp16", prefill="int8-sq"), dec))]
-        # Inductor's C++ GEMM template for the M=1 matmuls (FP32/FP16 weights): 4-6 minutes of compile
-        tune = LMDecodeConfig(mode="max-autotune-no-cudagraphs")
-        out += [Recipe((tune,)), Recipe((LMWeightsConfig("fp32", "fp16", prefill="fp32"), tune)),
-                Recipe((LMWeightsConfig("fp32", "int4", lm_head="fp16", prefill="fp32"), tune))]
-    return out
+    """Generation recipes, cheapest first: what the registered techniques contribute through their
+    `generation_candidates(device, extended)` hook (TextGeneration.hook; today lm_decode.py's list).
+    Inapplicable ones are skipped with the reason; `extended` (--exhaustive) adds the rest."""
+    return hooked(TextGeneration.hook, device, extended)
 
 
 def targets(recipe: Recipe) -> str:
@@ -235,6 +196,7 @@ class TextGeneration(WorkloadType):
 
     task = "text-generation"
     unit = "generation recipes"
+    hook = "generation_candidates"
     checkable = False
 
     def __init__(self, lm: CausalLM, plan: dict, config: GenerationConfig):
