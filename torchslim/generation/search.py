@@ -197,6 +197,7 @@ class TextGeneration(WorkloadType):
     task = "text-generation"
     unit = "generation recipes"
     hook = "generation_candidates"
+    table_title = "Text generation: time to first token, decode, quality"
     checkable = False
 
     def __init__(self, lm: CausalLM, plan: dict, config: GenerationConfig):

@@ -28,6 +28,8 @@ class WorkloadType:
     unit: ClassVar[str] = "recipes"  # the progress bar's unit
     fallback: ClassVar[bool] = False  # whether a rejected quantization recipe gets the float fallback (search/fallback.py)
     checkable: ClassVar[bool] = True  # whether `torchslim check` re-times its saved folders
+    hook: ClassVar[str] = "candidates"  # the techniques' classmethod that lists its recipes (recipes.hooked)
+    table_title: ClassVar[str] = ""  # the heading of its own table in report.html (`table`)
     registry: ClassVar[dict[str, type[WorkloadType]]] = {}
 
     def __init_subclass__(cls, **kwargs):
