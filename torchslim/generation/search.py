@@ -268,7 +268,7 @@ class TextGeneration(WorkloadType):
         config, run, models, ev, base = s.config, s.run, s.models, self.ev, self.base
         s.bar.set_postfix_str("timing (interleaved)")
         by = {r.name: r for r in run.recipes}
-        gens = {n: timed_generate(m) for n, m in models.items()}
+        gens = {n: generator(m) for n, m in models.items()}
         samples = measure.interleaved(gens, ev.ids, config.new_tokens, rounds=config.rounds)
         for name, smp in samples.items():
             r = by[name]
@@ -350,23 +350,31 @@ def _first_step_not_applicable(recipe: Recipe, model, ev: _Eval, device) -> str 
     return f"not applicable: {step.label()}: {why}" if why else None
 
 
+def generator(m):
+    """A candidate's timed greedy generation: its own `generate_timed(ids, new_tokens)` (a GreedyLM, or
+    an engine running in a worker process), else runner.timed_generate's (transformers' generate())."""
+    return m.generate_timed if hasattr(m, "generate_timed") else timed_generate(m)
+
+
 def try_recipe(recipe: Recipe, model, ev: _Eval, config: GenerationConfig, device):
     """Apply `recipe` to a copy of `model` (or the model itself when it shares the weights) and judge
-    it on `ev`: (its row, the model or None). A failure is a row made by search/trial.fail."""
+    it on `ev`: (its row, the model or None). A failure is a row made by search/trial.fail. What the
+    recipe returns is generated with through `generator` and scored by its own `perplexity(ids)` where
+    it has one (an engine outside torch), else by quality.perplexity."""
     res = GenRecipeResult(name=recipe.name, steps=recipe.to_list(), targets=targets(recipe))
     ctx = Context(device=device, example=None, calibration=lambda: ev.calibration)
     try:
         t0 = time.perf_counter()
         m = apply(model if memory.shares_weights(recipe) else copy.deepcopy(model), recipe, ctx)
         res.prepare_s = time.perf_counter() - t0
-        gen = timed_generate(m)
+        gen = generator(m)
         res.first_call_ms, tr = measure.first_call(gen, ev.ids, config.new_tokens)
         res.notes = ctx.notes
         toks = [gen(p, config.agreement_tokens) for p in ev.agree]
         agree = quality.agreement([t.tokens for t in toks], ev.ref_tokens)
         res.greedy_agreement = agree["greedy_agreement"]
         res.fidelity = agree
-        res.perplexity = quality.perplexity(m, ev.text)
+        res.perplexity = m.perplexity(ev.text) if hasattr(m, "perplexity") else quality.perplexity(m, ev.text)
         twin = getattr(m, "prefill_inner", None)
         if twin is not None and getattr(twin, QUANTIZED_PREFILL_ATTR, False):  # its own weights: the worse of the two counts
             tp = quality.perplexity(twin, ev.text)
