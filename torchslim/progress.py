@@ -6,6 +6,7 @@ import contextlib
 import contextvars
 import io
 import logging
+import os
 import sys
 import warnings
 
@@ -37,12 +38,30 @@ def shown(enabled: bool):
 def calm_upstream() -> None:
     """For the command line's process: upstream loggers that only announce deprecations and optional
     kernels they could not load (torchao's CUDA libraries on a CPU host) below ERROR, and the
-    deprecation warnings about upstream's own internals ignored. Not for the library: a user's
-    process keeps its logging as it set it."""
+    deprecation warnings about upstream's own internals ignored. A filter, not a level: torch's
+    logging resets its loggers' levels when Dynamo first runs. Not for the library: a user's process
+    keeps its logging as it set it."""
     for name in NOISY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
+        lg = logging.getLogger(name)
+        if not any(isinstance(f, _ErrorsOnly) for f in lg.filters):
+            lg.addFilter(_ErrorsOnly())
     for msg in NOISY_WARNINGS:
         warnings.filterwarnings("ignore", message=msg)
+
+
+class _ErrorsOnly(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR
+
+
+def hide_upstream_bars() -> None:
+    """Hugging Face's own progress bars (loading and writing weights) off for this process, also
+    where transformers was imported before (its switch is read at import)."""
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    if "huggingface_hub" in sys.modules:
+        sys.modules["huggingface_hub"].utils.disable_progress_bars()
+    if "transformers" in sys.modules:
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
 
 
 def bar(total: int, desc: str | None = None, unit: str = "it", enabled: bool = True, initial: int = 0):

@@ -12,7 +12,9 @@ import torch
 
 from .. import device as dev
 from .. import measure as tmeasure
+from .. import resume
 from ..errors import SlimError, first_line
+from ..progress import shown as progress_shown
 from ..recipes import Recipe, apply, hooked
 from ..results import RecipeResult, RunResult, kept_on_stop
 from ..search import output
@@ -155,7 +157,11 @@ def optimize_generation(lm: CausalLM, config: GenerationConfig = GenerationConfi
     """The generation search on `lm`; `plan`: memory.preflight's plan, made before `lm` was loaded."""
     plan = _plan(lm, config, plan)
     device = dev.resolve(config.device)
-    with tmeasure.num_threads(config.threads):
+    # the lock on --out and the resume of an interrupted run, as optimize's (resume.session): what of
+    # results.json's "workload" a rerun must match for its settled rows to be reused
+    identity = {"spec": lm.spec, "prompt_len": config.prompt_len, "new_tokens": config.new_tokens,
+                "batch_size": config.batch_size, "large_batch": config.large_batch, "prompts": config.prompts or "built-in"}
+    with tmeasure.num_threads(config.threads), resume.session(config, None, identity), progress_shown(progress):
         run = RunResult(
             workload={"name": os.path.basename(lm.spec.rstrip("/")), "spec": lm.spec, "task": TextGeneration.task,
                       "source": lm.source, "prompt_len": config.prompt_len, "new_tokens": config.new_tokens,

@@ -7,7 +7,7 @@ import time
 
 import torch.nn as nn
 
-from .. import engines, measure, validation
+from .. import engines, measure, resume, validation
 from ..errors import SlimError
 from ..fidelity import compare
 from ..progress import bar as progress_bar
@@ -89,10 +89,16 @@ def try_candidates(recipes: list[Recipe], s: SearchState) -> None:
         else:
             recipe = item["recipe"]
             s.bar.set_postfix_str(recipe.name + s.budget.clock())
+            if (settled := resume.reused(recipe.name, type(s.kind.row(recipe)))) is not None:
+                s.run.recipes.append(settled)  # failed, skipped or rejected in the interrupted run of this job
+                s.bar.update(1)
+                s.write(s.run)
+                continue
             skip = skip_reason(recipe, s.device, s.config, s.explicit, s.budget, tried) or s.kind.skip(recipe, s)
             if skip:
                 s.run.recipes.append(s.kind.row(recipe, status="skipped", reason=skip))
                 s.bar.update(1)
+                s.write(s.run)  # a stopped run keeps it too
                 continue
             res, model = s.kind.try_one(recipe, s)
             tried += res.status != "skipped"  # not applicable: not yet a candidate

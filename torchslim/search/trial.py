@@ -9,7 +9,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from .. import measure, resume, validation
+from .. import measure, validation
 from ..calibration_sources import missing_hint
 from ..errors import NotApplicable, SlimError
 from ..fidelity import compare
@@ -34,8 +34,6 @@ def try_recipe(recipe: Recipe, s: SearchState, early=None):
     (model, result) -> reason or None runs after the first call: a reason rejects the recipe
     before the task metric (the search's early check)."""
     workload, example, device, config = s.workload, s.example, s.device, s.config
-    if (settled := resume.reused(recipe.name)) is not None:
-        return settled, None
     res = RecipeResult(name=recipe.name, steps=recipe.to_list())
     ctx = Context(device=device, example=example, calibration=validation.for_recipes(workload),
                   task=task_metric(workload, config))
