@@ -20,6 +20,10 @@ What it found (issue 27; AVX-512 VNNI EPYC, 1 thread, under load): ort-int8-stat
 bias correction and the stem conv in float (its defaults now), every held-out top-1 kept, ~6x; FX
 static INT8 quantized none of the convs (Conv2d subclasses) and now quantizes all 49 but stays at
 ~0.74 (ReLU6 shares the conv's pre-clamp output range in FX); openvino-int8 stays at ~0.74.
+2026-12-08 (AVX-512 BF16 EPYC, 1 thread, loaded): static-int8-ts 0.647 -> 0.959 with the observers before
+ReLU6 clamped (quant/fx.clamp_observers) -> 0.9956 and 100% top-1 with bias correction and the stem in float
+too (its defaults on depthwise CNNs now), 2.9x; static-int8-ts-x86-sr is as accurate but 0.09x (250 ms:
+the x86 engine's quantized depthwise convs), so the search rejects it as slower.
 """
 from __future__ import annotations
 

@@ -12,7 +12,10 @@ batch 1 (the case where per-call overhead shows most; --model lstm: the peer sui
 and the ratio of eager's median in B (and C) to A, per block pair. With ORT's spinning on (its default),
 C's eager rows are expected to suffer; with torchslim's settings (B: spinning off) they must not.
 
-    PYTHONPATH=. python benchmarks/engines_ab.py [--pairs 4] [--with-spinning]
+    PYTHONPATH=. python benchmarks/engines_ab.py [--pairs 4] [--with-spinning] [--settle 50]
+
+--settle 50 answers the question the search's timing asks since the settle pause (measure.SETTLE_MS):
+with a 50 ms pause and one untimed call before each turn, does a spinning ORT still disturb eager?
 """
 from __future__ import annotations
 
@@ -44,6 +47,8 @@ def main(argv=None) -> int:
     p.add_argument("--model", choices=("fashion", "lstm"), default="fashion",
                    help="fashion: the Fashion-MNIST CNN (trained and cached on first use); lstm: benchmarks/models.py's LSTM")
     p.add_argument("--with-spinning", action="store_true", help="also time B with an ORT session that spins (ORT's default)")
+    p.add_argument("--settle", type=float, default=0.0,
+                   help="ms pause + one untimed call before each turn (the search uses measure.SETTLE_MS with engines)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)  # the engines read torch's count when they are built
     if args.model == "fashion":
@@ -75,7 +80,8 @@ def main(argv=None) -> int:
         row = {"pair": i}
         for block, extra in blocks.items():
             got = measure.interleaved({"eager": _fn(eager, ex), "eager-copy": _fn(eager2, ex),
-                                       **{n: _fn(m, ex) for n, m in extra.items()}}, rounds=args.rounds)
+                                       **{n: _fn(m, ex) for n, m in extra.items()}}, rounds=args.rounds,
+                                      settle_ms=args.settle)
             row[f"{block}_eager_ms"] = statistics.median(got["eager"] + got["eager-copy"])
             row.update({f"{block}_{n}_ms": statistics.median(got[n]) for n in extra})
         row["B_over_A"] = row["B_eager_ms"] / row["A_eager_ms"]

@@ -433,7 +433,7 @@ def _gen_args(*argv):
 def test_forward_options_map_onto_generation():
     """--rounds as given (15 stays 15; not given: 5 generations), --max-drop = the perplexity increase in
     percent, --time-budget default 10 min for generation, --exhaustive: no budget, --objective passed."""
-    from torchslim.cli.optimize import GEN_BUDGET_MIN, generation_config
+    from torchslim.generation.cli import BUDGET_MIN as GEN_BUDGET_MIN, generation_config
     from torchslim.generation.search import DEFAULT_TIME_BUDGET_MIN
 
     assert GEN_BUDGET_MIN == DEFAULT_TIME_BUDGET_MIN

@@ -346,7 +346,8 @@ def test_a_fast_rejected_int8_recipe_moves_its_fallback_and_the_accuracy_aware_e
     rows = _rows(("ort-int8-static", "rejected", 5.55, "min cosine 0.9807 < 0.99 on held-out inputs"),
                  ("static-int8-ts", "rejected", 2.59, "min cosine 0.971 < 0.99"),
                  ("bf16-cast+compile", "ok", 2.82, ""))
-    pending = [{"kind": "recipe", "name": n} for n in ("ort", "torchscript-freeze", "compile", "openvino-int8", "openvino-int8-ac")]
+    pending = [{"kind": "recipe", "name": n, "accuracy_aware": n.startswith("openvino-int8")}
+               for n in ("ort", "torchscript-freeze", "compile", "openvino-int8", "openvino-int8-ac")]
     pending += [{"kind": "fallback", "name": n, "from": n} for n in ("ort-int8-static", "static-int8-ts")]
     new, why = gain.rerank(pending, rows)
     assert [gain.label(p) for p in new] == [
@@ -359,8 +360,18 @@ def test_a_fast_rejected_int8_recipe_moves_its_fallback_and_the_accuracy_aware_e
     assert gain.rerank(pending, close) == (pending, None)
     # a recipe rejected as slower than the baseline says nothing about the accuracy-aware ones
     slow = _rows(("openvino", "ok", 1.1, ""), ("static-int8", "rejected", 1.5, "slower than the baseline in the early check"))
-    new, _ = gain.rerank([{"kind": "recipe", "name": "compile"}, {"kind": "recipe", "name": "openvino-int8"}], slow)
+    new, _ = gain.rerank([{"kind": "recipe", "name": "compile"}, {"kind": "recipe", "name": "openvino-int8", "accuracy_aware": True}], slow)
     assert [p["name"] for p in new] == ["compile", "openvino-int8"]
+
+
+def test_accuracy_aware_is_declared_by_the_technique_config_not_by_a_recipe_name():
+    """search/gain.py reads the flag the loop copies from the recipe's steps (TechniqueConfig.accuracy_aware)."""
+    import torch
+    from torchslim import recipes
+    flagged = {r.name for r in recipes.candidates(torch.device("cpu")) if any(s.accuracy_aware for s in r.steps)}
+    assert flagged and all(n.startswith("openvino-int8") for n in flagged), flagged
+    assert not any(s.accuracy_aware for r in recipes.candidates(torch.device("cpu"))
+                   for s in r.steps if s.name.startswith(("static", "ort", "dynamic")))
 
 
 def test_what_more_time_would_buy_is_estimated_from_this_runs_trials():

@@ -24,6 +24,7 @@ from .techniques.torchscript import script_module
 from .fileio import atomic_write, write_json
 from .inputs import Example
 from .recipes import Recipe, apply
+from .search.workload_type import WorkloadType
 from .techniques import Context
 from .workload import eval_mode
 
@@ -117,10 +118,9 @@ def load(folder: str, model: nn.Module | None = None, *, device: str = "cpu", ve
     from .loading import load_model
 
     manifest = read_manifest(folder)
-    if manifest.get("task") == "text-generation":
-        from .generation.artifacts import load as load_generation
-
-        return load_generation(folder, device=device, verify=verify)
+    kind = WorkloadType.find(manifest.get("task"))
+    if kind is not None:  # a workload type's own folder (text generation): it reloads it
+        return kind.load_saved(folder, device=device, verify=verify)
     mismatch = host_mismatch(manifest.get("host"))
     if mismatch:
         print(f"torchslim: warning: {mismatch}: '{manifest.get('recipe_name')}' may be slower or less accurate here; "

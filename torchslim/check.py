@@ -14,6 +14,7 @@ from .errors import SlimError
 from .fidelity import compare, output_tensors
 from .fileio import replace_folder
 from .recipes import Recipe
+from .search.workload_type import WorkloadType
 
 CHECK_TIME_BUDGET_MIN = 1.0
 
@@ -26,9 +27,10 @@ def check(folder: str, *, weights: str | None = None, time_budget: float = CHECK
     from .optimize import OptimizeConfig, optimize
 
     manifest = artifacts.read_manifest(folder)
-    if manifest.get("task") == "text-generation":
-        raise SlimError("torchslim check re-times optimize's models; this folder holds a text-generation model",
-                        "run torchslim optimize --task text-generation on this host")
+    kind = WorkloadType.find(manifest.get("task"))
+    if kind is not None and not kind.checkable:
+        raise SlimError(f"torchslim check re-times optimize's models; this folder holds a {kind.task} model",
+                        f"run torchslim optimize --task {kind.task} on this host")
     saved = manifest.get("recipe_name")
     cands = manifest.get("candidates") or [{"name": saved, "steps": manifest["recipe"]}]
     workload = _workload(folder, manifest, weights)

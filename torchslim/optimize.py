@@ -13,15 +13,16 @@ import torch
 
 from . import device as dev
 from . import measure, priors, resume, search_cache
-from .recipes import by_name, candidates, ordered
-from .results import RunResult, kept_on_stop
+from .recipes import Recipe, by_name, candidates, ordered
+from .results import RecipeResult, RunResult, kept_on_stop
+from .progress import shown as progress_shown
 from .search.config import DEFAULT_TIME_BUDGET_MIN, OBJECTIVES, Budget, OptimizeConfig, SearchState
-from .search.loop import baseline, early_check, try_candidates
-from .progress import bar as progress_bar
-from .search.output import save, save_chosen, write
+from .search.loop import baseline, drive, early_check
+from .search.output import reproduce_files, save, save_chosen, write
 from .search.replay import replay
 from .search.timing import final_timing
-from .search.trial import caller
+from .search.trial import caller, try_recipe
+from .search.workload_type import WorkloadType
 from .techniques.static_int8 import calibration_cache
 from .workload import Workload
 
@@ -29,7 +30,7 @@ from .workload import Workload
 def optimize(workload: Workload, config: OptimizeConfig = OptimizeConfig(), progress: bool = True) -> RunResult:
     """Try, validate, measure and rank recipes for `workload`; write outputs under config.out."""
     device = dev.resolve(config.device)
-    with measure.num_threads(config.threads), resume.session(config, workload):
+    with measure.num_threads(config.threads), resume.session(config, workload), progress_shown(progress):
         run = RunResult(
             workload={"name": workload.name, "spec": workload.spec, "example": workload.example.describe(),
                       "batch_size": workload.example.batch_size, "metric": workload.metric, "metric_unit": workload.metric_unit,
@@ -58,42 +59,60 @@ def optimize(workload: Workload, config: OptimizeConfig = OptimizeConfig(), prog
 
 def _search(workload: Workload, config: OptimizeConfig, device: torch.device, run: RunResult, progress: bool) -> None:
     """Baseline; each recipe (likely winners first) tried or skipped with the reason; the survivors
-    timed together, round-robin; the best under the objective chosen and saved."""
+    timed together, round-robin; the best under the objective chosen and saved (search/loop.drive)."""
     s = SearchState(workload, workload.example.to(device), device, config, Budget.of(config), run,
-                    write=lambda r: write(r, config), explicit=bool(config.recipes))
-    base = baseline(s)
-    s.write(run)
+                    write=lambda r: write(r, config), explicit=bool(config.recipes), kind=ForwardPass(), progress=progress)
+    drive(s)
 
-    # Respecting the user's time (issue 13): likely winners first (priors.json); a recipe whose
-    # hardware is missing is skipped unless named; a clearly slower one is rejected after a brief
-    # A/B, before the task metric; once the budget is spent the rest are listed as skipped.
-    recipes = (by_name(list(config.recipes), device) if s.explicit
-               else ordered(candidates(device), workload.model, device))
-    caps = dev.capabilities(device)
-    run.search = {"order": [r.name for r in recipes], "ordered_by": "--recipes" if s.explicit else "priors.json",
-                  "model_kind": priors.model_kind(workload.model), "hardware_tier": "cuda" if device.type == "cuda" else caps.tier(),
-                  "time_budget_min": None if s.budget.unlimited else config.time_budget, "exhaustive": config.exhaustive,
-                  "early_reject": config.early_reject and not config.exhaustive, "phases_s": {"baseline": s.budget.spent()}}
-    base_call = caller(s.models["baseline"], s.example)
-    if run.search["early_reject"]:
-        s.early = lambda m, r: early_check(m, r, base_call, s.example, device)
-    s.bar = progress_bar(len(recipes) + 2, unit="recipes", enabled=progress)
-    try_candidates(recipes, s)
-    t_trials = s.budget.spent()
-    run.search["phases_s"]["recipes"] = t_trials - run.search["phases_s"]["baseline"]
 
-    # The final timing adds rounds while the baseline's own interval is too wide, and says so when
-    # it stays too wide instead of calling recipes slower.
-    s.bar.set_postfix_str("timing (interleaved)" + s.budget.clock())
-    final_timing(s)
-    run.search["phases_s"]["timing"] = s.budget.spent() - t_trials
-    s.bar.update(1)
+class ForwardPass(WorkloadType):
+    """The forward-pass workload (a `Workload`: a model called on example inputs): judged by output
+    fidelity and the task metric, timed per call, with the early check and the float fallback."""
 
-    s.bar.set_postfix_str("choosing, saving, reloading in a fresh process")
-    save_chosen(run, base, s.models, workload, s.example, config)  # the best recipe whose saved model reloads
-    run.search["phases_s"]["total"] = s.budget.spent()
-    s.bar.update(1)
-    s.bar.close()
+    fallback = True
+
+    def baseline(self, s: SearchState) -> RecipeResult:
+        self.base = baseline(s)
+        return self.base
+
+    def candidates(self, s: SearchState) -> list[Recipe]:
+        # Respecting the user's time (issue 13): likely winners first (priors.json); a recipe whose
+        # hardware is missing is skipped unless named; a clearly slower one is rejected after a brief
+        # A/B, before the task metric; once the budget is spent the rest are listed as skipped.
+        config, device, workload, run = s.config, s.device, s.workload, s.run
+        recipes = (by_name(list(config.recipes), device) if s.explicit
+                   else ordered(candidates(device), workload.model, device))
+        caps = dev.capabilities(device)
+        run.search = {"order": [r.name for r in recipes], "ordered_by": "--recipes" if s.explicit else "priors.json",
+                      "model_kind": priors.model_kind(workload.model), "hardware_tier": "cuda" if device.type == "cuda" else caps.tier(),
+                      "time_budget_min": None if s.budget.unlimited else config.time_budget, "exhaustive": config.exhaustive,
+                      "early_reject": config.early_reject and not config.exhaustive, "phases_s": {"baseline": s.budget.spent()}}
+        base_call = caller(s.models["baseline"], s.example)
+        if run.search["early_reject"]:
+            s.early = lambda m, r: early_check(m, r, base_call, s.example, device)
+        return recipes
+
+    def try_one(self, recipe: Recipe, s: SearchState):
+        return try_recipe(recipe, s, early=s.early)
+
+    def time_survivors(self, s: SearchState) -> None:
+        # The final timing adds rounds while the baseline's own interval is too wide, and says so when
+        # it stays too wide instead of calling recipes slower.
+        phases = s.run.search["phases_s"]
+        t_trials = s.budget.spent()
+        phases["recipes"] = t_trials - phases["baseline"]
+        s.bar.set_postfix_str("timing (interleaved)" + s.budget.clock())
+        final_timing(s)
+        phases["timing"] = s.budget.spent() - t_trials
+
+    def choose(self, s: SearchState) -> RecipeResult | None:
+        s.bar.set_postfix_str("choosing, saving, reloading in a fresh process")
+        chosen = save_chosen(s.run, self.base, s.models, s.workload, s.example, s.config)  # the best whose saved model reloads
+        s.run.search["phases_s"]["total"] = s.budget.spent()
+        return chosen
+
+    def report_files(self, run: RunResult, d: dict) -> dict[str, str]:
+        return reproduce_files(run, d)
 
 
 __all__ = ["DEFAULT_TIME_BUDGET_MIN", "OBJECTIVES", "OptimizeConfig", "optimize"]

@@ -130,6 +130,20 @@ def candidates(device: torch.device) -> list[Recipe]:
     return out
 
 
+def hooked(hook: str, device: torch.device, *args) -> list[Recipe]:
+    """The recipes registered techniques add through the classmethod `hook(device, *args)`, a
+    workload type's own list (WorkloadType.hook; e.g. `generation_candidates`), in registration
+    order, the first of each name kept, steps as given."""
+    out, seen = [], set()
+    for cls in registered():
+        for steps in getattr(cls, hook, lambda *a: [])(device, *args):
+            r = Recipe(tuple(steps))
+            if r.name not in seen:
+                seen.add(r.name)
+                out.append(r)
+    return out
+
+
 def contributed(device: torch.device) -> list[Recipe]:
     """The recipes registered techniques add through their `candidates(device)` hook, in registration
     order. Each is wrapped in inference mode as the built-ins are, unless its steps already hold it

@@ -21,8 +21,10 @@ _previous: contextvars.ContextVar[dict | None] = contextvars.ContextVar("torchsl
 
 
 @contextlib.contextmanager
-def session(config, workload):
-    """Wrap a whole `optimize` run.
+def session(config, workload, identity: dict | None = None):
+    """Wrap a whole `optimize` run (or a generation run: `identity` then names what of results.json's
+    "workload" must match for its rows to be reused, instead of a forward workload's spec, example
+    and calibration data).
 
     - Takes an exclusive lock on OUT/.torchslim.lock (fcntl.flock, released by the kernel even after
       kill -9), so a second run on the same folder stops at once with the first one's process id
@@ -44,7 +46,7 @@ def session(config, workload):
     with sigterm_raises():
         fd = _lock(out)
         try:
-            token = _previous.set(_load(out, config, workload))
+            token = _previous.set(_load(out, config, identity if identity is not None else forward_identity(workload)))
             try:
                 yield
             finally:
@@ -53,14 +55,21 @@ def session(config, workload):
             _unlock(fd, os.path.join(out, LOCK_NAME))
 
 
-def reused(name: str):
-    """The row the interrupted run settled for recipe `name` (a RecipeResult), or None."""
+def forward_identity(workload) -> dict:
+    """What of a forward-pass run's results.json "workload" must match: the model, its example, its
+    calibration data (None: a model without a spec cannot be reloaded by a rerun, never resumed)."""
+    return {"spec": workload.spec, "example": workload.example.describe(), "calib_data": workload.source.get("calib_data")}
+
+
+def reused(name: str, row_type=None):
+    """The row the interrupted run settled for recipe `name` (a `row_type`, by default a
+    RecipeResult), or None."""
     prev = _previous.get()
     if not prev or name not in prev["rows"]:
         return None
     from .results import RecipeResult
 
-    row = RecipeResult.from_dict(prev["rows"][name])
+    row = (row_type or RecipeResult).from_dict(prev["rows"][name])
     row.notes = list(row.notes or []) + [f"reused from the interrupted run of {prev['created']} ({prev['path']}): not applied again"]
     return row
 
@@ -127,7 +136,7 @@ def _options(config) -> dict:
     return {k: v for k, v in d.items() if k not in _IGNORED_OPTIONS}
 
 
-def _load(out: str, config, workload) -> dict | None:
+def _load(out: str, config, identity: dict) -> dict | None:
     """The reusable rows of an unfinished earlier run of the same job in `out`, or None."""
     path = os.path.join(out, "results.json")
     try:
@@ -138,8 +147,7 @@ def _load(out: str, config, workload) -> dict | None:
         return None
     if not recipes or (recipes[0].get("timing") or {}).get("median_ms") is not None:
         return None  # empty, or it reached the timing phase: a finished run is measured again
-    same = (workload.spec is not None and w.get("spec") == workload.spec and w.get("example") == workload.example.describe()
-            and w.get("calib_data") == workload.source.get("calib_data")
+    same = (identity.get("spec") is not None and all(w.get(k) == v for k, v in identity.items())
             and {k: v for k, v in (d.get("config") or {}).items() if k not in _IGNORED_OPTIONS} == _options(config)
             and (d.get("machine") or {}).get("torch") == torch.__version__
             and (d.get("machine") or {}).get("cpu_count") == os.cpu_count())

@@ -7,6 +7,7 @@ import traceback
 
 from ..errors import SlimError, first_line
 from ..interrupt import exit_code, signal_name, sigterm_raises
+from ..progress import calm_upstream, hide_upstream_bars, shown
 from . import check, optimize, options, quant, train
 
 # THE command table: name -> (add its sub-parser to the subparsers, run the parsed args -> exit code).
@@ -33,8 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(_glue_negative_values(sys.argv[1:] if argv is None else list(argv)))
+    if not args.debug:
+        calm_upstream()
+    if getattr(args, "no_progress", False):
+        hide_upstream_bars()
     try:
-        with sigterm_raises():
+        with sigterm_raises(), shown(not getattr(args, "no_progress", False)):
             return COMMANDS[args.command][1](args)
     except SlimError as e:
         if args.debug:

@@ -8,26 +8,7 @@ import sys
 
 from ..errors import SlimError
 from . import options
-
-GENERATION_EXAMPLES = ("smollm2",)
-GEN_BUDGET_MIN = 10.0  # generation.search.DEFAULT_TIME_BUDGET_MIN (not imported: the parser loads no torch)
-# options of the forward-pass search that text generation does not have, and why (refused, exit 2)
-NOT_FOR_GENERATION = {
-    "min_cosine": ("--min-cosine", "text generation is judged by perplexity and greedy agreement, not output cosine; "
-                                   "use --max-drop / --max-ppl-increase (percent)"),
-    "no_fallback": ("--no-fallback", "the generation search has no float fallback to turn off; drop it"),
-    "fallback_max_layers": ("--fallback-max-layers", "the generation search has no float fallback; drop it"),
-    "fresh": ("--fresh", "the generation search keeps no cache of earlier searches: it always searches anew; drop it"),
-    "input_shape": ("--input-shape", "text generation feeds token ids of --prompt-len; drop it"),
-    "dtype": ("--dtype", "text generation feeds token ids; drop it"),
-    "inputs": ("--inputs", "text generation builds its prompts from --prompts; drop it"),
-    "eval": ("--eval", "text generation's task metric is perplexity on built-in text; use --max-drop for its limit"),
-    "weights": ("--weights", "a causal LM's weights come from its hf:DIR folder or .gguf file; drop it"),
-    "calib_data": ("--calib-data", "the generation recipes calibrate on built-in text; drop it"),
-    "keep_float": ("--keep-float", "a saved generation model is rebuilt from its own weights file; drop it"),
-}
-GENERATION_ONLY = ("prompt_len", "new_tokens", "batch_size", "large_batch", "prompts", "max_ppl_increase")
-
+from .tasks import TASK_CLIS
 
 def add_optimize(sub) -> argparse.ArgumentParser:
     o = sub.add_parser("optimize", help="try every applicable recipe, measure, choose and save the best",
@@ -54,7 +35,7 @@ def add_optimize(sub) -> argparse.ArgumentParser:
                    help="most layers the fallback may keep in float (default: half the quantized layers, at most 8)")
     o.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
                    help="minutes for trying recipes (likely winners first); the rest are listed as skipped "
-                        f"(default 1.5 per model, text generation {GEN_BUDGET_MIN:g}; 0: no limit)")
+                        "(default 1.5 per model, text generation 10; 0: no limit)")
     o.add_argument("--exhaustive", action="store_true",
                    help="try every recipe: no time budget, no hardware skip, no early rejection, every fallback "
                         "(text generation: the extended recipe list too)")
@@ -63,16 +44,10 @@ def add_optimize(sub) -> argparse.ArgumentParser:
     o.add_argument("--keep-float", action="store_true",
                    help="also save the FP32 weights and calibration inputs beside an engine file (ONNX, OpenVINO IR, "
                         ".pt2) that loads by itself, to rebuild or recalibrate it later (default: the lean folder)")
-    g = o.add_argument_group("text generation (causal LMs: hf:DIR with a *ForCausalLM, or a .gguf file)")
-    g.add_argument("--task", choices=["text-generation"], default=None, help="treat --model as a causal LM to generate with")
-    g.add_argument("--example", choices=GENERATION_EXAMPLES, default=None,
-                   help="a built-in generation example: smollm2 (SmolLM2-135M-Instruct GGUF)")
-    g.add_argument("--prompt-len", type=int, default=None, help="prompt tokens (default 128)")
-    g.add_argument("--new-tokens", type=int, default=None, help="tokens generated per prompt, greedy, EOS ignored (default 64)")
-    g.add_argument("--batch-size", type=int, default=None, help="prompts generated together (default 1)")
-    g.add_argument("--large-batch", type=int, default=None, help="also time this larger batch (default 4; 0: no)")
-    g.add_argument("--prompts", default=None, help="prompts file, one per line (default: built-in real prompts)")
-    g.add_argument("--max-ppl-increase", type=float, default=None, help="largest allowed perplexity increase in percent (default 5)")
+    o.add_argument("--task", choices=[t.TASK for t in TASK_CLIS], default=None,
+                   help="run --model as this kind of workload (default: the forward pass, or what the model file says)")
+    for t in TASK_CLIS:
+        t.add_options(o)
     return o
 
 
@@ -81,12 +56,11 @@ def run_optimize(args) -> int:
     from ..optimize import OptimizeConfig, optimize
     from ..report import format_table
 
-    if _wants_generation(args):
-        return _run_generation(args)
-    given = [f"--{k.replace('_', '-')}" for k in GENERATION_ONLY if getattr(args, k) is not None]
-    if given:
-        raise SlimError(f"{', '.join(given)} apply to text generation only, and this model is not run as a causal LM",
-                        "pass --task text-generation with an hf:DIR causal LM (or a .gguf file), or drop them")
+    for t in TASK_CLIS:  # a workload package's own command line (generation/cli.py): it runs the model if it is its kind
+        if t.wants(args):
+            return t.run(args)
+    for t in TASK_CLIS:
+        t.refuse_own_options(args)
     out = args.out or options.DEFAULT_OUT
     if args.model:
         jobs = [(args.model, out)]
@@ -154,66 +128,6 @@ def _search_options(args) -> dict:
     if args.exhaustive or args.time_budget is not None:
         opts["time_budget"] = None if args.exhaustive else args.time_budget
     return opts
-
-
-# -- text generation --------------------------------------------------------------------------------
-
-def _wants_generation(args) -> bool:
-    from ..generation.load import is_generation_spec
-
-    if args.example:
-        return True
-    return bool(args.model) and (args.task == "text-generation" or is_generation_spec(args.model))
-
-
-def _run_generation(args) -> int:
-    import torch
-
-    from ..generation.load import load_causal_lm, smollm2_gguf
-    from ..generation.memory import preflight
-    from ..generation.report import format_generation_table
-    from ..generation.search import optimize_generation
-
-    if args.example and args.model:
-        raise SlimError("--example and --model are exclusive", "pass one of them")
-    spec = smollm2_gguf() if args.example == "smollm2" else args.model
-    out = args.out or os.path.join(options.DEFAULT_OUT, args.example or "generation")
-    config = generation_config(args, out, device=args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
-    plan = preflight(spec, config)  # GGUF header, context, memory: refused before any weight is loaded
-    if config.recipes:  # unknown names refused before loading too
-        from .. import device as dev
-        from ..generation.search import by_name
-
-        by_name(list(config.recipes), dev.resolve(config.device))
-    lm = load_causal_lm(spec, task=args.task, dtype=plan["baseline"]["dtype"] if plan else "fp32")
-    run = optimize_generation(lm, config, progress=not args.no_progress, plan=plan)
-    print(format_generation_table(run.to_dict()))
-    print(f"\nwrote {out}/results.json, {out}/report.html" + (f", {run.artifact}/ and {out}/reproduce.py" if run.artifact else ""))
-    if not run.chosen:
-        print("no recipe beat the baseline under the thresholds; nothing was saved", file=sys.stderr)
-    return 0
-
-
-def generation_config(args, out: str | None, device: str = "cpu"):
-    """The GenerationConfig the options describe; an option of the forward-pass search that does not
-    apply to generation is refused (SlimError) rather than ignored."""
-    from ..generation.search import GenerationConfig
-
-    for key, (flag, why) in NOT_FOR_GENERATION.items():
-        if getattr(args, key, None) not in (None, False):
-            raise SlimError(f"{flag} does not apply to text generation: {why.split('; ')[0]}", why.split("; ")[-1])
-    ppl = args.max_ppl_increase
-    if args.max_drop is not None:  # generation's task metric: perplexity, its drop = the increase in percent
-        if ppl is not None and ppl != args.max_drop:
-            raise SlimError(f"--max-drop {args.max_drop:g} and --max-ppl-increase {ppl:g} disagree (for text generation both "
-                            "are the perplexity increase in percent)", "pass one of them")
-        ppl = args.max_drop
-    given = {"prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "batch_size": args.batch_size,
-             "large_batch": args.large_batch, "max_ppl_increase": ppl, "rounds": args.rounds, "objective": args.objective}
-    return GenerationConfig(
-        **{k: v for k, v in given.items() if v is not None}, prompts=args.prompts, recipes=options.recipe_names(args),
-        time_budget=GEN_BUDGET_MIN if args.time_budget is None else args.time_budget, exhaustive=args.exhaustive,
-        device=device, threads=args.threads, out=out, debug=args.debug)
 
 
 # -- recipes, report --------------------------------------------------------------------------------

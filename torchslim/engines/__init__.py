@@ -19,9 +19,9 @@ from .base import (EXTRAS, META, EngineModule, PerConfig, build_and_call, deploy
 from .export import (dynamic_dims, dynamic_shapes, export_program, export_with_shapes, quantizable_layers, resolve_skip,
                      served_shapes, shape_mismatch, shapes_meta, static_meta, torch_export)
 from .openvino import OpenVinoModule
-from .ort import SPIN_OFF, OrtModule
+from .ort import SPIN, OrtModule
 
-__all__ = ["aoti", "openvino", "ort", "AotiModule", "OpenVinoModule", "OrtModule", "SPIN_OFF", "EXTRAS", "META",
+__all__ = ["aoti", "openvino", "ort", "AotiModule", "OpenVinoModule", "OrtModule", "SPIN", "EXTRAS", "META",
            "EngineModule", "PerConfig", "build_and_call", "deploy_line", "find", "from_numpy", "load", "missing",
            "out_spec", "save", "serving_lines", "to_numpy", "dynamic_dims", "dynamic_shapes", "export_program",
            "export_with_shapes", "quantizable_layers", "resolve_skip", "served_shapes", "shape_mismatch",

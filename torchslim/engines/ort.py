@@ -11,9 +11,14 @@ from ..progress import quiet
 from .base import EngineModule, from_numpy, to_numpy
 from .export import dynamic_dims, export_with_shapes, torch_export
 
-# ORT's idle workers busy-wait for tens of milliseconds after each call with spinning on, which on a
-# small machine slowed the PyTorch models timed after it 5-100x (BENCHMARKS.md, "Against the peers").
-SPIN_OFF = {"session.intra_op.allow_spinning": "0", "session.inter_op.allow_spinning": "0"}
+# ORT's idle workers busy-wait after each call with spinning on (its default). Without a pause that
+# slowed the PyTorch models timed right after it 5-100x on a small machine (BENCHMARKS.md, "Against the
+# peers"), so torchslim once turned it off; but off, every small call pays a thread wake-up (Fashion CNN
+# b1: 0.34 ms off vs 0.23-0.29 ms on, 2 threads, 2026-12-08). The search's timing now pauses
+# measure.SETTLE_MS before each turn where an engine is timed (the workers are asleep again), and
+# benchmarks/engines_ab.py --with-spinning --settle 50 finds eager no more disturbed by a spinning
+# session than by a quiet one: so the saved session spins, as ORT serves by default.
+SPIN = {"session.intra_op.allow_spinning": "1", "session.inter_op.allow_spinning": "1"}
 
 
 def export_onnx(model: torch.nn.Module, example, path: str) -> tuple[str, dict]:

@@ -9,7 +9,7 @@ import textwrap
 import torch
 
 from ..errors import SlimError, first_line
-from ..fileio import atomic_write, write_json, write_text
+from ..fileio import atomic_write, write_json
 from ..recipes import Recipe, apply
 from ..techniques import Context
 from .runner import timed_generate
@@ -141,7 +141,8 @@ def load(folder: str, device: str = "cpu", verify: bool = True):
     return model
 
 
-def write_reproduce(path: str, artifact: str, config) -> None:
+def reproduce_code(artifact: str, config) -> str:
+    """reproduce.py's text: reload the saved `artifact` and generate with it."""
     code = f'''\
         """Reload the chosen generation recipe and generate greedily (written by torchslim optimize)."""
         import time
@@ -162,4 +163,4 @@ def write_reproduce(path: str, artifact: str, config) -> None:
         print(tok.decode(out[0, ids.shape[1]:]))
         print(f"{{out.shape[1] - ids.shape[1]}} tokens in {{dt:.2f}} s ({{(out.shape[1] - ids.shape[1]) / dt:.1f}} tokens/s incl. the prompt pass)")
         '''
-    write_text(path, textwrap.dedent(code))
+    return textwrap.dedent(code)

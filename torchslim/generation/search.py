@@ -6,23 +6,24 @@ import copy
 import datetime
 import os
 import time
-import traceback
 from dataclasses import asdict, dataclass, field
 
 import torch
 
 from .. import device as dev
 from .. import measure as tmeasure
-from ..errors import NotApplicable, SlimError, first_line
-from ..fileio import write_json, write_text
-from ..progress import bar as progress_bar
-from ..recipes import Recipe, apply
+from .. import resume
+from ..errors import SlimError, first_line
+from ..progress import shown as progress_shown
+from ..recipes import Recipe, apply, hooked
 from ..results import RecipeResult, RunResult, kept_on_stop
-from ..search.config import Budget
-from ..search.loop import skip_reason
+from ..search import output
+from ..search.config import Budget, SearchState
+from ..search.loop import drive
+from ..search.trial import fail
+from ..search.workload_type import WorkloadType
 from ..techniques import Context, handler
-from ..techniques.lm_decode import LMDecodeConfig
-from ..techniques.lm_weights import QUANTIZED_PREFILL_ATTR, LMWeightsConfig
+from ..techniques.lm_weights import QUANTIZED_PREFILL_ATTR
 from . import llamacpp as engine_rows
 from . import measure, memory, quality
 from .load import CausalLM
@@ -105,48 +106,10 @@ class GenRecipeResult(RecipeResult):
 
 
 def candidates(device: torch.device, extended: bool = False) -> list[Recipe]:
-    """Generation recipes, cheapest first (the part each speeds up: targets()). Inapplicable ones are
-    skipped with the reason. Each compiled recipe costs a first call of minutes on a small CPU, so
-    the default list keeps the ones that won somewhere in our trials (BENCHMARKS.md "Text
-    generation"); `extended` adds the rest (FP32 compiled, INT4 with its prompt pass on INT4, INT8
-    dynamic activations with a compiled prefill), also by name."""
-    dec, eager = LMDecodeConfig(), LMDecodeConfig(compile=False)
-    out = [Recipe((eager,))]
-    if dev.supports_bf16(device):
-        # INT4 heads cost perplexity (+5.7% on SmolLM2): the head stays BF16 eager (INT8 weight-only
-        # has no eager kernel) and INT8 compiled (aten._weight_int8pack_mm). INT4's kernel is slow at
-        # M=128 (TTFT 0.79x): the default INT4 recipe runs the prompt on a BF16 copy of the weights.
-        out += [Recipe((LMWeightsConfig("bf16", "int4", lm_head="float"), eager)),
-                Recipe((LMWeightsConfig("bf16"), dec)),
-                Recipe((LMWeightsConfig("bf16", "int8"), dec)),
-                Recipe((LMWeightsConfig("bf16", "int4", lm_head="int8", prefill="bf16"), dec)),
-                Recipe((LMWeightsConfig("bf16", "da8w4"), dec))]  # skipped where torchao lacks the kernel
-    if extended or not dev.supports_bf16(device):
-        # no native BF16 (e.g. AVX2 only): the model stays FP32, decode reads fewer bytes per token: INT4
-        # layers through the BF16-input INT4 kernel, the decode step compiled with Inductor's C++ wrapper
-        # (no Python between its kernels: 25 vs 29 ms a token on a 2-core AVX2 EPYC; first call up to 3
-        # min), the head fbgemm INT8 x dynamic INT8 (SmoothQuant; half of FP16's bytes, one call a token:
-        # 23.2 vs 24.7 ms, 4.23x FP32 eager, perplexity +0.1%) or FP16; or FP16 weights everywhere
-        # (lossless). All run the prompt on an FP32 copy (their kernels are slower than FP32 at M=128).
-        # Extended: fbgemm INT8 for every Linear (1.96x: each call crosses Python) or for the prompt copy
-        # (a quarter of FP32's bytes). BENCHMARKS.md "host without native BF16" and 2026-12-07.
-        cpp = LMDecodeConfig(cpp_wrapper=True)
-        out += [Recipe((LMWeightsConfig("fp32", "int4", lm_head="int8-sq", prefill="fp32"), cpp)),
-                Recipe((LMWeightsConfig("fp32", "int4", lm_head="fp16", prefill="fp32"), cpp)),
-                Recipe((LMWeightsConfig("fp32", "fp16", prefill="fp32"), dec))]
-    if extended:
-        out += [Recipe((dec,)), Recipe((LMWeightsConfig("bf16", "int4", lm_head="int8"), dec)),
-                Recipe((LMWeightsConfig("bf16", "int4"), eager)), Recipe((LMWeightsConfig("bf16", "int4"), dec))]
-        out += [Recipe((LMWeightsConfig("fp32", "int8-dynamic"), LMDecodeConfig(compile_prefill=True)))]
-        out += [Recipe((LMWeightsConfig("fp32", "int4", lm_head="fp16", prefill="fp32"), dec)),
-                Recipe((LMWeightsConfig("fp32", "int8-sq"), dec)),
-                Recipe((LMWeightsConfig("fp32", "int8-sq", lm_head="fp16"), dec)),
-                Recipe((LMWeightsConfig("fp32", "int4", lm_head="fp16", prefill="int8-sq"), dec))]
-        # Inductor's C++ GEMM template for the M=1 matmuls (FP32/FP16 weights): 4-6 minutes of compile
-        tune = LMDecodeConfig(mode="max-autotune-no-cudagraphs")
-        out += [Recipe((tune,)), Recipe((LMWeightsConfig("fp32", "fp16", prefill="fp32"), tune)),
-                Recipe((LMWeightsConfig("fp32", "int4", lm_head="fp16", prefill="fp32"), tune))]
-    return out
+    """Generation recipes, cheapest first: what the registered techniques contribute through their
+    `generation_candidates(device, extended)` hook (TextGeneration.hook; today lm_decode.py's list).
+    Inapplicable ones are skipped with the reason; `extended` (--exhaustive) adds the rest."""
+    return hooked(TextGeneration.hook, device, extended)
 
 
 def targets(recipe: Recipe) -> str:
@@ -196,9 +159,13 @@ def optimize_generation(lm: CausalLM, config: GenerationConfig = GenerationConfi
     """The generation search on `lm`; `plan`: memory.preflight's plan, made before `lm` was loaded."""
     plan = _plan(lm, config, plan)
     device = dev.resolve(config.device)
-    with tmeasure.num_threads(config.threads):
+    # the lock on --out and the resume of an interrupted run, as optimize's (resume.session): what of
+    # results.json's "workload" a rerun must match for its settled rows to be reused
+    identity = {"spec": lm.spec, "prompt_len": config.prompt_len, "new_tokens": config.new_tokens,
+                "batch_size": config.batch_size, "large_batch": config.large_batch, "prompts": config.prompts or "built-in"}
+    with tmeasure.num_threads(config.threads), resume.session(config, None, identity), progress_shown(progress):
         run = RunResult(
-            workload={"name": os.path.basename(lm.spec.rstrip("/")), "spec": lm.spec, "task": "text-generation",
+            workload={"name": os.path.basename(lm.spec.rstrip("/")), "spec": lm.spec, "task": TextGeneration.task,
                       "source": lm.source, "prompt_len": config.prompt_len, "new_tokens": config.new_tokens,
                       "batch_size": config.batch_size, "large_batch": config.large_batch,
                       "prompts": config.prompts or "built-in", "metric": "perplexity",
@@ -206,9 +173,16 @@ def optimize_generation(lm: CausalLM, config: GenerationConfig = GenerationConfi
             machine={**dev.describe(device), **tmeasure.thread_info()},
             config=asdict(config), recipes=[], search={"memory": plan},
             created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
-        with kept_on_stop(run, lambda r: _write(r, config)):
+        kind = TextGeneration(lm, plan, config)
+        write = lambda r: output.write(r, config, kind.report_files)  # noqa: E731
+        with kept_on_stop(run, write):
             with torch._dynamo.config.patch(recompile_limit=256, accumulated_recompile_limit=4096):
-                _search(lm, config, device, run, progress, plan)
+                # the same plain search as optimize.py (search/loop.drive): baseline first; each recipe
+                # applied to a fresh copy, first call (compile) timed apart, quality checked; survivors
+                # timed together round-robin at the asked and one larger batch; the fastest decode within
+                # --max-ppl-increase is chosen and saved.
+                drive(SearchState(lm, None, device, config, Budget.of(config), run, write=write,
+                                  explicit=bool(config.recipes), kind=kind, progress=progress))
     return run
 
 
@@ -224,111 +198,126 @@ class _Eval:
     calibration: list = field(default_factory=list)  # model kwargs of the calibration text (SmoothQuant)
 
 
-# The same plain search as optimize.py: baseline first; each recipe applied to a fresh copy, first
-# call (compile) timed apart, quality checked; survivors timed together round-robin at the asked and
-# one larger batch; the fastest decode within --max-ppl-increase is chosen and saved.
-def _search(lm: CausalLM, config: GenerationConfig, device, run: RunResult, progress: bool, plan: dict) -> None:
-    t_start = time.perf_counter()
-    tok, model = lm.tokenizer, lm.model.to(device).eval()
-    prompts = quality.load_prompts(config.prompts)
-    ev = _Eval(ids=prompt_ids(tok, prompts, config.prompt_len, config.batch_size).to(device),
-               big=prompt_ids(tok, prompts, config.prompt_len, config.large_batch).to(device) if config.large_batch else None,
-               text=quality.text_tokens(tok, config.ppl_tokens).to(device),
-               agree=[tok(p, return_tensors="pt").input_ids.to(device) for p in prompts[:config.agreement_prompts]],
-               calibration=quality.calibration(tok, device=device))
-    base_dtype = plan["baseline"]["dtype"]
-    base = GenRecipeResult(name="baseline", steps=[], status="baseline",
-                           reason=f"the model's own generate(): {base_dtype.upper()} eager, dynamic cache, greedy"
-                                  + ("" if base_dtype == "fp32" else f" ({plan['baseline']['why']})"))
-    run.recipes.append(base)
-    gen = timed_generate(model)
-    try:
-        base.first_call_ms, _ = measure.first_call(gen, ev.ids, config.new_tokens)
-    except Exception as e:  # noqa: BLE001 - user model
-        raise SlimError(f"the model's generate() fails: {type(e).__name__}: {first_line(e)}",
-                        "check the model loads and generates with transformers alone") from e
-    ev.ref_tokens = [gen(p, config.agreement_tokens).tokens for p in ev.agree]
-    ev.base_distinct = quality.distinct_fraction(ev.ref_tokens)
-    ev.base_ppl = base.perplexity = quality.perplexity(model, ev.text)
-    base.greedy_agreement, base.ppl_increase_pct = 1.0, 0.0
-    base.size_bytes = tmeasure.serialized_bytes(model)
-    _write(run, config)
+class TextGeneration(WorkloadType):
+    """Text generation with a causal LM (search/workload_type.py): judged by perplexity and greedy
+    agreement, timed as prefill (TTFT) and decode, each recipe checked against the memory plan first."""
 
-    explicit = bool(config.recipes)
-    chosen = by_name(list(config.recipes), device) if explicit else candidates(device, extended=config.exhaustive)
-    budget = Budget.of(config, t_start)
-    run.search = {**(run.search or {}), "order": [r.name for r in chosen],
-                  "ordered_by": "--recipes" if explicit else "generation.search.candidates",
-                  "time_budget_min": budget.minutes, "exhaustive": config.exhaustive,
-                  "objective": f"{config.objective}: {OBJECTIVES[config.objective]}"}
-    models = {"baseline": model}
-    bar = progress_bar(len(chosen) + 2, unit="generation recipes", enabled=progress)
-    tried, kept = 0, 0
-    shape, batches = memory.Shape(**plan["shape"]), tuple(plan["batches"])
-    # engines first (seconds each, their files cached): judged by the same gates, timed below with the rest
-    threads = config.threads or torch.get_num_threads()
-    for fields, proxy in engine_rows.candidate_rows(lm, ev, config, budget, threads, tuple(config.recipes or ())):
-        run.recipes.append(GenRecipeResult(**fields))
-        models.update({fields["name"]: proxy} if proxy is not None else {})
-        _write(run, config)
-    for recipe in chosen:
-        bar.set_postfix_str(recipe.name + budget.clock())
-        skip = skip_reason(recipe, device, config, explicit, budget, tried)
-        skip = skip or _first_step_not_applicable(recipe, model, ev, device)
-        if not skip:  # the memory it would need beside the baseline and the recipes kept for timing
-            est = memory.recipe_estimate(shape, recipe, base_dtype, plan["tokens"], batches)
-            plan["recipes"][recipe.name] = {"peak_bytes": est.peak, "kept_bytes": est.kept, "detail": est.detail}
-            skip = memory.fits(plan, est, kept)
-        if skip:
-            run.recipes.append(GenRecipeResult(name=recipe.name, steps=recipe.to_list(), targets=targets(recipe),
-                                               status="skipped", reason=skip))
-            bar.update(1)
-            continue
-        res, m = _try(recipe, model, ev, config, device)
-        tried += res.status != "skipped"  # not applicable: not yet a candidate
-        run.recipes.append(res)
-        if m is not None:
-            models[recipe.name] = m
-            kept += est.kept
-        _write(run, config)
-        bar.update(1)
+    task = "text-generation"
+    unit = "generation recipes"
+    hook = "generation_candidates"
+    table_title = "Text generation: time to first token, decode, quality"
+    checkable = False
 
-    bar.set_postfix_str("timing (interleaved)")
-    by = {r.name: r for r in run.recipes}
-    gens = {n: timed_generate(m) for n, m in models.items()}
-    samples = measure.interleaved(gens, ev.ids, config.new_tokens, rounds=config.rounds)
-    for name, s in samples.items():
-        r = by[name]
-        r.generation = measure.summary(s, config.batch_size, config.new_tokens)
-        r.timing = tmeasure.summarize(s.step_ms, r.first_call_ms, config.batch_size) if s.step_ms else None
-        r.ttft_ms, r.decode_ms_per_token = r.generation["ttft_ms"], r.generation["decode_ms_per_token"]
-        r.decode_tokens_per_s = r.generation["decode_tokens_per_s"]
-    if ev.big is not None and config.large_batch != config.batch_size:
-        bar.set_postfix_str(f"timing batch {config.large_batch}")
-        torch_gens = {n: g for n, g in gens.items() if not engine_rows.is_engine_name(n)}  # engines: batch 1 only
-        big = measure.interleaved(torch_gens, ev.big, config.new_tokens, rounds=max(2, config.rounds // 2))
-        for name, s in big.items():
-            by[name].large_batch = measure.summary(s, config.large_batch, config.new_tokens)
-        for name in big:
-            bl, lb = by["baseline"].large_batch, by[name].large_batch
-            lb["decode_speedup"] = _ratio(bl, lb, "decode_ms_per_token")
-            lb["ttft_speedup"] = _ratio(bl, lb, "ttft_ms")
-    for name, m in models.items():
-        r = by[name]
-        r.ttft_speedup = _ratio(base.generation, r.generation, "ttft_ms")
-        r.decode_speedup = r.speedup = _ratio(base.generation, r.generation, "decode_ms_per_token")
-        r.speeds_up = _parts(r.ttft_speedup, r.decode_speedup) if name != "baseline" else ""
-        peak = ({"peak_bytes": engine_rows.peak_bytes(m, ev.ids, config.new_tokens), "method": "RSS high-water rise"}
-                if engine_rows.is_engine_name(name) else
-                tmeasure.peak_memory(lambda: gens[name](ev.ids, config.new_tokens), device, calls=1, repeats=1))
-        r.peak_memory_bytes = peak["peak_bytes"]
-        run.machine["peak_memory_method"] = peak["method"]
-        if r.status == "ok" and (r.decode_speedup or 0) <= 1.0:
-            r.status, r.reason = "rejected", f"decode slower than the baseline ({r.decode_speedup:.2f}x)"
-    bar.update(1)
+    def __init__(self, lm: CausalLM, plan: dict, config: GenerationConfig):
+        self.lm, self.plan, self.config, self.kept = lm, plan, config, 0
+        self.shape, self.batches = memory.Shape(**plan["shape"]), tuple(plan["batches"])
 
-    best = choose(run.recipes, config.objective)
-    if best is not None:
+    def baseline(self, s: SearchState) -> GenRecipeResult:
+        config, device, plan, tok = s.config, s.device, self.plan, self.lm.tokenizer
+        model = self.lm.model.to(device).eval()
+        prompts = quality.load_prompts(config.prompts)
+        self.ev = ev = _Eval(
+            ids=prompt_ids(tok, prompts, config.prompt_len, config.batch_size).to(device),
+            big=prompt_ids(tok, prompts, config.prompt_len, config.large_batch).to(device) if config.large_batch else None,
+            text=quality.text_tokens(tok, config.ppl_tokens).to(device),
+            agree=[tok(p, return_tensors="pt").input_ids.to(device) for p in prompts[:config.agreement_prompts]],
+            calibration=quality.calibration(tok, device=device))
+        s.example = ev
+        base_dtype = plan["baseline"]["dtype"]
+        base = GenRecipeResult(name="baseline", steps=[], status="baseline",
+                               reason=f"the model's own generate(): {base_dtype.upper()} eager, dynamic cache, greedy"
+                                      + ("" if base_dtype == "fp32" else f" ({plan['baseline']['why']})"))
+        s.run.recipes.append(base)
+        gen = timed_generate(model)
+        try:
+            base.first_call_ms, _ = measure.first_call(gen, ev.ids, config.new_tokens)
+        except Exception as e:  # noqa: BLE001 - user model
+            raise SlimError(f"the model's generate() fails: {type(e).__name__}: {first_line(e)}",
+                            "check the model loads and generates with transformers alone") from e
+        ev.ref_tokens = [gen(p, config.agreement_tokens).tokens for p in ev.agree]
+        ev.base_distinct = quality.distinct_fraction(ev.ref_tokens)
+        ev.base_ppl = base.perplexity = quality.perplexity(model, ev.text)
+        base.greedy_agreement, base.ppl_increase_pct = 1.0, 0.0
+        base.size_bytes = tmeasure.serialized_bytes(model)
+        s.models["baseline"], self.base = model, base
+        return base
+
+    def candidates(self, s: SearchState) -> list[Recipe]:
+        config = s.config
+        # engines first (seconds each, their files cached): judged by the same gates, timed with the rest
+        threads = config.threads or torch.get_num_threads()
+        for fields, proxy in engine_rows.candidate_rows(self.lm, self.ev, config, s.budget, threads, tuple(config.recipes or ())):
+            s.run.recipes.append(GenRecipeResult(**fields))
+            s.models.update({fields["name"]: proxy} if proxy is not None else {})
+        chosen = by_name(list(config.recipes), s.device) if s.explicit else candidates(s.device, extended=config.exhaustive)
+        s.run.search = {**(s.run.search or {}), "order": [r.name for r in chosen],
+                        "ordered_by": "--recipes" if s.explicit else "generation.search.candidates",
+                        "time_budget_min": s.budget.minutes, "exhaustive": config.exhaustive,
+                        "objective": f"{config.objective}: {OBJECTIVES[config.objective]}"}
+        return chosen
+
+    def skip(self, recipe: Recipe, s: SearchState) -> str | None:
+        """Its first step does not apply, or the memory it would need beside the baseline and the
+        recipes kept for timing does not fit (memory.recipe_estimate, checked before it is applied)."""
+        why = _first_step_not_applicable(recipe, s.models["baseline"], self.ev, s.device)
+        if why:
+            return why
+        est = memory.recipe_estimate(self.shape, recipe, self.plan["baseline"]["dtype"], self.plan["tokens"], self.batches)
+        self.plan["recipes"][recipe.name] = {"peak_bytes": est.peak, "kept_bytes": est.kept, "detail": est.detail}
+        self.est = est
+        return memory.fits(self.plan, est, self.kept)
+
+    def row(self, recipe: Recipe, **fields) -> GenRecipeResult:
+        return GenRecipeResult(name=recipe.name, steps=recipe.to_list(), targets=targets(recipe), **fields)
+
+    def try_one(self, recipe: Recipe, s: SearchState):
+        return try_recipe(recipe, s.models["baseline"], self.ev, s.config, s.device)
+
+    def keep(self, recipe: Recipe, row, model, s: SearchState) -> None:
+        s.models[recipe.name] = model
+        self.kept += self.est.kept
+
+    def time_survivors(self, s: SearchState) -> None:
+        config, run, models, ev, base = s.config, s.run, s.models, self.ev, self.base
+        s.bar.set_postfix_str("timing (interleaved)")
+        by = {r.name: r for r in run.recipes}
+        gens = {n: generator(m) for n, m in models.items()}
+        samples = measure.interleaved(gens, ev.ids, config.new_tokens, rounds=config.rounds)
+        for name, smp in samples.items():
+            r = by[name]
+            r.generation = measure.summary(smp, config.batch_size, config.new_tokens)
+            r.timing = tmeasure.summarize(smp.step_ms, r.first_call_ms, config.batch_size) if smp.step_ms else None
+            r.ttft_ms, r.decode_ms_per_token = r.generation["ttft_ms"], r.generation["decode_ms_per_token"]
+            r.decode_tokens_per_s = r.generation["decode_tokens_per_s"]
+        if ev.big is not None and config.large_batch != config.batch_size:
+            s.bar.set_postfix_str(f"timing batch {config.large_batch}")
+            torch_gens = {n: g for n, g in gens.items() if not engine_rows.is_engine_name(n)}  # engines: batch 1 only
+            big = measure.interleaved(torch_gens, ev.big, config.new_tokens, rounds=max(2, config.rounds // 2))
+            for name, smp in big.items():
+                by[name].large_batch = measure.summary(smp, config.large_batch, config.new_tokens)
+            for name in big:
+                bl, lb = by["baseline"].large_batch, by[name].large_batch
+                lb["decode_speedup"] = _ratio(bl, lb, "decode_ms_per_token")
+                lb["ttft_speedup"] = _ratio(bl, lb, "ttft_ms")
+        for name, m in models.items():
+            r = by[name]
+            r.ttft_speedup = _ratio(base.generation, r.generation, "ttft_ms")
+            r.decode_speedup = r.speedup = _ratio(base.generation, r.generation, "decode_ms_per_token")
+            r.speeds_up = _parts(r.ttft_speedup, r.decode_speedup) if name != "baseline" else ""
+            peak = ({"peak_bytes": engine_rows.peak_bytes(m, ev.ids, config.new_tokens), "method": "RSS high-water rise"}
+                    if engine_rows.is_engine_name(name) else
+                    tmeasure.peak_memory(lambda: gens[name](ev.ids, config.new_tokens), s.device, calls=1, repeats=1))
+            r.peak_memory_bytes = peak["peak_bytes"]
+            run.machine["peak_memory_method"] = peak["method"]
+            if r.status == "ok" and (r.decode_speedup or 0) <= 1.0:
+                r.status, r.reason = "rejected", f"decode slower than the baseline ({r.decode_speedup:.2f}x)"
+
+    def choose(self, s: SearchState):
+        config, run = s.config, s.run
+        best = choose(run.recipes, config.objective)
+        if best is None:
+            engine_rows.close_all(s.models)
+            return None
         best.status = "chosen"
         ttft = "no worse" if (best.ttft_speedup or 0) >= 0.95 else "WORSE"
         lead = {"latency": "fastest decode", "throughput": f"fastest decode at batch {config.large_batch}",
@@ -338,14 +327,35 @@ def _search(lm: CausalLM, config: GenerationConfig, device, run: RunResult, prog
                        f"({ttft}), perplexity {best.ppl_increase_pct:+.1f}% (limit +{config.max_ppl_increase:g}%)")
         run.chosen = best.name
         if config.out and config.save_model:
-            bar.set_postfix_str("saving")
+            s.bar.set_postfix_str("saving")
             from .artifacts import save
 
-            run.artifact = save(os.path.join(config.out, "model"), lm, Recipe.from_list(best.steps), models[best.name],
-                                ev.agree, config.agreement_tokens)
-    engine_rows.close_all(models)
-    bar.update(1)
-    bar.close()
+            run.artifact = save(os.path.join(config.out, "model"), self.lm, Recipe.from_list(best.steps), s.models[best.name],
+                                self.ev.agree, config.agreement_tokens)
+        engine_rows.close_all(s.models)
+        return best
+
+    def report_files(self, run: RunResult, d: dict) -> dict[str, str]:
+        """table.txt, and reproduce.py once a model is saved."""
+        from .artifacts import reproduce_code
+
+        files = {"table.txt": self.table(d) + "\n"}
+        if run.artifact:
+            files["reproduce.py"] = reproduce_code(run.artifact, self.config)
+        return files
+
+    @classmethod
+    def table(cls, d: dict) -> str:
+        """Prefill (TTFT) and decode apart, with perplexity and greedy agreement."""
+        from .report import format_generation_table
+
+        return format_generation_table(d)
+
+    @classmethod
+    def load_saved(cls, folder: str, device: str = "cpu", verify: bool = True):
+        from .artifacts import load
+
+        return load(folder, device=device, verify=verify)
 
 
 def _first_step_not_applicable(recipe: Recipe, model, ev: _Eval, device) -> str | None:
@@ -358,21 +368,31 @@ def _first_step_not_applicable(recipe: Recipe, model, ev: _Eval, device) -> str 
     return f"not applicable: {step.label()}: {why}" if why else None
 
 
-def _try(recipe: Recipe, model, ev: _Eval, config: GenerationConfig, device):
+def generator(m):
+    """A candidate's timed greedy generation: its own `generate_timed(ids, new_tokens)` (a GreedyLM, or
+    an engine running in a worker process), else runner.timed_generate's (transformers' generate())."""
+    return m.generate_timed if hasattr(m, "generate_timed") else timed_generate(m)
+
+
+def try_recipe(recipe: Recipe, model, ev: _Eval, config: GenerationConfig, device):
+    """Apply `recipe` to a copy of `model` (or the model itself when it shares the weights) and judge
+    it on `ev`: (its row, the model or None). A failure is a row made by search/trial.fail. What the
+    recipe returns is generated with through `generator` and scored by its own `perplexity(ids)` where
+    it has one (an engine outside torch), else by quality.perplexity."""
     res = GenRecipeResult(name=recipe.name, steps=recipe.to_list(), targets=targets(recipe))
     ctx = Context(device=device, example=None, calibration=lambda: ev.calibration)
     try:
         t0 = time.perf_counter()
         m = apply(model if memory.shares_weights(recipe) else copy.deepcopy(model), recipe, ctx)
         res.prepare_s = time.perf_counter() - t0
-        gen = timed_generate(m)
+        gen = generator(m)
         res.first_call_ms, tr = measure.first_call(gen, ev.ids, config.new_tokens)
         res.notes = ctx.notes
         toks = [gen(p, config.agreement_tokens) for p in ev.agree]
         agree = quality.agreement([t.tokens for t in toks], ev.ref_tokens)
         res.greedy_agreement = agree["greedy_agreement"]
         res.fidelity = agree
-        res.perplexity = quality.perplexity(m, ev.text)
+        res.perplexity = m.perplexity(ev.text) if hasattr(m, "perplexity") else quality.perplexity(m, ev.text)
         twin = getattr(m, "prefill_inner", None)
         if twin is not None and getattr(twin, QUANTIZED_PREFILL_ATTR, False):  # its own weights: the worse of the two counts
             tp = quality.perplexity(twin, ev.text)
@@ -382,16 +402,8 @@ def _try(recipe: Recipe, model, ev: _Eval, config: GenerationConfig, device):
         res.metrics = {"perplexity": res.perplexity}
         res.metric_drop = res.perplexity - ev.base_ppl
         res.size_bytes = tmeasure.serialized_bytes(m)
-    except NotApplicable as e:
-        res.status, res.reason, res.notes = "skipped", f"not applicable: {e.what}", ctx.notes
-        return res, None
-    except (torch.OutOfMemoryError, MemoryError) as e:
-        res.status, res.reason = "failed", f"out of memory ({type(e).__name__})"
-        return res, None
     except Exception as e:  # noqa: BLE001 - a recipe's failure is a result, not a crash
-        msg = traceback.format_exc() if config.debug else first_line(e)
-        res.status, res.reason, res.notes = "failed", f"{type(e).__name__}: {msg}"[:2000], ctx.notes
-        return res, None
+        return fail(res, e, ctx.notes, config.debug), None
     bad = quality.garbage(tr.first_logits, res.perplexity, ev.base_ppl, quality.distinct_fraction([t.tokens for t in toks]),
                           ev.base_distinct)
     if bad:
@@ -425,24 +437,3 @@ def _ratio(base: dict | None, mine: dict | None, key: str) -> float | None:
 def _parts(ttft: float | None, decode: float | None, margin: float = 1.05) -> str:
     p, d = (ttft or 0) > margin, (decode or 0) > margin
     return "both" if p and d else "prefill" if p else "decode" if d else "neither"
-
-
-def _write(run: RunResult, config: GenerationConfig) -> None:
-    if not config.out:
-        return
-    os.makedirs(config.out, exist_ok=True)
-    d = run.to_dict()
-    write_json(os.path.join(config.out, "results.json"), d)
-    from .report import format_generation_table
-
-    write_text(os.path.join(config.out, "table.txt"), format_generation_table(d) + "\n")
-    try:
-        from ..report import write_html
-
-        write_html(d, os.path.join(config.out, "report.html"))
-    except Exception:  # noqa: BLE001 - the report is a convenience; results.json is the record
-        pass
-    if run.artifact:
-        from .artifacts import write_reproduce
-
-        write_reproduce(os.path.join(config.out, "reproduce.py"), run.artifact, config)

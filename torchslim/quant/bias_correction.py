@@ -18,16 +18,18 @@ from collections.abc import Iterable
 import torch
 import torch.nn as nn
 
-__all__ = ["LAYERS", "correct_biases"]
+__all__ = ["LAYERS", "call_order", "correct_biases", "has_depthwise", "stem_conv"]
 
 LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
-def correct_biases(model: nn.Module, batches: Iterable, skip: Iterable[str] = (), levels: int = 127) -> list[str]:
+def correct_biases(model: nn.Module, batches: Iterable, skip: Iterable[str] = (), levels: float = 127,
+                   qrange: tuple[int, int] | None = None) -> list[str]:
     """In place: add -(Q(W) - W) E[x] to the bias of every Conv/Linear not named in `skip` (a bias
     is created where the layer has none), E[x] the mean input per channel over `batches` (Examples,
     run through the model as it is). `levels`: the largest integer of the weights' symmetric range
-    (127: ONNX Runtime's and NNCF's int8 weights). Returns the names of the corrected layers."""
+    (127: ONNX Runtime's and NNCF's int8 weights; torch.ao's per-channel symmetric qint8 observer
+    divides by 127.5 and clamps to `qrange` (-128, 127)). Returns the names of the corrected layers."""
     skip = set(skip)
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
@@ -58,7 +60,8 @@ def correct_biases(model: nn.Module, batches: Iterable, skip: Iterable[str] = ()
             mean = sums[name] / counts[name]
             w = m.weight.detach().float()
             scale = w.abs().amax(dim=tuple(range(1, w.dim())), keepdim=True).clamp_min(1e-12) / levels
-            err = (w / scale).round().clamp(-levels, levels) * scale - w
+            lo, hi = qrange or (-levels, levels)
+            err = (w / scale).round().clamp(lo, hi) * scale - w
             shift = _output_shift(m, err, mean)
             if m.bias is None:
                 m.bias = nn.Parameter(torch.zeros(w.shape[0], dtype=m.weight.dtype, device=m.weight.device))
@@ -74,3 +77,30 @@ def _output_shift(m: nn.Module, err: torch.Tensor, mean: torch.Tensor) -> torch.
     groups, per_group = m.groups, err.shape[1]
     e = err.flatten(2).sum(-1).view(groups, -1, per_group)  # [groups, out per group, in per group]
     return (e * mean.view(groups, 1, per_group)).sum(-1).flatten()
+
+
+def call_order(model: nn.Module, example) -> list[str]:
+    """The Conv/Linear modules' names in the order one forward pass calls them."""
+    order: list[str] = []
+    handles = [m.register_forward_hook(lambda mod, args, out, n=n: order.append(n))
+               for n, m in model.named_modules() if n and isinstance(m, LAYERS)]
+    try:
+        with torch.no_grad():
+            example(model)
+    finally:
+        for h in handles:
+            h.remove()
+    return order
+
+
+def has_depthwise(model: nn.Module) -> bool:
+    """Whether the model has a depthwise conv (groups == in_channels > 1): the CNNs whose INT8 needs
+    bias correction and a float stem (EfficientNet, MobileNet)."""
+    return any(isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels for m in model.modules())
+
+
+def stem_conv(model: nn.Module, example) -> str | None:
+    """The name of the first layer the input meets when it is a conv (its rounding error reaches
+    every later layer), else None."""
+    first = next(iter(call_order(model, example)), None)
+    return first if first is not None and isinstance(model.get_submodule(first), (nn.Conv1d, nn.Conv2d, nn.Conv3d)) else None

@@ -51,7 +51,51 @@ def prepare(model: nn.Module, example_args: tuple, engine: str, observer: str, p
         mapping = get_default_qconfig_mapping(engine).set_global(QConfig(activation=act, weight=weight))
         for name in float_modules:
             mapping.set_module_name(name, None)
-        return prepare_fx(model, mapping, example_args)
+        prepared = prepare_fx(model, mapping, example_args)
+    clamp_observers(prepared)
+    return prepared
+
+
+def _bounds(node, gm) -> tuple[float, float] | None:
+    """(lo, hi) of a ReLU6 / hardtanh / clamp node with constant bounds, else None."""
+    import torch.nn.functional as F
+
+    if node.op == "call_module":
+        m = gm.get_submodule(node.target)
+        return (float(m.min_val), float(m.max_val)) if isinstance(m, nn.Hardtanh) else None  # ReLU6 is a Hardtanh
+    if node.op == "call_function" and node.target in (F.relu6, torch.nn.functional.hardtanh, torch.clamp, torch.clip):
+        if node.target is F.relu6:
+            return 0.0, 6.0
+        lo = node.kwargs.get("min", node.kwargs.get("min_val", node.args[1] if len(node.args) > 1 else -1.0))
+        hi = node.kwargs.get("max", node.kwargs.get("max_val", node.args[2] if len(node.args) > 2 else 1.0))
+        return (float(lo), float(hi)) if all(isinstance(v, (int, float)) for v in (lo, hi)) else None
+    return None
+
+
+def clamp_observers(prepared: torch.fx.GraphModule) -> int:
+    """In place: an observer whose only user is a ReLU6/hardtanh/clamp with constant bounds records
+    the clamped values. The conv before it then gets an output scale over [lo, hi] instead of its
+    pre-clamp range (hundreds on pretrained depthwise CNNs: EfficientNet-Lite0's INT8 fell to min
+    cosine 0.65), and saturating to that range is the clamp itself. Returns how many were clamped."""
+    from torch.ao.quantization.observer import ObserverBase
+
+    n = 0
+    for node in prepared.graph.nodes:
+        if node.op != "call_module" or not isinstance(obs := prepared.get_submodule(node.target), ObserverBase):
+            continue
+        users = list(node.users)
+        if len(users) != 1 or (b := _bounds(users[0], prepared)) is None or b[0] >= b[1]:
+            continue
+        obs.forward = _clamped(obs.forward, *b)
+        n += 1
+    return n
+
+
+def _clamped(observe, lo: float, hi: float):
+    def forward(x):
+        observe(x.detach().clamp(lo, hi))
+        return x
+    return forward
 
 
 def plain_convs(model: nn.Module) -> dict[str, str]:

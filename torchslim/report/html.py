@@ -8,6 +8,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 from markupsafe import Markup
 
 from ..results import RecipeResult, RunResult, Status
+from ..search.workload_type import WorkloadType
 from . import charts
 from .text import db, recipe_rows, search_lines, sensitivity_rows
 from .values import COLORS, as_run, chosen_line, finite, fixed, machine_line, nbytes, num, quality
@@ -85,13 +86,11 @@ def _fallbacks(run: RunResult) -> list[dict]:
     return out
 
 
-def _generation_table(run: RunResult) -> str | None:
-    """Generation runs: prefill (TTFT) and decode apart, with perplexity and greedy agreement."""
-    if run.workload.get("task") != "text-generation":
-        return None
-    from ..generation.report import format_generation_table
-
-    return format_generation_table(run.to_dict())
+def _workload_table(run: RunResult) -> tuple[str, str] | None:
+    """The workload type's own table (text generation: prefill and decode apart) and its title, or None."""
+    kind = WorkloadType.find(run.workload.get("task"))
+    table = kind.table(run.to_dict()) if kind is not None else None
+    return (kind.table_title, table) if table else None
 
 
 def render_html(run: RunResult | dict) -> str:
@@ -111,7 +110,7 @@ def render_html(run: RunResult | dict) -> str:
                ("artifact", run.artifact or "-")],
         cols=cols + ["reason"], rows=[row for row, s in zip(rows, skipped) if not s],
         skipped=[row for row, s in zip(rows, skipped) if s],
-        generation=_generation_table(run), colors=COLORS, quality_label=quality(run)[0],
+        workload_table=_workload_table(run), colors=COLORS, quality_label=quality(run)[0],
         pareto=Markup(charts.pareto_svg(run)), sizes=Markup(charts.size_svg(run)),  # built from escaped text
         fallbacks=_fallbacks(run),
         config=[(k, plain(v)) for k, v in run.config.items()], machine=[(k, plain(v)) for k, v in run.machine.items()],

@@ -124,7 +124,8 @@ class SearchState:
     baseline's outputs on it and its task metric, the options and the budget; and what the search
     keeps as it goes: the run's rows, the models that pass (by recipe name), the progress bar, and
     `write(run)`, which saves the rows after each step (search/output.write, passed in by the verb).
-    `explicit`: the recipes were named (--recipes); `early(model, row)`: the early check, or None."""
+    `explicit`: the recipes were named (--recipes); `early(model, row)`: the early check, or None;
+    `kind`: the workload type whose hooks the shared loop calls (search/workload_type.py)."""
 
     workload: Workload
     example: Example
@@ -139,3 +140,5 @@ class SearchState:
     write: Callable[[RunResult], None] = lambda run: None
     explicit: bool = False
     early: Callable | None = None
+    kind: Any = None
+    progress: bool = True

@@ -12,13 +12,9 @@ Pure functions on plain dicts, so the rule is tested without a model.
 """
 from __future__ import annotations
 
-import fnmatch
 import math
 
 MARGIN = 1.25  # a measured ceiling must beat the best accepted speedup by 25% to jump the queue
-# INT8 recipes that keep the layers that break fidelity in float by themselves (NNCF's ignored scope
-# and overflow fix, its accuracy control): worth trying when a plain INT8 recipe was fast but rejected.
-ACCURACY_AWARE = ("openvino-int8", "openvino-int8-ac")
 DEFAULT_TRIAL_S = {"int8": 30.0, "float": 20.0}  # a trial's cost before this run has measured one of its kind
 SHOWN = 5  # candidates named in the line; the rest counted
 FALLBACK_TRIALS = 3  # a fallback costs about its recipe's trial this many times (ranking, retry, validation)
@@ -46,7 +42,7 @@ def estimate(item: dict, rows: list[dict]) -> tuple[float | None, str]:
     if item["kind"] == "fallback":
         s = (by_name.get(item["from"]) or {}).get("speedup")
         return s, f"{item['from']} measured {s:.2f}x before its rejection" if s else "its recipe has no speedup"
-    if any(fnmatch.fnmatchcase(item["name"], p) for p in ACCURACY_AWARE):
+    if item.get("accuracy_aware"):  # a step's config says so (TechniqueConfig.accuracy_aware)
         fast = [r for r in rows if r.get("status") == "rejected" and family(r["name"]) == "int8" and r.get("speedup")
                 and not str(r.get("reason", "")).startswith("slower than the baseline")]
         if fast:

@@ -1,14 +1,16 @@
-"""The candidate loop: the baseline, then each recipe skipped (hardware, time budget) or tried, with
-the early A/B check and the float fallback, results written after each."""
+"""The candidate loop of every workload type (search/workload_type.py): the baseline, then each recipe
+skipped (hardware, time budget, the workload's own reason) or tried, with the early A/B check and the
+float fallback, results written after each; then the survivors timed together and the choice."""
 from __future__ import annotations
 
 import time
 
 import torch.nn as nn
 
-from .. import engines, measure, validation
+from .. import engines, measure, resume, validation
 from ..errors import SlimError
 from ..fidelity import compare
+from ..progress import bar as progress_bar
 from ..recipes import Recipe, missing_hardware
 from ..results import RecipeResult
 from ..sensitivity import quantization_step
@@ -17,7 +19,7 @@ from . import gain
 from .config import Budget, SearchState
 from .fallback import fallback, why_not
 from .timing import settle_ms
-from .trial import caller, evaluate, forward_error, try_recipe
+from .trial import caller, evaluate, forward_error
 
 EARLY_SLOWER = 0.9  # the early check rejects a recipe below this speedup whose 95% interval is below 1
 
@@ -47,6 +49,23 @@ def baseline(s: SearchState) -> RecipeResult:
     return base
 
 
+def drive(s: SearchState) -> None:
+    """One search of the workload type `s.kind`: its baseline, its candidates tried in turn
+    (try_candidates), the survivors timed together, the best chosen and saved; `s.write(run)` after
+    each step."""
+    kind = s.kind
+    kind.baseline(s)
+    s.write(s.run)
+    recipes = kind.candidates(s)
+    s.bar = progress_bar(len(recipes) + 2, unit=kind.unit, enabled=s.progress)
+    try_candidates(recipes, s)
+    kind.time_survivors(s)
+    s.bar.update(1)
+    kind.choose(s)
+    s.bar.update(1)
+    s.bar.close()
+
+
 def try_candidates(recipes: list[Recipe], s: SearchState) -> None:
     """Try each recipe in order (or list why not), appending its row to the run and its model to
     `s.models`, and `s.write(run)` after each; a rejected quantization recipe gets the float fallback
@@ -56,7 +75,8 @@ def try_candidates(recipes: list[Recipe], s: SearchState) -> None:
     beats the best accepted speedup by a margin goes first. The order used, why it changed and what
     more time would buy go to `run.search`."""
     tried, seconds = 0, {}
-    queue = [{"kind": "recipe", "name": r.name, "recipe": r} for r in recipes]
+    queue = [{"kind": "recipe", "name": r.name, "recipe": r, "accuracy_aware": any(st.accuracy_aware for st in r.steps)}
+             for r in recipes]
     used, why = [], []
     if s.run.search is not None:  # the same lists, so a run stopped midway says what it did so far
         s.run.search.update(order_used=used, reordered=why)
@@ -69,17 +89,24 @@ def try_candidates(recipes: list[Recipe], s: SearchState) -> None:
         else:
             recipe = item["recipe"]
             s.bar.set_postfix_str(recipe.name + s.budget.clock())
-            skip = skip_reason(recipe, s.device, s.config, s.explicit, s.budget, tried)
-            if skip:
-                s.run.recipes.append(RecipeResult(name=recipe.name, steps=recipe.to_list(), status="skipped", reason=skip))
+            if (settled := resume.reused(recipe.name, type(s.kind.row(recipe)))) is not None:
+                s.run.recipes.append(settled)  # failed, skipped or rejected in the interrupted run of this job
                 s.bar.update(1)
+                s.write(s.run)
                 continue
-            res, model = try_recipe(recipe, s, early=s.early)
+            skip = skip_reason(recipe, s.device, s.config, s.explicit, s.budget, tried) or s.kind.skip(recipe, s)
+            if skip:
+                s.run.recipes.append(s.kind.row(recipe, status="skipped", reason=skip))
+                s.bar.update(1)
+                s.write(s.run)  # a stopped run keeps it too
+                continue
+            res, model = s.kind.try_one(recipe, s)
             tried += res.status != "skipped"  # not applicable: not yet a candidate
             s.run.recipes.append(res)
             if model is not None:
-                s.models[recipe.name] = model
-            if s.config.fallback and res.status == "rejected" and quantization_step(recipe.steps) is not None:
+                s.kind.keep(recipe, res, model, s)
+            if (s.kind.fallback and s.config.fallback and res.status == "rejected"
+                    and quantization_step(recipe.steps) is not None):
                 if s.budget.unlimited:
                     s.write(s.run)
                     retry_in_float(recipe, res, s)

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from typing import Callable
 
 import torch.nn as nn
 
@@ -34,19 +35,29 @@ except BaseException as e:
 """
 
 
-def write(run: RunResult, config) -> None:
-    """Write results.json (and the report) after every step, so an interrupted run keeps its results."""
+def write(run: RunResult, config, files: Callable[[RunResult, dict], dict[str, str]] | None = None) -> None:
+    """Write results.json and report.html (and the files the workload type adds: `files(run, d)`, its
+    `report_files`; by default the forward pass's reproduce.py) after every step, so an interrupted
+    run keeps its results. Every workload type's writer: a report that fails to render raises."""
     if not config.out:
         return
     from ..report import write_html
-    from ..snippet import snippet
 
+    os.makedirs(config.out, exist_ok=True)
     d = run.to_dict()
-    d["snippet"] = snippet(run)
+    extra = (files or reproduce_files)(run, d)
     write_json(os.path.join(config.out, "results.json"), d)
     write_html(d, os.path.join(config.out, "report.html"))
-    if run.chosen:
-        write_text(os.path.join(config.out, "reproduce.py"), d["snippet"])
+    for name, text in extra.items():
+        write_text(os.path.join(config.out, name), text)
+
+
+def reproduce_files(run: RunResult, d: dict) -> dict[str, str]:
+    """The forward pass's: the snippet in results.json, and reproduce.py once a recipe is chosen."""
+    from ..snippet import snippet
+
+    d["snippet"] = snippet(run)
+    return {"reproduce.py": d["snippet"]} if run.chosen else {}
 
 
 def save_chosen(run: RunResult, base: RecipeResult, models: dict[str, nn.Module], workload: Workload, example,

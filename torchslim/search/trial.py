@@ -9,7 +9,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from .. import measure, resume, validation
+from .. import measure, validation
 from ..calibration_sources import missing_hint
 from ..errors import NotApplicable, SlimError
 from ..fidelity import compare
@@ -34,8 +34,6 @@ def try_recipe(recipe: Recipe, s: SearchState, early=None):
     (model, result) -> reason or None runs after the first call: a reason rejects the recipe
     before the task metric (the search's early check)."""
     workload, example, device, config = s.workload, s.example, s.device, s.config
-    if (settled := resume.reused(recipe.name)) is not None:
-        return settled, None
     res = RecipeResult(name=recipe.name, steps=recipe.to_list())
     ctx = Context(device=device, example=example, calibration=validation.for_recipes(workload),
                   task=task_metric(workload, config))
@@ -54,14 +52,9 @@ def try_recipe(recipe: Recipe, s: SearchState, early=None):
         if workload.evaluate is not None:
             res.metrics = evaluate(workload, model)
             res.metric_drop = s.base_metric - res.metrics[workload.metric]
-    except NotApplicable as e:
-        res.status, res.reason, res.notes = "skipped", f"not applicable: {missing_hint(e.what, workload)}", ctx.notes
-        return res, None
-    except (torch.OutOfMemoryError, MemoryError) as e:
-        res.status, res.reason = "failed", f"out of memory ({type(e).__name__}): try a smaller batch in --input-shape"
-        return res, None
     except Exception as e:  # noqa: BLE001 - a recipe's failure is a result, not a crash
-        res.status, res.reason, res.notes = "failed", failure_reason(e, config.debug), ctx.notes
+        fail(res, e, ctx.notes, config.debug, hint=lambda what: missing_hint(what, workload),
+             oom_hint=": try a smaller batch in --input-shape")
         return res, None
     res.status, res.reason = validate(res, fid, workload, config)
     if res.status == "ok":
@@ -93,6 +86,20 @@ def forward_error(e: Exception, workload: Workload) -> SlimError:
         return SlimError(f"out of memory running the model on {workload.example.describe()}", "use a smaller batch in --input-shape")
     return SlimError(f"the model raised {type(e).__name__} on example inputs {workload.example.describe()}: {_first_line(e)}",
                      "check --input-shape/--dtype match what the model expects (run with --debug for the traceback)")
+
+
+def fail(res: RecipeResult, e: Exception, notes: list, debug: bool, hint: Callable[[str], str] = str,
+         oom_hint: str = "") -> RecipeResult:
+    """The row of a recipe that raised `e` while applied or judged, for every workload type: a
+    technique's NotApplicable is "skipped" with its reason (through `hint`), running out of memory is
+    "failed" with `oom_hint`, any other exception "failed" with failure_reason. Returns `res`."""
+    if isinstance(e, NotApplicable):
+        res.status, res.reason, res.notes = "skipped", f"not applicable: {hint(e.what)}", notes
+    elif isinstance(e, (torch.OutOfMemoryError, MemoryError)):
+        res.status, res.reason = "failed", f"out of memory ({type(e).__name__}){oom_hint}"
+    else:
+        res.status, res.reason, res.notes = "failed", failure_reason(e, debug), notes
+    return res
 
 
 def failure_reason(e: Exception, debug: bool) -> str:

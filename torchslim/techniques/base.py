@@ -49,6 +49,10 @@ class TechniqueConfig:
     # The config has a `skip` field whose fnmatch patterns keep named layers in float (the
     # sensitivity analysis and the search's float fallback use it).
     per_layer_skip: ClassVar[bool] = False
+    # INT8 that keeps the layers that break fidelity in float by itself (NNCF's ignored scope and
+    # overflow fix, its accuracy control): worth trying when a plain INT8 recipe was fast but rejected
+    # (search/gain.py ranks it by that recipe's measured speedup).
+    accuracy_aware: ClassVar[bool] = False
     speeds_up: ClassVar[str] = ""  # generation recipes: "prefill", "decode" or "both" ("": not declared)
     runtime: ClassVar[str] = "torch"  # who runs the result: torch, torchscript, aoti, onnxruntime, openvino
 

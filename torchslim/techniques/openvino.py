@@ -12,8 +12,9 @@ from ..calibration import DEFAULT_SAMPLES, cap
 from ..device import seven_bit_int8
 from ..engines.openvino import convert, ir_files
 from ..progress import quiet
+from ..quant.bias_correction import call_order
 from .base import Context, TechniqueConfig, register
-from .ort import applies_engine, call_order, has_attention
+from .ort import applies_engine, has_attention
 from .static_int8 import NO_CALIBRATION
 
 PRECISIONS = ("default", "fp32")
@@ -54,6 +55,7 @@ class OpenVinoInt8Config(TechniqueConfig):
     runtime: ClassVar[str] = "openvino"
     needs_calibration = True
     lossy: ClassVar[bool] = True
+    accuracy_aware: ClassVar[bool] = True
     # skip -> nncf.IgnoredScope; accuracy control picks its own float layers (no search fallback)
     per_layer_skip = engines.PerConfig(lambda cfg: not cfg.accuracy_control, default=True)
     max_samples: int = DEFAULT_SAMPLES

@@ -13,7 +13,7 @@ import torch
 from .. import engines
 from ..device import seven_bit_int8
 from ..calibration import DEFAULT_SAMPLES, cap
-from ..engines.ort import SPIN_OFF, export_onnx
+from ..engines.ort import SPIN, export_onnx
 from ..progress import quiet
 from ..errors import first_line
 from ..quant import bias_correction
@@ -144,28 +144,12 @@ def onnx_layers(path: str) -> dict[str, list[str]]:
 
 
 
-def call_order(model: torch.nn.Module, example) -> list[str]:
-    """The Conv/Linear modules' names in the order one forward pass calls them."""
-    order: list[str] = []
-    handles = [m.register_forward_hook(lambda mod, args, out, n=n: order.append(n))
-               for n, m in model.named_modules() if n and isinstance(m, bias_correction.LAYERS)]
-    try:
-        with torch.no_grad():
-            example(model)
-    finally:
-        for h in handles:
-            h.remove()
-    return order
-
-
 def float_layers(model: torch.nn.Module, cfg: "OrtStaticInt8Config", example) -> tuple[str, ...]:
     """The layers kept in float: `skip`'s, and the stem conv where float_stem says so."""
     floats = engines.resolve_skip(model, cfg.skip)
-    depthwise = any(isinstance(m, torch.nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels for m in model.modules())
-    if cfg.float_stem or (cfg.float_stem is None and depthwise):
-        first = next(iter(call_order(model, example)), None)
-        if first is not None and isinstance(model.get_submodule(first), (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)) \
-                and first not in floats:
+    if cfg.float_stem or (cfg.float_stem is None and bias_correction.has_depthwise(model)):
+        first = bias_correction.stem_conv(model, example)
+        if first is not None and first not in floats:
             floats = (*floats, first)
     return tuple(floats)
 
@@ -178,7 +162,7 @@ def layers_in_call_order(model: torch.nn.Module, example, path: str) -> dict[str
     matmuls): the names from the exporter's metadata are all there is then."""
     import onnx
 
-    order = call_order(model, example)
+    order = bias_correction.call_order(model, example)
     ops = [n.name for n in onnx.load(path, load_external_data=False).graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
     if len(ops) != len(order) or len(set(order)) != len(order):
         return {}
@@ -295,8 +279,8 @@ def _build(model, cfg, ctx: Context) -> engines.OrtModule:
             data = f.read()
     meta = {"exporter": exporter, "threads": torch.get_num_threads(), "inter_op_threads": 1,
             "graph_optimization_level": "ORT_ENABLE_ALL", "execution_mode": "ORT_SEQUENTIAL",
-            "config_entries": SPIN_OFF, **engines.out_spec(model, ctx.example), **shapes, "notes": notes}
-    ctx.notes.extend(notes + [f"ONNX Runtime, {meta['threads']} intra-op thread(s), spinning off"])
+            "config_entries": SPIN, **engines.out_spec(model, ctx.example), **shapes, "notes": notes}
+    ctx.notes.extend(notes + [f"ONNX Runtime, {meta['threads']} intra-op thread(s), spinning on (its default)"])
     return engines.OrtModule({"model.onnx": data}, meta)
 
 
