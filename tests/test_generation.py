@@ -487,6 +487,8 @@ def test_generation_time_budget_skips_after_the_first_recipe(tiny_lm, tmp_path):
     assert skipped.status == "skipped" and "time budget" in skipped.reason and skipped.decode_tokens_per_s is None
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["search"]["time_budget_min"] == 1e-6 and saved["search"]["objective"].startswith("latency")
+    sized = saved["search"]["cost"]  # generation/cost.py: sized from one measured decode step, never above the asked
+    assert sized["predicted_s"]["decode_step_s"] > 0 and sized["sized"]["new_tokens"] <= 3 and "decode step" in sized["why"]
 
 
 def test_exhaustive_generation_tries_the_extended_list(tiny_lm, monkeypatch):

@@ -7,7 +7,7 @@ import datetime
 import os
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
@@ -23,7 +23,7 @@ from ..search.loop import skip_reason
 from ..techniques import Context, handler
 from ..techniques.lm_decode import LMDecodeConfig
 from ..techniques.lm_weights import QUANTIZED_PREFILL_ATTR, LMWeightsConfig
-from . import measure, memory, quality
+from . import cost, measure, memory, quality
 from .load import CausalLM
 from .runner import timed_generate
 
@@ -241,6 +241,7 @@ def _search(lm: CausalLM, config: GenerationConfig, device, run: RunResult, prog
     run.recipes.append(base)
     gen = timed_generate(model)
     try:
+        config, reserve_s = _size(gen, ev, config, run)  # the knobs sized from one measured decode step
         base.first_call_ms, _ = measure.first_call(gen, ev.ids, config.new_tokens)
     except Exception as e:  # noqa: BLE001 - user model
         raise SlimError(f"the model's generate() fails: {type(e).__name__}: {first_line(e)}",
@@ -255,6 +256,8 @@ def _search(lm: CausalLM, config: GenerationConfig, device, run: RunResult, prog
     explicit = bool(config.recipes)
     chosen = by_name(list(config.recipes), device) if explicit else candidates(device, extended=config.exhaustive)
     budget = Budget.of(config, t_start)
+    if budget.seconds is not None:  # the final timing's predicted seconds come out of the recipes' share
+        budget = Budget(budget.seconds - reserve_s, t_start)
     run.search = {**(run.search or {}), "order": [r.name for r in chosen],
                   "ordered_by": "--recipes" if explicit else "generation.search.candidates",
                   "time_budget_min": budget.minutes, "exhaustive": config.exhaustive,
@@ -264,7 +267,7 @@ def _search(lm: CausalLM, config: GenerationConfig, device, run: RunResult, prog
     tried, kept = 0, 0
     shape, batches = memory.Shape(**plan["shape"]), tuple(plan["batches"])
     for recipe in chosen:
-        bar.set_postfix_str(recipe.name + budget.clock())
+        bar.set_postfix_str(recipe.name + budget.clock() + cost.eta_text(budget.left(), reserve_s))
         skip = skip_reason(recipe, device, config, explicit, budget, tried)
         skip = skip or _first_step_not_applicable(recipe, model, ev, device)
         if not skip:  # the memory it would need beside the baseline and the recipes kept for timing
@@ -334,6 +337,17 @@ def _search(lm: CausalLM, config: GenerationConfig, device, run: RunResult, prog
                                 ev.agree, config.agreement_tokens)
     bar.update(1)
     bar.close()
+
+
+def _size(gen, ev: _Eval, config: GenerationConfig, run: RunResult) -> tuple[GenerationConfig, float]:
+    """One short generation of the baseline, then the config with its knobs sized by cost.size (recorded
+    in run.search["cost"]) and the seconds held back for the final timing."""
+    tr = gen(ev.ids, cost.PROBE_TOKENS)
+    k = cost.Knobs(**{f: getattr(config, f) for f in cost.Knobs.__dataclass_fields__})
+    sizing = cost.size(cost.speed_from_trace(tr.ttft_ms, tr.step_ms), k, config.budget_s)
+    run.search = {**(run.search or {}), "cost": sizing.as_dict()}
+    ev.agree = ev.agree[:sizing.sized["agreement_prompts"]]
+    return replace(config, **{n: sizing.sized[n] for n in sizing.changed}), sizing.reserve_s
 
 
 def _first_step_not_applicable(recipe: Recipe, model, ev: _Eval, device) -> str | None:
