@@ -2,7 +2,6 @@
 prefill and decode interleaved against the model's own FP32 eager generate(), choose, save."""
 from __future__ import annotations
 
-import copy
 import datetime
 import os
 import time
@@ -365,7 +364,7 @@ def _try(recipe: Recipe, model, ev: _Eval, config: GenerationConfig, device):
     ctx = Context(device=device, example=None, calibration=lambda: ev.calibration)
     try:
         t0 = time.perf_counter()
-        m = apply(model if memory.shares_weights(recipe) else copy.deepcopy(model), recipe, ctx)
+        m = apply(memory.recipe_copy(model, recipe), recipe, ctx)
         res.prepare_s = time.perf_counter() - t0
         gen = timed_generate(m)
         res.first_call_ms, tr = measure.first_call(gen, ev.ids, config.new_tokens)
