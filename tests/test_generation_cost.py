@@ -56,4 +56,7 @@ def test_a_budget_too_small_stops_at_the_floors_and_says_so():
 def test_speed_from_a_probe_trace_and_eta():
     sp = cost.speed_from_trace(400.0, [90.0, 30.0, 32.0, 31.0])  # the first step warms up: dropped
     assert sp.prefill_s == pytest.approx(0.4) and sp.step_s == pytest.approx(0.031)
-    assert cost.eta_text(None, 5) == "" and "ETA ~125 s" in cost.eta_text(100, 25)
+    sz = cost.size(cost.Speed(prefill_s=0.5, step_s=0.1), ASKED, budget_s=600)
+    per = sz.predicted_s["final_timing_per_model_s"]
+    assert per * 4 == pytest.approx(sz.predicted_s["final_timing_s"], abs=0.05)
+    assert cost.eta_text(None, sz, 2) == "" and f"ETA ~{100 + 2 * per:.0f} s" in cost.eta_text(100, sz, 2)

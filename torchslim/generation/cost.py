@@ -87,7 +87,7 @@ def predict(speed: Speed, k: Knobs, models: int = MODELS_TIMED) -> dict:
     return {"decode_step_s": speed.step_s, "prefill_s": speed.prefill_s,
             "baseline_checks_s": round(check_s(speed, k), 2), "per_recipe_checks_s": round(check_s(speed, k), 2),
             "perplexity_s": round(ppl_s(speed, k), 2), "final_timing_s": round(final_s(speed, k, models), 2),
-            "models_timed": models}
+            "final_timing_per_model_s": round(final_s(speed, k, 1), 2), "models_timed": models}
 
 
 def size(speed: Speed, asked: Knobs, budget_s: float | None, models: int = MODELS_TIMED) -> Sizing:
@@ -132,8 +132,10 @@ def speed_from_trace(ttft_ms: float, step_ms: list[float]) -> Speed:
     return Speed(prefill_s=ttft_ms / 1000.0, step_s=(steps[len(steps) // 2] if steps else ttft_ms) / 1000.0)
 
 
-def eta_text(left_s: float | None, reserve_s: float) -> str:
-    """' | ETA ~N s' for the progress bar: the budget left for recipes and the final timing after them."""
+def eta_text(left_s: float | None, sizing: Sizing, models: int) -> str:
+    """' | ETA ~N s' for the progress bar: the budget left for recipes, then the final timing of the
+    `models` kept so far (the baseline's speed each: an upper bound)."""
     if left_s is None:
         return ""
-    return f" | ETA ~{left_s + reserve_s:.0f} s (final timing ~{reserve_s:.0f} s)"
+    final = sizing.predicted_s["final_timing_per_model_s"] * models
+    return f" | ETA ~{left_s + final:.0f} s (final timing of {models} models ~{final:.0f} s)"

@@ -240,7 +240,7 @@ def _search(lm: CausalLM, config: GenerationConfig, device, run: RunResult, prog
     run.recipes.append(base)
     gen = timed_generate(model)
     try:
-        config, reserve_s = _size(gen, ev, config, run)  # the knobs sized from one measured decode step
+        config, sizing = _size(gen, ev, config, run)  # the knobs sized from one measured decode step
         base.first_call_ms, _ = measure.first_call(gen, ev.ids, config.new_tokens)
     except Exception as e:  # noqa: BLE001 - user model
         raise SlimError(f"the model's generate() fails: {type(e).__name__}: {first_line(e)}",
@@ -256,7 +256,7 @@ def _search(lm: CausalLM, config: GenerationConfig, device, run: RunResult, prog
     chosen = by_name(list(config.recipes), device) if explicit else candidates(device, extended=config.exhaustive)
     budget = Budget.of(config, t_start)
     if budget.seconds is not None:  # the final timing's predicted seconds come out of the recipes' share
-        budget = Budget(budget.seconds - reserve_s, t_start)
+        budget = Budget(budget.seconds - sizing.reserve_s, t_start)
     run.search = {**(run.search or {}), "order": [r.name for r in chosen],
                   "ordered_by": "--recipes" if explicit else "generation.search.candidates",
                   "time_budget_min": budget.minutes, "exhaustive": config.exhaustive,
@@ -266,7 +266,7 @@ def _search(lm: CausalLM, config: GenerationConfig, device, run: RunResult, prog
     tried, kept = 0, 0
     shape, batches = memory.Shape(**plan["shape"]), tuple(plan["batches"])
     for recipe in chosen:
-        bar.set_postfix_str(recipe.name + budget.clock() + cost.eta_text(budget.left(), reserve_s))
+        bar.set_postfix_str(recipe.name + budget.clock() + cost.eta_text(budget.left(), sizing, len(models)))
         skip = skip_reason(recipe, device, config, explicit, budget, tried)
         skip = skip or _first_step_not_applicable(recipe, model, ev, device)
         if not skip:  # the memory it would need beside the baseline and the recipes kept for timing
@@ -338,15 +338,16 @@ def _search(lm: CausalLM, config: GenerationConfig, device, run: RunResult, prog
     bar.close()
 
 
-def _size(gen, ev: _Eval, config: GenerationConfig, run: RunResult) -> tuple[GenerationConfig, float]:
+def _size(gen, ev: _Eval, config: GenerationConfig, run: RunResult) -> tuple[GenerationConfig, cost.Sizing]:
     """One short generation of the baseline, then the config with its knobs sized by cost.size (recorded
-    in run.search["cost"]) and the seconds held back for the final timing."""
+    in run.search["cost"]) and the sizing (its reserve_s: the seconds held back for the final timing)."""
+    gen(ev.ids[:, :8], 1)  # touches every weight once (page-in, kernel set-up) at a sixteenth of a prompt's cost
     tr = gen(ev.ids, cost.PROBE_TOKENS)
     k = cost.Knobs(**{f: getattr(config, f) for f in cost.Knobs.__dataclass_fields__})
     sizing = cost.size(cost.speed_from_trace(tr.ttft_ms, tr.step_ms), k, config.budget_s)
     run.search = {**(run.search or {}), "cost": sizing.as_dict()}
     ev.agree = ev.agree[:sizing.sized["agreement_prompts"]]
-    return replace(config, **{n: sizing.sized[n] for n in sizing.changed}), sizing.reserve_s
+    return replace(config, **{n: sizing.sized[n] for n in sizing.changed}), sizing
 
 
 def _first_step_not_applicable(recipe: Recipe, model, ev: _Eval, device) -> str | None:
