@@ -48,6 +48,8 @@ def test_a_budget_too_small_stops_at_the_floors_and_says_so():
     sz = cost.size(s, ASKED, budget_s=60)
     assert not sz.fits and "do not fit" in sz.why
     assert sz.sized["rounds"] == 2 and sz.sized["new_tokens"] == 16 and sz.sized["agreement_prompts"] == 2
+    assert sz.sized["large_batch"] == 0 and "large_batch 4->0" in sz.why  # the larger batch is not timed
+    assert cost.size(s, ASKED, budget_s=60, shrink=cost.KEEP_BATCH).sized["large_batch"] == 4  # --objective throughput
     assert sz.reserve_s == pytest.approx(30.0)  # at most half the budget is held back
     small = cost.Knobs(new_tokens=3, rounds=1, agreement_prompts=1, agreement_tokens=3, ppl_tokens=64, prompt_len=8)
     assert cost.size(s, small, budget_s=60).sized == cost.size(s, small, None).sized  # below the floors: kept

@@ -13,9 +13,12 @@ CHECK_SHARE = 0.08  # one recipe's first call + agreement + perplexity: at most 
 MODELS_TIMED = 4  # models expected in the final timing: the baseline and three kept recipes (an estimate)
 BATCH_STEP = 0.15  # a decode step at batch b costs (1 + BATCH_STEP * (b - 1)) steps at batch 1 (memory-bound)
 AGREE_PROMPT_TOKENS = 24  # the built-in prompts' typical length in tokens
-# (field, smallest value): shrunk in this order, each halved (rounds: minus one) until the search fits
-SHRINK = (("rounds", 3), ("new_tokens", 32), ("agreement_tokens", 16), ("agreement_prompts", 2), ("rounds", 2),
-          ("new_tokens", 16))
+# (field, smallest value): shrunk in this order, each halved (rounds: minus one; large_batch: to 0, the
+# larger batch not timed) until the search fits; --objective throughput keeps its larger batch (KEEP_BATCH)
+SHRINK = (("rounds", 3), ("new_tokens", 32), ("agreement_tokens", 16), ("agreement_prompts", 2), ("large_batch", 0),
+          ("rounds", 2), ("new_tokens", 16))
+KEEP_BATCH = tuple(s for s in SHRINK if s[0] != "large_batch")
+SIZED = ("new_tokens", "rounds", "agreement_prompts", "agreement_tokens", "large_batch")
 
 
 @dataclass(frozen=True)
@@ -90,7 +93,7 @@ def predict(speed: Speed, k: Knobs, models: int = MODELS_TIMED) -> dict:
             "final_timing_per_model_s": round(final_s(speed, k, 1), 2), "models_timed": models}
 
 
-def size(speed: Speed, asked: Knobs, budget_s: float | None, models: int = MODELS_TIMED) -> Sizing:
+def size(speed: Speed, asked: Knobs, budget_s: float | None, models: int = MODELS_TIMED, shrink=SHRINK) -> Sizing:
     """The knobs sized down (SHRINK order, never below its floors, never above what was asked) until the
     final timing takes at most FINAL_SHARE of `budget_s` and one recipe's checks at most CHECK_SHARE.
     Without a budget nothing is sized (the predictions are still made)."""
@@ -99,12 +102,12 @@ def size(speed: Speed, asked: Knobs, budget_s: float | None, models: int = MODEL
         def over(kn: Knobs) -> bool:
             return final_s(speed, kn, models) > FINAL_SHARE * budget_s or check_s(speed, kn) > CHECK_SHARE * budget_s
 
-        for name, floor in SHRINK:
+        for name, floor in shrink:
             while over(k) and getattr(k, name) > floor:
                 v = getattr(k, name)
-                k = replace(k, **{name: max(floor, v - 1 if name == "rounds" else v // 2)})
+                k = replace(k, **{name: max(floor, v - 1 if name == "rounds" else 0 if name == "large_batch" else v // 2)})
     pred = predict(speed, k, models)
-    changed = [n for n in ("new_tokens", "rounds", "agreement_prompts", "agreement_tokens") if getattr(k, n) != getattr(asked, n)]
+    changed = [n for n in SIZED if getattr(k, n) != getattr(asked, n)]
     fits = not budget_s or (pred["final_timing_s"] <= FINAL_SHARE * budget_s and pred["per_recipe_checks_s"] <= CHECK_SHARE * budget_s)
     reserve = min(pred["final_timing_s"], 0.5 * budget_s) if budget_s else 0.0
     step = f"one decode step {1000 * speed.step_s:.0f} ms, a {asked.prompt_len}-token prompt {1000 * speed.prefill_s:.0f} ms"

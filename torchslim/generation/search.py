@@ -343,10 +343,10 @@ def _size(gen, ev: _Eval, config: GenerationConfig, run: RunResult) -> tuple[Gen
     in run.search["cost"]) and the sizing (its reserve_s: the seconds held back for the final timing)."""
     gen(ev.ids[:, :8], 1)  # touches every weight once (page-in, kernel set-up) at a sixteenth of a prompt's cost
     tr = gen(ev.ids, cost.PROBE_TOKENS)
-    k = cost.Knobs(**{f: getattr(config, f) for f in cost.Knobs.__dataclass_fields__})
-    sizing = cost.size(cost.speed_from_trace(tr.ttft_ms, tr.step_ms), k, config.budget_s)
+    k, keep = cost.Knobs(**{f: getattr(config, f) for f in cost.Knobs.__dataclass_fields__}), config.objective == "throughput"
+    sizing = cost.size(cost.speed_from_trace(tr.ttft_ms, tr.step_ms), k, config.budget_s, shrink=cost.KEEP_BATCH if keep else cost.SHRINK)
     run.search = {**(run.search or {}), "cost": sizing.as_dict()}
-    ev.agree = ev.agree[:sizing.sized["agreement_prompts"]]
+    ev.agree, ev.big = ev.agree[:sizing.sized["agreement_prompts"]], ev.big if sizing.sized["large_batch"] else None
     return replace(config, **{n: sizing.sized[n] for n in sizing.changed}), sizing
 
 
