@@ -365,7 +365,7 @@ def _try(recipe: Recipe, model, ev: _Eval, config: GenerationConfig, device):
     ctx = Context(device=device, example=None, calibration=lambda: ev.calibration)
     try:
         t0 = time.perf_counter()
-        m = apply(memory.recipe_copy(model, recipe), recipe, ctx)
+        m = memory.trimmed(apply(memory.recipe_copy(model, recipe), recipe, ctx))
         res.prepare_s = time.perf_counter() - t0
         gen = timed_generate(m)
         res.first_call_ms, tr = measure.first_call(gen, ev.ids, config.new_tokens)
