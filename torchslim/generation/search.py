@@ -255,12 +255,12 @@ def _search(lm: CausalLM, config: GenerationConfig, device, run: RunResult, prog
     explicit = bool(config.recipes)
     chosen = by_name(list(config.recipes), device) if explicit else candidates(device, extended=config.exhaustive)
     budget = Budget.of(config, t_start)
-    if budget.seconds is not None:  # the final timing's predicted seconds come out of the recipes' share
-        budget = Budget(budget.seconds - sizing.reserve_s, t_start)
     run.search = {**(run.search or {}), "order": [r.name for r in chosen],
                   "ordered_by": "--recipes" if explicit else "generation.search.candidates",
                   "time_budget_min": budget.minutes, "exhaustive": config.exhaustive,
                   "objective": f"{config.objective}: {OBJECTIVES[config.objective]}"}
+    if budget.seconds is not None:  # the final timing's predicted seconds come out of the recipes' share
+        budget = Budget(budget.seconds - sizing.reserve_s, t_start)
     models = {"baseline": model}
     bar = progress_bar(len(chosen) + 2, unit="generation recipes", enabled=progress)
     tried, kept = 0, 0
@@ -328,8 +328,9 @@ def _search(lm: CausalLM, config: GenerationConfig, device, run: RunResult, prog
         best.reason = (f"{lead}: {best.decode_speedup:.2f}x the baseline's tokens/s, TTFT {best.ttft_speedup:.2f}x "
                        f"({ttft}), perplexity {best.ppl_increase_pct:+.1f}% (limit +{config.max_ppl_increase:g}%)")
         run.chosen = best.name
-        if config.out and config.save_model:
+        if config.out and config.save_model:  # the models not saved are let go first (a 1.5B run held 16 GB)
             bar.set_postfix_str("saving")
+            gens, models = {}, {best.name: models[best.name]}
             from .artifacts import save
 
             run.artifact = save(os.path.join(config.out, "model"), lm, Recipe.from_list(best.steps), models[best.name],
@@ -339,8 +340,7 @@ def _search(lm: CausalLM, config: GenerationConfig, device, run: RunResult, prog
 
 
 def _size(gen, ev: _Eval, config: GenerationConfig, run: RunResult) -> tuple[GenerationConfig, cost.Sizing]:
-    """One short generation of the baseline, then the config with its knobs sized by cost.size (recorded
-    in run.search["cost"]) and the sizing (its reserve_s: the seconds held back for the final timing)."""
+    """One short generation of the baseline; the config with its knobs sized by cost.size, and the sizing (run.search.cost)."""
     gen(ev.ids[:, :8], 1)  # touches every weight once (page-in, kernel set-up) at a sixteenth of a prompt's cost
     tr = gen(ev.ids, cost.PROBE_TOKENS)
     k, keep = cost.Knobs(**{f: getattr(config, f) for f in cost.Knobs.__dataclass_fields__}), config.objective == "throughput"
