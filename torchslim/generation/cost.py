@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 
-PROBE_TOKENS = 4  # decode steps of the probe generation (the first one is dropped: it warms the cache)
+PROBE_TOKENS = 6  # tokens of the probe generation, after a short warm-up one (its first step is dropped too)
 FINAL_SHARE = 0.25  # the final interleaved timing: at most this share of --time-budget
 CHECK_SHARE = 0.08  # one recipe's first call + agreement + perplexity: at most this share (about 12 recipes)
 MODELS_TIMED = 4  # models expected in the final timing: the baseline and three kept recipes (an estimate)

@@ -341,7 +341,7 @@ def _search(lm: CausalLM, config: GenerationConfig, device, run: RunResult, prog
 
 def _size(gen, ev: _Eval, config: GenerationConfig, run: RunResult) -> tuple[GenerationConfig, cost.Sizing]:
     """One short generation of the baseline; the config with its knobs sized by cost.size, and the sizing (run.search.cost)."""
-    gen(ev.ids[:, :8], 1)  # touches every weight once (page-in, kernel set-up) at a sixteenth of a prompt's cost
+    gen(ev.ids[:, :8], 3)  # every weight paged in, the prompt and decode kernels set up, at a fraction of a prompt's cost
     tr = gen(ev.ids, cost.PROBE_TOKENS)
     k, keep = cost.Knobs(**{f: getattr(config, f) for f in cost.Knobs.__dataclass_fields__}), config.objective == "throughput"
     sizing = cost.size(cost.speed_from_trace(tr.ttft_ms, tr.step_ms), k, config.budget_s, shrink=cost.KEEP_BATCH if keep else cost.SHRINK)
