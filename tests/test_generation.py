@@ -487,6 +487,8 @@ def test_generation_time_budget_skips_after_the_first_recipe(tiny_lm, tmp_path):
     assert skipped.status == "skipped" and "time budget" in skipped.reason and skipped.decode_tokens_per_s is None
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["search"]["time_budget_min"] == 1e-6 and saved["search"]["objective"].startswith("latency")
+    sized = saved["search"]["cost"]  # generation/cost.py: sized from one measured decode step, never above the asked
+    assert sized["predicted_s"]["decode_step_s"] > 0 and sized["sized"]["new_tokens"] <= 3 and "decode step" in sized["why"]
 
 
 def test_exhaustive_generation_tries_the_extended_list(tiny_lm, monkeypatch):
@@ -614,10 +616,35 @@ def test_memory_plan_picks_the_baseline_precision_that_fits():
     assert "llama.cpp" in e.value.fix and "nothing was loaded" in e.value.what
     small = memory.shape_from_config(_llama(**SIZES["smollm2-135m"][0]))
     assert memory.make_plan(small, 128, 64, 1, 4, limit=(24 * 10**9, "test"))["baseline"]["dtype"] == "fp32"
-    # a GGUF being converted holds two FP32 copies at load: 0.5B at 2 GB each against 3 GB usable -> BF16
+    # a GGUF being converted holds the weights + two FP32 copies of its largest tensor: 0.5B at 2.0 GB + 2 x 0.54 GB
+    # (the 151936 x 896 embedding) against 2.88 GB usable -> BF16
     qwen = memory.shape_from_config(__import__("transformers").Qwen2Config(**SIZES["qwen2-0.5b"][0]))
-    assert memory.make_plan(qwen, 128, 64, 1, 0, limit=(int(3.4e9), "test"))["baseline"]["dtype"] == "fp32"
-    assert memory.make_plan(qwen, 128, 64, 1, 0, convert_gguf=True, limit=(int(3.4e9), "test"))["baseline"]["dtype"] == "bf16"
+    assert memory.largest_tensor(qwen) == 151936 * 896
+    assert memory.make_plan(qwen, 128, 64, 1, 0, limit=(int(3.2e9), "test"))["baseline"]["dtype"] == "fp32"
+    conv = memory.make_plan(qwen, 128, 64, 1, 0, convert_gguf=True, limit=(int(3.2e9), "test"))["baseline"]
+    assert conv["dtype"] == "bf16" and conv["load_peak_bytes"] == memory.weights_bytes(qwen, "bf16") + 8 * 151936 * 896
+
+
+def test_recipe_copy_is_made_in_the_recipes_dtype(tiny_lm):
+    """A BF16 recipe on the FP32 baseline gets a BF16 copy directly (the peak is one BF16 copy, not an FP32
+    one first), ties kept, the baseline untouched; the estimate counts that copy; lm_decode alone shares."""
+    from torchslim.generation import memory
+    from torchslim.recipes import Recipe
+    from torchslim.techniques.lm_decode import LMDecodeConfig
+    from torchslim.techniques.lm_weights import LMWeightsConfig
+
+    base = tiny_lm.model
+    rec = Recipe((LMWeightsConfig("bf16", "int8"), LMDecodeConfig()))
+    c = memory.recipe_copy(base, rec)
+    assert {p.dtype for p in c.parameters()} == {torch.bfloat16} and next(base.parameters()).dtype == torch.float32
+    tied = base.get_output_embeddings().weight is base.get_input_embeddings().weight
+    assert (c.get_output_embeddings().weight is c.get_input_embeddings().weight) == tied
+    assert torch.equal(c.get_input_embeddings().weight, base.get_input_embeddings().weight.to(torch.bfloat16))
+    assert memory.recipe_copy(base, Recipe((LMDecodeConfig(),))) is base
+    shape = memory.shape_from_config(base.config)
+    eager = Recipe((LMWeightsConfig("bf16", "int8", prefill="bf16"), LMDecodeConfig(compile=False)))
+    est = memory.recipe_estimate(shape, eager, "fp32", 32, (1,))  # the BF16 copy + its BF16 prefill twin, no FP32 copy
+    assert 2 * memory.weights_bytes(shape, "bf16") <= est.peak < memory.weights_bytes(shape, "fp32") + memory.weights_bytes(shape, "bf16")
 
 
 def test_memory_limit_skips_the_recipe_that_would_not_fit(tiny_lm, tmp_path, monkeypatch):

@@ -17,6 +17,11 @@ def format_generation_table(run) -> str:
             f"machine: {m.get('cpu') or m.get('gpu') or m.get('device')}, {m.get('torch_threads')} threads, "
             f"bf16 {'yes' if m.get('bf16') else 'no'}, amx {','.join(m.get('amx') or []) or 'no'}",
             f"perplexity on {wl.get('perplexity_text')}; chosen: {run.get('chosen') or 'none'}"]
+    cost = (run.get("search") or {}).get("cost") or {}
+    if cost.get("changed"):
+        was = ", ".join(f"{n} {cost['asked'][n]}->{cost['sized'][n]}" for n in cost["changed"])
+        head.append(f"sized to the time budget from one decode step ({1000 * cost['predicted_s']['decode_step_s']:.0f} ms): "
+                    f"{was} (results.json search.cost)")
     if run.get("error"):
         head.append(f"stopped early: {run['error']}")
     cols = ["recipe", "status", "targets", "speeds up", "TTFT ms", "x", "decode ms/tok", "tok/s", "x",

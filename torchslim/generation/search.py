@@ -2,11 +2,10 @@
 prefill and decode interleaved against the model's own FP32 eager generate(), choose, save."""
 from __future__ import annotations
 
-import copy
 import datetime
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
@@ -24,85 +23,11 @@ from ..search.trial import fail
 from ..search.workload_type import WorkloadType
 from ..techniques import Context, handler
 from ..techniques.lm_weights import QUANTIZED_PREFILL_ATTR
+from . import cost, measure, memory, quality
 from . import llamacpp as engine_rows
-from . import measure, memory, quality
+from .config import DEFAULT_TIME_BUDGET_MIN, OBJECTIVES, GenerationConfig, GenRecipeResult
 from .load import CausalLM
 from .runner import timed_generate
-
-
-# Minutes for the baseline and the recipes (then the final interleaved timing): compiling one decode
-# graph takes 1-3 minutes on 2 cores, so the forward search's 1.5 would stop after the first recipe;
-# 10 minutes reach the default list's compiled recipes on SmolLM2-135M (2-core CPUs).
-DEFAULT_TIME_BUDGET_MIN = 10.0
-# What --objective ranks the recipes that kept quality and decode faster than the baseline by.
-OBJECTIVES = {"latency": "decode tokens/s at --batch-size", "throughput": "decode tokens/s at --large-batch (whole batch)",
-              "size": "smallest saved model", "memory": "lowest peak memory while generating"}
-
-
-@dataclass(frozen=True)
-class GenerationConfig:
-    prompt_len: int = 128
-    new_tokens: int = 64
-    batch_size: int = 1
-    large_batch: int = 4  # also timed at this batch size (0: not)
-    prompts: str | None = None  # file with one prompt per line; None: built-in real prompts
-    max_ppl_increase: float = 5.0  # percent
-    ppl_tokens: int = 512
-    agreement_prompts: int = 4
-    agreement_tokens: int = 32
-    recipes: tuple[str, ...] | None = None
-    rounds: int = 5
-    objective: str = "latency"  # OBJECTIVES
-    time_budget: float | None = DEFAULT_TIME_BUDGET_MIN  # minutes; 0 or None: no limit
-    exhaustive: bool = False  # every recipe (the extended list too), no time budget
-    device: str = "cpu"
-    threads: int | None = None
-    out: str | None = None
-    save_model: bool = True
-    debug: bool = False
-
-    def __post_init__(self):
-        if self.new_tokens < 1:
-            raise SlimError(f"--new-tokens must be >= 1 (got {self.new_tokens})", "e.g. --new-tokens 64")
-        if self.prompt_len < 1:
-            raise SlimError(f"--prompt-len must be >= 1 (got {self.prompt_len})", "e.g. --prompt-len 128")
-        if self.batch_size < 1 or self.large_batch < 0:
-            raise SlimError("--batch-size must be >= 1 and --large-batch >= 0", "e.g. --batch-size 1 --large-batch 4")
-        if self.max_ppl_increase < 0:
-            raise SlimError("--max-ppl-increase must be >= 0 (percent)", "e.g. --max-ppl-increase 5")
-        if self.rounds < 1:
-            raise SlimError("--rounds must be >= 1", "e.g. --rounds 5")
-        if self.objective not in OBJECTIVES:
-            raise SlimError(f"unknown objective '{self.objective}'", f"use one of {', '.join(OBJECTIVES)}")
-        if self.objective == "throughput" and not self.large_batch:
-            raise SlimError("--objective throughput ranks by decode tokens/s at --large-batch, and --large-batch is 0",
-                            "pass --large-batch N (e.g. 4), or --objective latency")
-        if self.time_budget is not None and not self.time_budget >= 0:
-            raise SlimError("--time-budget must be >= 0 minutes", f"e.g. --time-budget {DEFAULT_TIME_BUDGET_MIN:g}; 0 means no limit")
-
-    @property
-    def budget_s(self) -> float | None:
-        """Seconds for the baseline and the recipes, or None (no limit, or --exhaustive): Budget's rule."""
-        return Budget.of(self).seconds
-
-
-@dataclass
-class GenRecipeResult(RecipeResult):
-    """A RecipeResult with the generation figures under plain names (batch `batch_size`)."""
-
-    targets: str = ""  # the part the recipe is meant to speed up: prefill, decode, both
-    speeds_up: str = ""  # the part it measurably sped up here: prefill, decode, both, neither
-    ttft_ms: float | None = None
-    decode_ms_per_token: float | None = None
-    decode_tokens_per_s: float | None = None
-    ttft_speedup: float | None = None
-    decode_speedup: float | None = None
-    perplexity: float | None = None
-    ppl_increase_pct: float | None = None
-    greedy_agreement: float | None = None
-    fidelity: dict | None = None  # quality.agreement(): greedy agreement with the baseline's tokens
-    generation: dict | None = None  # measure.summary() at the asked batch size
-    large_batch: dict | None = None  # the same at the larger batch size
 
 
 def candidates(device: torch.device, extended: bool = False) -> list[Recipe]:
@@ -230,10 +155,15 @@ class TextGeneration(WorkloadType):
         s.run.recipes.append(base)
         gen = timed_generate(model)
         try:
+            config, self.sizing = _size(gen, ev, config, s.run)  # the knobs sized from one measured decode step
+            s.config = self.config = config
             base.first_call_ms, _ = measure.first_call(gen, ev.ids, config.new_tokens)
         except Exception as e:  # noqa: BLE001 - user model
             raise SlimError(f"the model's generate() fails: {type(e).__name__}: {first_line(e)}",
                             "check the model loads and generates with transformers alone") from e
+        self.asked_minutes = s.budget.minutes
+        if s.budget.seconds is not None:  # the final timing's predicted seconds come out of the recipes' share
+            s.budget = Budget(s.budget.seconds - self.sizing.reserve_s, s.budget.start)
         ev.ref_tokens = [gen(p, config.agreement_tokens).tokens for p in ev.agree]
         ev.base_distinct = quality.distinct_fraction(ev.ref_tokens)
         ev.base_ppl = base.perplexity = quality.perplexity(model, ev.text)
@@ -252,13 +182,14 @@ class TextGeneration(WorkloadType):
         chosen = by_name(list(config.recipes), s.device) if s.explicit else candidates(s.device, extended=config.exhaustive)
         s.run.search = {**(s.run.search or {}), "order": [r.name for r in chosen],
                         "ordered_by": "--recipes" if s.explicit else "generation.search.candidates",
-                        "time_budget_min": s.budget.minutes, "exhaustive": config.exhaustive,
+                        "time_budget_min": self.asked_minutes, "exhaustive": config.exhaustive,
                         "objective": f"{config.objective}: {OBJECTIVES[config.objective]}"}
         return chosen
 
     def skip(self, recipe: Recipe, s: SearchState) -> str | None:
         """Its first step does not apply, or the memory it would need beside the baseline and the
         recipes kept for timing does not fit (memory.recipe_estimate, checked before it is applied)."""
+        s.bar.set_postfix_str(recipe.name + s.budget.clock() + cost.eta_text(s.budget.left(), self.sizing, len(s.models)))
         why = _first_step_not_applicable(recipe, s.models["baseline"], self.ev, s.device)
         if why:
             return why
@@ -326,8 +257,10 @@ class TextGeneration(WorkloadType):
         best.reason = (f"{lead}: {best.decode_speedup:.2f}x the baseline's tokens/s, TTFT {best.ttft_speedup:.2f}x "
                        f"({ttft}), perplexity {best.ppl_increase_pct:+.1f}% (limit +{config.max_ppl_increase:g}%)")
         run.chosen = best.name
-        if config.out and config.save_model:
+        if config.out and config.save_model:  # the models not saved are let go first (a 1.5B run held 16 GB)
             s.bar.set_postfix_str("saving")
+            engine_rows.close_all({n: m for n, m in s.models.items() if n != best.name})
+            s.models = {best.name: s.models[best.name]}
             from .artifacts import save
 
             run.artifact = save(os.path.join(config.out, "model"), self.lm, Recipe.from_list(best.steps), s.models[best.name],
@@ -358,6 +291,17 @@ class TextGeneration(WorkloadType):
         return load(folder, device=device, verify=verify)
 
 
+def _size(gen, ev: _Eval, config: GenerationConfig, run: RunResult) -> tuple[GenerationConfig, cost.Sizing]:
+    """One short generation of the baseline; the config with its knobs sized by cost.size, and the sizing (run.search.cost)."""
+    gen(ev.ids[:, :8], 3)  # every weight paged in, the prompt and decode kernels set up, at a fraction of a prompt's cost
+    tr = gen(ev.ids, cost.PROBE_TOKENS)
+    k, keep = cost.Knobs(**{f: getattr(config, f) for f in cost.Knobs.__dataclass_fields__}), config.objective == "throughput"
+    sizing = cost.size(cost.speed_from_trace(tr.ttft_ms, tr.step_ms), k, config.budget_s, shrink=cost.KEEP_BATCH if keep else cost.SHRINK)
+    run.search = {**(run.search or {}), "cost": sizing.as_dict()}
+    ev.agree, ev.big = ev.agree[:sizing.sized["agreement_prompts"]], ev.big if sizing.sized["large_batch"] else None
+    return replace(config, **{n: sizing.sized[n] for n in sizing.changed}), sizing
+
+
 def _first_step_not_applicable(recipe: Recipe, model, ev: _Eval, device) -> str | None:
     """'not applicable: <step>: <why>' when the recipe's first step does not apply to the baseline
     model (decided before the memory check and before anything is copied), else None."""
@@ -383,7 +327,7 @@ def try_recipe(recipe: Recipe, model, ev: _Eval, config: GenerationConfig, devic
     ctx = Context(device=device, example=None, calibration=lambda: ev.calibration)
     try:
         t0 = time.perf_counter()
-        m = apply(model if memory.shares_weights(recipe) else copy.deepcopy(model), recipe, ctx)
+        m = memory.trimmed(apply(memory.recipe_copy(model, recipe), recipe, ctx))
         res.prepare_s = time.perf_counter() - t0
         gen = generator(m)
         res.first_call_ms, tr = measure.first_call(gen, ev.ids, config.new_tokens)
