@@ -84,16 +84,14 @@ def optimize_generation(lm: CausalLM, config: GenerationConfig = GenerationConfi
     """The generation search on `lm`; `plan`: memory.preflight's plan, made before `lm` was loaded."""
     plan = _plan(lm, config, plan)
     device = dev.resolve(config.device)
-    # the lock on --out and the resume of an interrupted run, as optimize's (resume.session): what of
-    # results.json's "workload" a rerun must match for its settled rows to be reused
+    # the job as results.json's "workload" records it, and what a rerun must match for the settled rows
+    # of an interrupted run to be reused (resume.session: the lock on --out and the resume, as optimize's)
     identity = {"spec": lm.spec, "prompt_len": config.prompt_len, "new_tokens": config.new_tokens,
                 "batch_size": config.batch_size, "large_batch": config.large_batch, "prompts": config.prompts or "built-in"}
     with tmeasure.num_threads(config.threads), resume.session(config, None, identity), progress_shown(progress):
         run = RunResult(
-            workload={"name": os.path.basename(lm.spec.rstrip("/")), "spec": lm.spec, "task": TextGeneration.task,
-                      "source": lm.source, "prompt_len": config.prompt_len, "new_tokens": config.new_tokens,
-                      "batch_size": config.batch_size, "large_batch": config.large_batch,
-                      "prompts": config.prompts or "built-in", "metric": "perplexity",
+            workload={"name": os.path.basename(lm.spec.rstrip("/")), **identity, "task": TextGeneration.task,
+                      "source": lm.source, "metric": "perplexity",
                       "perplexity_text": f"pydoc_data.topics (first {quality.PPL_TOPICS} topics), {config.ppl_tokens} tokens"},
             machine={**dev.describe(device), **tmeasure.thread_info()},
             config=asdict(config), recipes=[], search={"memory": plan},
@@ -186,10 +184,12 @@ class TextGeneration(WorkloadType):
                         "objective": f"{config.objective}: {OBJECTIVES[config.objective]}"}
         return chosen
 
+    def eta(self, s: SearchState) -> str:
+        return cost.eta_text(s.budget.left(), self.sizing, len(s.models))
+
     def skip(self, recipe: Recipe, s: SearchState) -> str | None:
         """Its first step does not apply, or the memory it would need beside the baseline and the
         recipes kept for timing does not fit (memory.recipe_estimate, checked before it is applied)."""
-        s.bar.set_postfix_str(recipe.name + s.budget.clock() + cost.eta_text(s.budget.left(), self.sizing, len(s.models)))
         why = _first_step_not_applicable(recipe, s.models["baseline"], self.ev, s.device)
         if why:
             return why

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 import torch
 import torch.nn as nn
 
-__all__ = ["LAYERS", "call_order", "correct_biases", "has_depthwise", "stem_conv"]
+__all__ = ["LAYERS", "call_order", "correct_biases", "has_depthwise", "stem_conv", "with_float_stem"]
 
 LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
@@ -104,3 +104,13 @@ def stem_conv(model: nn.Module, example) -> str | None:
     every later layer), else None."""
     first = next(iter(call_order(model, example)), None)
     return first if first is not None and isinstance(model.get_submodule(first), (nn.Conv1d, nn.Conv2d, nn.Conv3d)) else None
+
+
+def with_float_stem(model: nn.Module, example, floats: tuple[str, ...], float_stem: bool | None) -> tuple[str, ...]:
+    """`floats` plus the stem conv where `float_stem` says so (None: where the model has depthwise
+    convs): the rule every static INT8 recipe with a `float_stem` option follows."""
+    if float_stem or (float_stem is None and has_depthwise(model)):
+        stem = stem_conv(model, example)
+        if stem is not None and stem not in floats:
+            return (*floats, stem)
+    return tuple(floats)

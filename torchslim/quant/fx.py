@@ -63,7 +63,7 @@ def _bounds(node, gm) -> tuple[float, float] | None:
     if node.op == "call_module":
         m = gm.get_submodule(node.target)
         return (float(m.min_val), float(m.max_val)) if isinstance(m, nn.Hardtanh) else None  # ReLU6 is a Hardtanh
-    if node.op == "call_function" and node.target in (F.relu6, torch.nn.functional.hardtanh, torch.clamp, torch.clip):
+    if node.op == "call_function" and node.target in (F.relu6, F.hardtanh, torch.clamp, torch.clip):
         if node.target is F.relu6:
             return 0.0, 6.0
         lo = node.kwargs.get("min", node.kwargs.get("min_val", node.args[1] if len(node.args) > 1 else -1.0))

@@ -88,7 +88,7 @@ def try_candidates(recipes: list[Recipe], s: SearchState) -> None:
             retry_in_float(item["recipe"], item["row"], s)
         else:
             recipe = item["recipe"]
-            s.bar.set_postfix_str(recipe.name + s.budget.clock())
+            s.bar.set_postfix_str(recipe.name + s.budget.clock() + s.kind.eta(s))
             if (settled := resume.reused(recipe.name, type(s.kind.row(recipe)))) is not None:
                 s.run.recipes.append(settled)  # failed, skipped or rejected in the interrupted run of this job
                 s.bar.update(1)

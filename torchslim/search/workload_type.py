@@ -46,6 +46,10 @@ class WorkloadType:
         """The recipes to try, in order (`s.explicit`: the user named them); records the order in `s.run.search`."""
         raise NotImplementedError
 
+    def eta(self, s) -> str:
+        """What the progress bar adds after the budget's clock (an ETA, say), or ""."""
+        return ""
+
     def skip(self, recipe: Recipe, s) -> str | None:
         """A reason of this workload not to try `recipe` (after the shared hardware and time-budget rules), or None."""
         return None

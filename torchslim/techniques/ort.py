@@ -146,12 +146,7 @@ def onnx_layers(path: str) -> dict[str, list[str]]:
 
 def float_layers(model: torch.nn.Module, cfg: "OrtStaticInt8Config", example) -> tuple[str, ...]:
     """The layers kept in float: `skip`'s, and the stem conv where float_stem says so."""
-    floats = engines.resolve_skip(model, cfg.skip)
-    if cfg.float_stem or (cfg.float_stem is None and bias_correction.has_depthwise(model)):
-        first = bias_correction.stem_conv(model, example)
-        if first is not None and first not in floats:
-            floats = (*floats, first)
-    return tuple(floats)
+    return bias_correction.with_float_stem(model, example, tuple(engines.resolve_skip(model, cfg.skip)), cfg.float_stem)
 
 
 def layers_in_call_order(model: torch.nn.Module, example, path: str) -> dict[str, list[str]]:

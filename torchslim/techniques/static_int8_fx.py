@@ -103,12 +103,8 @@ def _no_engine(cfg: StaticInt8FxConfig) -> str | None:
 def apply_static_int8_fx(model, cfg: StaticInt8FxConfig, ctx: Context):
     model = eval_mode(model)
     example = ctx.example.to(ctx.device)
-    float_modules = resolve_skip(model, cfg.skip)
-    depthwise = bias_correction.has_depthwise(model)
-    if cfg.float_stem or (cfg.float_stem is None and depthwise):
-        stem = bias_correction.stem_conv(model, example)
-        float_modules = (*float_modules, stem) if stem and stem not in float_modules else float_modules
-    if cfg.bias_correction or (cfg.bias_correction is None and depthwise):
+    float_modules = bias_correction.with_float_stem(model, example, tuple(resolve_skip(model, cfg.skip)), cfg.float_stem)
+    if cfg.bias_correction or (cfg.bias_correction is None and bias_correction.has_depthwise(model)):
         model = copy.deepcopy(model)  # the caller's float model keeps its biases
         done = bias_correction.correct_biases(model, cap(ctx.calibration(), cfg.max_samples), skip=float_modules,
                                               levels=127.5, qrange=(-128, 127))
